@@ -1,0 +1,1 @@
+"""Algorithms, backbones, necks, heads, losses and target encoders."""

@@ -1,0 +1,85 @@
+"""Install m3i_mm with its configs and tools as package data (for ``mim``).
+
+A regular install copies ``configs/`` and ``tools/`` into ``m3i_mm/.mim``, so
+``mim train m3i_mm CONFIG`` finds ``m3i_mm/.mim/tools/train.py`` and the
+configs; with ``pip install -e .`` mim uses the repository itself.
+The DCNv3 CUDA extension is built only where CUDA is available or
+``M3I_FORCE_CUDA=1`` (see ``m3i_mm/ops/dcnv3/build.py``).
+"""
+import importlib.util
+import os
+import os.path as osp
+import shutil
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = osp.dirname(osp.abspath(__file__))
+MIM_FILES = ('configs', 'tools')
+
+
+def read_version() -> str:
+    scope = {}
+    with open(osp.join(ROOT, 'm3i_mm', 'version.py')) as f:
+        exec(f.read(), scope)
+    return scope['__version__']
+
+
+def add_mim_extension() -> None:
+    """Copy configs/ and tools/ into m3i_mm/.mim for a regular install.
+
+    An editable install needs no copy: mim then resolves the package to the
+    repository root and finds ``tools/train.py`` and ``configs/`` there, and
+    a copy would make every config name ambiguous, so it is removed.
+    """
+    editable = any(arg in ('develop', 'editable_wheel') for arg in sys.argv)
+    mim_path = osp.join(ROOT, 'm3i_mm', '.mim')
+    if osp.islink(mim_path) or osp.isfile(mim_path):
+        os.remove(mim_path)
+    elif osp.isdir(mim_path):
+        shutil.rmtree(mim_path)
+    if editable:
+        return
+    for name in MIM_FILES:
+        shutil.copytree(
+            osp.join(ROOT, name),
+            osp.join(mim_path, name),
+            ignore=shutil.ignore_patterns('__pycache__', '*.pyc'))
+
+
+def cuda_extensions():
+    """DCNv3 CUDA extension (empty list on machines without CUDA)."""
+    path = osp.join(ROOT, 'm3i_mm', 'ops', 'dcnv3', 'build.py')
+    if not osp.exists(path):
+        return [], {}
+    spec = importlib.util.spec_from_file_location('_m3i_dcnv3_build', path)
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    extensions = build.get_dcnv3_extensions()
+    if not extensions:
+        return [], {}
+    from torch.utils.cpp_extension import BuildExtension
+    return extensions, {'build_ext': BuildExtension}
+
+
+if __name__ == '__main__':
+    add_mim_extension()
+    ext_modules, cmdclass = cuda_extensions()
+    setup(
+        name='m3i_mm',
+        version=read_version(),
+        description='M3I pre-training (all-in-one pre-training via maximizing '
+        'multi-modal mutual information) as an OpenMMLab plugin',
+        long_description=open(osp.join(ROOT, 'README.md')).read(),
+        long_description_content_type='text/markdown',
+        python_requires='>=3.9',
+        packages=find_packages(include=['m3i_mm', 'm3i_mm.*']),
+        include_package_data=True,
+        package_data={'m3i_mm': ['.mim/configs/**/*.py', '.mim/tools/*',
+                                 '.mim/tools/**/*', 'ops/**/src/*']},
+        install_requires=[],  # the environment comes from requirements/env.txt
+        extras_require={'tests': ['pytest']},
+        ext_modules=ext_modules,
+        cmdclass=cmdclass,
+        zip_safe=False,
+        license='Apache License 2.0')

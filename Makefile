@@ -7,7 +7,7 @@ env:
 	@bash scripts/setup_env.sh >/dev/null
 
 demo:
-	@bash scripts/env_run.sh python tools/train.py configs/demo/vit-tiny_sup_demo.py --work-dir work_dirs/demo
+	@bash scripts/env_run.sh python tools/demo.py
 
 test:
 	@bash scripts/env_run.sh python -m pytest tests -q -p no:cacheprovider

@@ -9,3 +9,4 @@ _base_ = [
 default_hooks = dict(
     logger=dict(interval=20),
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=100))
+log_processor = dict(by_epoch=False)

@@ -1,7 +1,8 @@
 from .demo_digits import (DIGIT_CLASSES, DemoDigits, demo_digits_split,
                           materialize_demo_digits)
+from .transforms import BlockwiseMaskGenerator, M3IViews
 
 __all__ = [
-    'DIGIT_CLASSES', 'DemoDigits', 'demo_digits_split',
-    'materialize_demo_digits'
+    'BlockwiseMaskGenerator', 'DIGIT_CLASSES', 'DemoDigits', 'M3IViews',
+    'demo_digits_split', 'materialize_demo_digits'
 ]

@@ -1,1 +1,7 @@
-"""Algorithms, backbones, necks, heads, losses and target encoders."""
+from .algorithms import *  # noqa: F401,F403
+from .backbones import *  # noqa: F401,F403
+from .heads import *  # noqa: F401,F403
+from .losses import *  # noqa: F401,F403
+from .necks import *  # noqa: F401,F403
+from .target_encoders import *  # noqa: F401,F403
+from .utils import *  # noqa: F401,F403

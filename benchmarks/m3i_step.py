@@ -1,0 +1,168 @@
+"""How much does M3I cost on top of its backbone, and against MAE?
+
+Prints, measured in one run on one device:
+
+- overhead ratio = M3I training step / (backbone forward+backward on the
+  mixed input + momentum target-encoder forward). Goal: <= 1.15.
+- M3I step / mmpretrain MAE step on the same backbone.
+- share of the step spent on the dynamic loss weight λ (the balancer's
+  per-step update plus its gradient taps), from the same step run with
+  λ fixed. Goal: <= 3%.
+
+Usage:
+    python benchmarks/m3i_step.py [--arch small] [--batch 8] [--img 224]
+        [--steps 5] [--device cpu|cuda]
+"""
+import argparse
+import statistics
+import time
+
+import torch
+
+import m3i_mm  # noqa: F401
+from mmengine.logging import MessageHub
+from mmpretrain.registry import MODELS
+from mmpretrain.structures import DataSample
+
+ARCH_DIMS = {'tiny': (192, 3), 'small': (384, 6), 'base': (768, 12),
+             'large': (1024, 16)}
+
+
+def m3i_cfg(arch: str, img: int, balancer: bool) -> dict:
+    dims, heads = ARCH_DIMS[arch]
+    return dict(
+        type='M3I',
+        backbone=dict(type='VisionTransformer', arch=arch, img_size=img,
+                      patch_size=16, out_type='featmap'),
+        mixer=dict(type='MultiInputMixer', patch_size=16),
+        image_target=dict(type='MomentumImageTarget'),
+        image_decoder=dict(type='ImageTargetDecoder', in_channels=dims,
+                           out_channels=dims, embed_dims=dims, depth=4,
+                           num_heads=heads),
+        category_head=dict(type='AttentionPoolingHead', in_channels=dims,
+                           out_channels=dims, num_heads=heads),
+        category_embedding=dict(type='CategoryEmbedding', num_classes=1000,
+                                embed_dims=dims),
+        loss_balancer=dict(type='GradientNormBalancer') if balancer else None)
+
+
+def mae_cfg(arch: str, img: int) -> dict:
+    dims, _ = ARCH_DIMS[arch]
+    return dict(
+        type='MAE',
+        backbone=dict(type='MAEViT', arch=arch, img_size=img, patch_size=16,
+                      mask_ratio=0.75),
+        neck=dict(type='MAEPretrainDecoder', patch_size=16, in_chans=3,
+                  embed_dim=dims, decoder_embed_dim=512, decoder_depth=8,
+                  decoder_num_heads=16, mlp_ratio=4.),
+        head=dict(type='MAEPretrainHead', norm_pix=True, patch_size=16,
+                  loss=dict(type='PixelReconstructionLoss', criterion='L2')))
+
+
+def m3i_batch(n: int, img: int, device: str):
+    grid = img // 16
+    views = [torch.randn(n, 3, img, img, device=device) for _ in range(2)]
+    samples = []
+    for i in range(n):
+        mask = torch.zeros(grid * grid, dtype=torch.bool)
+        mask[torch.randperm(grid * grid)[:grid * grid // 2]] = True
+        sample = DataSample().set_gt_label(i)
+        sample.set_field(mask.view(grid, grid), 'mask')
+        sample.set_field(torch.tensor([[0., 0., 224., 224.],
+                                       [20., 10., 200., 180.]]), 'view_boxes')
+        sample.set_field(torch.tensor([False, True]), 'view_flips')
+        samples.append(sample)
+    return views, samples
+
+
+def timed(fn, steps: int, device: str) -> float:
+    """Median seconds of ``fn`` over ``steps`` runs after one warm-up."""
+    fn()
+    times = []
+    for _ in range(steps):
+        if device == 'cuda':
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device == 'cuda':
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def train_step(model, optimizer, *loss_args):
+    def step():
+        losses = model.loss(*loss_args)
+        total = sum(v for k, v in losses.items() if k.startswith('loss'))
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--arch', default='small', choices=list(ARCH_DIMS))
+    parser.add_argument('--batch', type=int, default=8)
+    parser.add_argument('--img', type=int, default=224)
+    parser.add_argument('--steps', type=int, default=5)
+    parser.add_argument(
+        '--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    MessageHub.get_current_instance().update_info('max_iters', 10**6)
+    dev = args.device
+
+    def build(cfg):
+        model = MODELS.build(cfg).to(dev).train()
+        opt = torch.optim.AdamW(
+            [p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        return model, opt
+
+    views, samples = m3i_batch(args.batch, args.img, dev)
+    m3i, opt = build(m3i_cfg(args.arch, args.img, balancer=True))
+    t_m3i = timed(train_step(m3i, opt, views, samples), args.steps, dev)
+
+    # Denominator: backbone fwd+bwd on the mixed input + target encoder fwd.
+    mask = torch.stack([s.mask for s in samples]).to(dev)
+
+    def backbone_only():
+        mixed = m3i.mixer(views, mask)
+        feat = m3i.backbone(mixed.images)[-1]
+        opt.zero_grad(set_to_none=True)
+        feat.float().pow(2).mean().backward()
+        m3i.image_target(views[0])
+
+    t_base = timed(backbone_only, args.steps, dev)
+    del m3i, opt
+
+    fixed, opt = build(m3i_cfg(args.arch, args.img, balancer=False))
+    t_fixed = timed(train_step(fixed, opt, views, samples), args.steps, dev)
+    del fixed, opt
+
+    mae, opt = build(mae_cfg(args.arch, args.img))
+    mae_inputs = views[0]
+    mae_samples = [DataSample() for _ in range(args.batch)]
+
+    def mae_step():
+        losses = mae.loss(mae_inputs, mae_samples)
+        opt.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        opt.step()
+
+    t_mae = timed(mae_step, args.steps, dev)
+
+    print(f'device={dev} arch=ViT-{args.arch}/16 batch={args.batch} '
+          f'img={args.img} steps={args.steps} (median seconds)')
+    print(f'  M3I step                         {t_m3i:8.4f} s')
+    print(f'  backbone fwd+bwd + target fwd     {t_base:8.4f} s')
+    print(f'  M3I step with fixed lambda        {t_fixed:8.4f} s')
+    print(f'  MAE step (mmpretrain)             {t_mae:8.4f} s')
+    print(f'overhead ratio (goal <= 1.15):      {t_m3i / t_base:8.3f}')
+    print(f'M3I / MAE step ratio:               {t_m3i / t_mae:8.3f}')
+    print(f'lambda share of the step (goal <= 3%): '
+          f'{100 * (t_m3i - t_fixed) / t_m3i:6.2f} %')
+
+
+if __name__ == '__main__':
+    main()

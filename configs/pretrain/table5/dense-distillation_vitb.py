@@ -1,0 +1,9 @@
+# Table 5, "Dense Distillation" (intra-view, full input): input = view 1,
+# target = dense features of view 1 from the momentum encoder, posterior =
+# Gaussian.
+_base_ = '../m3i_vitb.py'
+model = dict(
+    mixer=dict(mode='full', target_views=('same', 'same')),
+    category_head=None,
+    category_embedding=None,
+    loss_balancer=None)

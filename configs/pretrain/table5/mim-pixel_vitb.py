@@ -1,0 +1,11 @@
+# Table 5, "Masked Image Modeling (pixel)" (MAE-like): input = masked view 1,
+# target = its normalised pixels (identity target encoder), posterior =
+# Gaussian.
+_base_ = '../m3i_vitb.py'
+model = dict(
+    mixer=dict(mode='mask', target_views=('same', 'same')),
+    image_target=dict(_delete_=True, type='PixelTarget', patch_size=16),
+    image_decoder=dict(out_channels=16 * 16 * 3),
+    category_head=None,
+    category_embedding=None,
+    loss_balancer=None)

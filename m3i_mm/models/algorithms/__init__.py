@@ -1,0 +1,3 @@
+from .m3i import M3I
+
+__all__ = ['M3I']

@@ -1,0 +1,285 @@
+"""M3I pre-training: multi-input multi-target mutual-information maximisation.
+
+Paper: "Towards All-in-one Pre-training via Maximizing Multi-modal Mutual
+Information" (CVPR 2023), Sec. 3.4, Fig. 2/3, appendix B.1, Tables 3/7/14.
+
+One step, for a batch of N images each with a target view T and another
+view O (see :class:`~m3i_mm.models.utils.MultiInputMixer`):
+
+1. Input (t_x): image ``j = σ(i)`` is mixed into image ``i`` with the
+   blockwise patch mask M: ``x_i = (1 - M_i) ⊙ V1_i + M_i ⊙ V2_σ(i)``; with
+   the default ``target_views=('same', 'different')`` V1 = T and V2 = O.
+2. Input encoder f_θ: ``z = backbone(x)``, tokens (N, L, C).
+3. Image target encoder f_φ (momentum backbone): ``t = f_φ(T)``, N forwards.
+4. Decoders f_ψ and posteriors, one group per target (Eq. 4):
+
+   - first image ``i``: the decoder sees only the tokens where ``M_i = 0``
+     (positions in i's input view) and predicts ``t_i`` at the target
+     patches it has not seen: for a 'same' target view the patches where
+     ``M_i = 1`` (masked image modeling), for a 'different' view all L
+     target patches. Gaussian posterior (L2 on normalised features).
+   - second image ``j = σ(i)``: the decoder sees only the tokens where
+     ``M_i = 1`` and predicts ``t_j``: at all L patches of j's target view
+     for 'different' (Siamese image modeling), at the patches where
+     ``M_i = 0`` for 'same'.
+   - category: attention pooling over each image's own tokens predicts its
+     category embedding; Boltzmann posterior (softmax CE, label smoothing).
+
+   Target positions are the target-patch centres mapped into the input
+   view's coordinates (:func:`~m3i_mm.models.utils.target_positions_in_input`).
+5. ``L = L_SSP + λ·L_SP`` with λ from
+   :class:`~m3i_mm.models.utils.GradientNormBalancer`.
+
+With ``mode='mask'`` (no second image) this is "M3I w/o mix" (Table 3), and
+without a category head or image decoder it reduces to the single-target
+methods of Table 5 (e.g. ``mode='mask', target_views=('different', ...)`` is
+Siamese image modeling, ``('same', ...)`` masked feature modeling).
+"""
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from mmpretrain.models import BaseSelfSupervisor
+from mmpretrain.structures import DataSample
+from m3i_mm.registry import MODELS
+from ..target_encoders import backbone_tokens
+from ..utils.view_geometry import patch_centers, target_positions_in_input
+
+
+def _gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows ``x[n, index[n]]``: (N, L, C), (N, K) -> (N, K, C)."""
+    return torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+@MODELS.register_module()
+class M3I(BaseSelfSupervisor):
+    """M3I pre-training algorithm, composed of registered parts.
+
+    Args:
+        backbone (dict): Input encoder f_θ; must output an (N, C, h, w) map
+            (e.g. ``VisionTransformer`` with ``out_type='featmap'``).
+        mixer (dict): Input part, a :class:`MultiInputMixer` config.
+        image_target (dict, optional): Image target encoder config (built with
+            ``backbone=`` the online backbone), e.g. ``MomentumImageTarget``.
+        image_decoder (dict, optional): Dense decoder f_ψ, e.g.
+            ``ImageTargetDecoder``.
+        image_posterior (dict): Posterior of image targets. Defaults to
+            ``GaussianPosterior``.
+        category_head (dict, optional): Global decoder, e.g.
+            ``AttentionPoolingHead``.
+        category_embedding (dict, optional): Category target encoder, e.g.
+            ``CategoryEmbedding``.
+        category_posterior (dict): Defaults to ``BoltzmannPosterior`` with
+            label smoothing 0.1.
+        loss_balancer (dict, optional): ``GradientNormBalancer`` config;
+            ``None`` fixes λ = 1.
+        data_preprocessor (dict, optional): Defaults to
+            ``SelfSupDataPreprocessor``.
+        init_cfg (dict, optional): Initialisation config.
+    """
+
+    def __init__(self,
+                 backbone: dict,
+                 mixer: dict,
+                 image_target: Optional[dict] = None,
+                 image_decoder: Optional[dict] = None,
+                 image_posterior: dict = dict(type='GaussianPosterior'),
+                 category_head: Optional[dict] = None,
+                 category_embedding: Optional[dict] = None,
+                 category_posterior: dict = dict(
+                     type='BoltzmannPosterior', label_smoothing=0.1),
+                 loss_balancer: Optional[dict] = dict(
+                     type='GradientNormBalancer'),
+                 data_preprocessor: Optional[dict] = None,
+                 init_cfg: Optional[dict] = None) -> None:
+        super().__init__(
+            backbone=backbone,
+            data_preprocessor=data_preprocessor,
+            init_cfg=init_cfg)
+        self.mixer = MODELS.build(mixer)
+        if (image_target is None) != (image_decoder is None):
+            raise ValueError('image_target and image_decoder must be given '
+                             'together')
+        if (category_head is None) != (category_embedding is None):
+            raise ValueError('category_head and category_embedding must be '
+                             'given together')
+        if image_target is None and category_head is None:
+            raise ValueError('M3I needs at least one target')
+        self.image_target = None if image_target is None else MODELS.build(
+            dict(image_target, backbone=self.backbone))
+        self.image_decoder = MODELS.build(image_decoder) \
+            if image_decoder else None
+        self.image_posterior = MODELS.build(image_posterior)
+        self.category_head = MODELS.build(category_head) \
+            if category_head else None
+        self.category_embedding = MODELS.build(category_embedding) \
+            if category_embedding else None
+        self.category_posterior = MODELS.build(category_posterior)
+        self.loss_balancer = MODELS.build(loss_balancer) \
+            if loss_balancer else None
+
+    def extract_feat(self, inputs):
+        """Backbone features of the (first) view."""
+        if isinstance(inputs, (list, tuple)):
+            inputs = inputs[0]
+        return self.backbone(inputs)
+
+    # ------------------------------------------------------------------ #
+    def loss(self, inputs: List[torch.Tensor],
+             data_samples: List[DataSample]) -> Dict[str, torch.Tensor]:
+        """Losses of one M3I step (see the module docstring).
+
+        Args:
+            inputs (list[Tensor]): ``[target views, other views]``, each
+                (N, C, H, W).
+            data_samples (list[DataSample]): Carry ``mask`` (h, w),
+                ``view_boxes`` (2, 4), ``view_flips`` (2,) and, with a
+                category target, ``gt_label``.
+
+        Returns:
+            dict[str, Tensor]: Loss terms (``loss_*``) and logged values.
+        """
+        device = inputs[0].device
+        mask = self._stack(data_samples, 'mask', device).bool()
+        n, grid = mask.shape[0], tuple(mask.shape[1:])
+        mixed = self.mixer(inputs, mask)
+        tokens = backbone_tokens(self.backbone, mixed.images)
+        if tokens.shape[1] != grid[0] * grid[1]:
+            raise ValueError(
+                f'backbone gives {tokens.shape[1]} tokens but the mask grid '
+                f'is {grid}; mask patch size and backbone stride must match')
+        # Token indices of each image: first image where M = 0, second M = 1.
+        first_idx, second_idx = self._split_tokens(mask, mixed.images.device)
+
+        lam = torch.ones((), device=device)
+        if self.loss_balancer is not None:
+            lam = self.loss_balancer.step().to(device)
+            tokens_uni = self.loss_balancer.tap(tokens, 'uni')
+            tokens_multi = self.loss_balancer.tap(tokens, 'multi')
+        else:
+            tokens_uni = tokens_multi = tokens
+
+        losses = {}
+        if self.image_target is not None:
+            losses.update(
+                self._image_losses(inputs, data_samples, mask, mixed,
+                                   tokens_uni, first_idx, second_idx))
+        if self.category_head is not None:
+            labels = self._stack(data_samples, 'gt_label', device).view(n)
+            loss_cls = self._category_loss(tokens_multi, first_idx, labels)
+            if mixed.sigma is not None:
+                loss_cls = loss_cls + self._category_loss(
+                    tokens_multi, second_idx, labels[mixed.sigma])
+            losses['loss_cls'] = lam * loss_cls
+            losses['lambda_sp'] = lam
+        return losses
+
+    # ------------------------------------------------------------------ #
+    def _image_losses(self, inputs, data_samples, mask, mixed, tokens,
+                      first_idx, second_idx) -> Dict[str, torch.Tensor]:
+        device = tokens.device
+        n = tokens.shape[0]
+        grid = tuple(mask.shape[1:])
+        self.image_target.update(self.backbone)
+        targets = self.image_target(inputs[0])  # N forwards, one per image
+        boxes = self._stack(data_samples, 'view_boxes', device).float()
+        flips = self._stack(data_samples, 'view_flips', device).bool()
+        masked_input = self.mixer.mode != 'full'
+
+        own = torch.arange(n, device=device)
+        # First image: its own tokens, its own target.
+        losses = {
+            'loss_img_first':
+            self._dense_loss(tokens, first_idx, own, mixed.first_view,
+                             second_idx if masked_input else first_idx,
+                             targets, boxes, flips, grid)
+        }
+        if mixed.sigma is not None:
+            losses['loss_img_second'] = self._dense_loss(
+                tokens, second_idx, mixed.sigma, mixed.second_view,
+                first_idx, targets, boxes, flips, grid)
+        return losses
+
+    def _dense_loss(self, tokens: torch.Tensor, token_idx: torch.Tensor,
+                    image_idx: torch.Tensor, input_view: int,
+                    hidden_idx: torch.Tensor, targets: torch.Tensor,
+                    boxes: torch.Tensor, flips: torch.Tensor,
+                    grid: Tuple[int, int]) -> torch.Tensor:
+        """Decode one image of each mixed input and score its prediction.
+
+        Args:
+            tokens (Tensor): (N, L, C) encoder tokens of the mixed inputs.
+            token_idx (Tensor): (N, Lc) tokens belonging to this image.
+            image_idx (Tensor): (N,) which image of the batch it is.
+            input_view (int): The view it entered with (0 = its target view).
+            hidden_idx (Tensor): (N, Lh) grid positions it did not see; the
+                loss covers these when ``input_view`` is its target view and
+                all target patches otherwise.
+            targets (Tensor): (N, L, D) target features of every image.
+            boxes (Tensor): (N, 2, 4) view crop boxes; flips (N, 2).
+            grid (tuple): Patch grid (h, w).
+
+        Returns:
+            Tensor: Posterior loss.
+        """
+        centers = patch_centers(grid, device=tokens.device)
+        token_pos = centers[token_idx]
+        query_pos = target_positions_in_input(
+            boxes[image_idx, 0], flips[image_idx, 0], boxes[image_idx,
+                                                            input_view],
+            flips[image_idx, input_view], grid)
+        target = targets[image_idx]
+        if input_view == 0:  # same view: predict what was hidden
+            query_pos = _gather_tokens(query_pos, hidden_idx)
+            target = _gather_tokens(target, hidden_idx)
+        pred = self.image_decoder(
+            _gather_tokens(tokens, token_idx), token_pos, query_pos)
+        return self.image_posterior(pred, target)
+
+    def _category_loss(self, tokens: torch.Tensor, token_idx: torch.Tensor,
+                       labels: torch.Tensor) -> torch.Tensor:
+        pred = self.category_head(_gather_tokens(tokens, token_idx))
+        return self.category_posterior(
+            pred,
+            self.category_embedding.weight,
+            labels,
+            bias=self.category_embedding.bias)
+
+    def _split_tokens(self, mask: torch.Tensor, device: torch.device
+                      ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Indices (N, L-K) where M = 0 and (N, K) where M = 1.
+
+        Every mask in the batch must have the same number K of ones (the
+        ``BlockwiseMaskGenerator`` guarantees it) so each image's tokens
+        form a fixed-size tensor. In ``'full'`` mode all tokens are first.
+        """
+        flat = mask.flatten(1)
+        if self.mixer.mode == 'full':
+            all_idx = torch.arange(flat.shape[1], device=device)
+            return all_idx.expand(flat.shape[0], -1), all_idx[:0].expand(
+                flat.shape[0], -1)
+        counts = flat.sum(1)
+        if not bool((counts == counts[0]).all()):
+            raise ValueError(
+                'all masks in a batch must mask the same number of patches, '
+                f'got {counts.tolist()}')
+        k = int(counts[0])
+        if k == 0 or k == flat.shape[1]:
+            raise ValueError(f'mask must hide some but not all patches, got '
+                             f'{k} of {flat.shape[1]}')
+        order = torch.argsort(flat.to(torch.int8), dim=1, stable=True)
+        return order[:, :flat.shape[1] - k], order[:, flat.shape[1] - k:]
+
+    @staticmethod
+    def _stack(data_samples: List[DataSample], key: str,
+               device: torch.device) -> torch.Tensor:
+        try:
+            values = [sample.get(key) for sample in data_samples]
+        except AttributeError:
+            values = [None]
+        if any(v is None for v in values):
+            raise KeyError(f'M3I needs "{key}" in every data sample; add it '
+                           f'to PackInputs(algorithm_keys=...) in the '
+                           f'pipeline')
+        return torch.stack([torch.as_tensor(v) for v in values]).to(device)

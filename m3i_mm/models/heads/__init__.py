@@ -1,0 +1,3 @@
+from .attention_pooling import AttentionPoolingHead
+
+__all__ = ['AttentionPoolingHead']

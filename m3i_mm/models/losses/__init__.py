@@ -1,0 +1,3 @@
+from .posteriors import BoltzmannPosterior, GaussianPosterior
+
+__all__ = ['BoltzmannPosterior', 'GaussianPosterior']

@@ -1,0 +1,125 @@
+"""Approximate posteriors P(z_y | ẑ_y) of the mutual-information framework.
+
+The prediction term of Eq. (3) is ``-log P(z_y | ẑ_y)``; its form decides the
+loss (paper Sec. 3.1):
+
+- Gaussian ``N(ẑ_y, σ²I)``  -> L2 between prediction and target.
+- Boltzmann ``∝ exp(ẑ_yᵀ z_y / τ)`` -> softmax cross-entropy of the
+  prediction against a set of candidate target representations (negative
+  categories, negative texts or negative samples prevent collapse).
+"""
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from m3i_mm.registry import MODELS
+
+
+@MODELS.register_module()
+class GaussianPosterior(nn.Module):
+    """``-log N(z_y; ẑ_y, σ²I)`` up to a constant: mean squared error.
+
+    Args:
+        normalize_target (bool): Layer-normalise each target vector (no
+            affine) before the loss, as feature-target methods do.
+            Defaults to True.
+        loss_weight (float): ``1 / (2σ²)``. Defaults to 1.
+    """
+
+    def __init__(self, normalize_target: bool = True,
+                 loss_weight: float = 1.0) -> None:
+        super().__init__()
+        self.normalize_target = normalize_target
+        self.loss_weight = loss_weight
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Loss averaged over all predicted vectors and channels.
+
+        Args:
+            pred (Tensor): (..., C) predictions ẑ_y.
+            target (Tensor): (..., C) targets z_y (no gradient needed).
+
+        Returns:
+            Tensor: Scalar loss.
+        """
+        if pred.shape != target.shape:
+            raise ValueError(f'prediction {tuple(pred.shape)} and target '
+                             f'{tuple(target.shape)} differ in shape')
+        target = target.detach().float()
+        if self.normalize_target:
+            target = F.layer_norm(target, target.shape[-1:], eps=1e-6)
+        return self.loss_weight * F.mse_loss(pred.float(), target)
+
+
+@MODELS.register_module()
+class BoltzmannPosterior(nn.Module):
+    """``-log softmax(ẑ_yᵀ z'_y / τ)`` at the true target among candidates.
+
+    Args:
+        temperature (float): τ. Defaults to 1 (a plain linear classifier).
+        label_smoothing (float): Label smoothing of the cross-entropy.
+            Defaults to 0.
+        normalize (bool): L2-normalise predictions and candidates first
+            (cosine similarities, as in contrastive losses). Defaults to False.
+        loss_weight (float): Multiplier. Defaults to 1.
+    """
+
+    def __init__(self,
+                 temperature: float = 1.0,
+                 label_smoothing: float = 0.0,
+                 normalize: bool = False,
+                 loss_weight: float = 1.0) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f'temperature must be > 0, got {temperature}')
+        self.temperature = temperature
+        self.label_smoothing = label_smoothing
+        self.normalize = normalize
+        self.loss_weight = loss_weight
+
+    def logits(self,
+               pred: torch.Tensor,
+               candidates: torch.Tensor,
+               bias: Optional[torch.Tensor] = None,
+               temperature: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Energies ``ẑ_yᵀ z'_y / τ`` of every prediction and candidate."""
+        if self.normalize:
+            pred = F.normalize(pred, dim=-1)
+            candidates = F.normalize(candidates, dim=-1)
+        logits = pred @ candidates.t()
+        if bias is not None:
+            logits = logits + bias
+        return logits / (self.temperature if temperature is None else
+                         temperature)
+
+    def forward(self,
+                pred: torch.Tensor,
+                candidates: torch.Tensor,
+                target_index: torch.Tensor,
+                bias: Optional[torch.Tensor] = None,
+                temperature: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Cross-entropy of the true candidate.
+
+        Args:
+            pred (Tensor): (N, D) predictions ẑ_y.
+            candidates (Tensor): (K, D) target representations z'_y, e.g.
+                all category embeddings or the texts of the batch.
+            target_index (Tensor): (N,) index of each true target in
+                ``candidates``.
+            bias (Tensor, optional): (K,) added to the energies.
+            temperature (Tensor, optional): Overrides τ (e.g. learnable).
+
+        Returns:
+            Tensor: Scalar loss.
+        """
+        if pred.dim() != 2 or candidates.dim() != 2 or \
+                pred.shape[1] != candidates.shape[1]:
+            raise ValueError(f'expected (N, D) predictions and (K, D) '
+                             f'candidates, got {tuple(pred.shape)} and '
+                             f'{tuple(candidates.shape)}')
+        logits = self.logits(pred, candidates, bias, temperature)
+        return self.loss_weight * F.cross_entropy(
+            logits.float(), target_index,
+            label_smoothing=self.label_smoothing)

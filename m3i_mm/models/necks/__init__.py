@@ -1,0 +1,3 @@
+from .image_target_decoder import ImageTargetDecoder
+
+__all__ = ['ImageTargetDecoder']

@@ -1,0 +1,11 @@
+from .loss_weighting import GradientNormBalancer
+from .mixing import derangement, mix_images, upsample_patch_mask
+from .multi_input import MixedBatch, MultiInputMixer
+from .view_geometry import (patch_centers, sincos_pos_embed,
+                            target_positions_in_input)
+
+__all__ = [
+    'GradientNormBalancer', 'MixedBatch', 'MultiInputMixer', 'derangement',
+    'mix_images', 'upsample_patch_mask', 'patch_centers', 'sincos_pos_embed',
+    'target_positions_in_input'
+]

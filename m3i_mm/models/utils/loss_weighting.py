@@ -1,0 +1,118 @@
+"""Dynamic loss weighting of M3I (paper appendix B.1, Eq. 13).
+
+``L = L_SSP + λ·L_SP`` with ``λ = γ · ḡ_uni / ḡ_multi``, where ``ḡ`` are
+exponential moving averages of the gradient norms that the uni-modal
+(self-supervised, image targets) and the multi-modal (category / text
+targets) losses send back to the features fed to their heads.
+
+No extra backward pass is run: the features go to each group of heads
+through an identity "tap" whose backward records the norm of the gradient
+passing through it. λ for a step is computed from the norms measured up to
+the previous step and is a constant for autograd.
+"""
+from typing import Dict
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from m3i_mm.registry import MODELS
+
+GROUPS = ('uni', 'multi')
+
+
+class _GradNormTap(torch.autograd.Function):
+    """Identity whose backward adds the gradient's squared norm to a slot."""
+
+    @staticmethod
+    def forward(ctx, x, store, index):
+        ctx.store, ctx.index = store, index
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        ctx.store[ctx.index] += grad.detach().float().pow(2).sum()
+        return grad, None, None
+
+
+@MODELS.register_module()
+class GradientNormBalancer(nn.Module):
+    """λ = γ · EMA(‖∂L_uni/∂z‖) / EMA(‖∂L_multi/∂z‖), measured by taps.
+
+    Usage in an algorithm's ``loss``::
+
+        lam = balancer.step()                 # λ for this iteration
+        z_uni = balancer.tap(z, 'uni')        # -> image decoders
+        z_multi = balancer.tap(z, 'multi')    # -> category / text heads
+        loss = loss_uni + lam * loss_multi
+
+    The EMAs are bias-corrected (as in Adam), so the first measurement is
+    used in full; before any measurement λ = γ. The multi-modal norm is
+    measured on ``λ·L_multi`` and divided by the λ in force.
+
+    Args:
+        gamma (float): Gradient ratio γ. Defaults to 1 (Table 13).
+        momentum (float): EMA decay of the norms. Defaults to 0.9.
+        eps (float): Guards the division. Defaults to 1e-12.
+    """
+
+    def __init__(self,
+                 gamma: float = 1.0,
+                 momentum: float = 0.9,
+                 eps: float = 1e-12) -> None:
+        super().__init__()
+        if not 0 <= momentum < 1:
+            raise ValueError(f'momentum must be in [0, 1), got {momentum}')
+        self.gamma = gamma
+        self.momentum = momentum
+        self.eps = eps
+        self.register_buffer('ema_norms', torch.zeros(2))
+        self.register_buffer('num_updates', torch.zeros((), dtype=torch.long))
+        self.register_buffer('weight', torch.tensor(float(gamma)))
+        # Squared norms recorded by the taps during the last backward.
+        self._pending = torch.zeros(2)
+        self._pending_weight = float(gamma)
+
+    def tap(self, x: torch.Tensor, group: str) -> torch.Tensor:
+        """Identity on ``x`` that measures the gradient of ``group``."""
+        if group not in GROUPS:
+            raise ValueError(f'group must be one of {GROUPS}, got {group!r}')
+        if not (self.training and x.requires_grad):
+            return x
+        if self._pending.device != x.device:
+            self._pending = self._pending.to(x.device)
+        return _GradNormTap.apply(x, self._pending, GROUPS.index(group))
+
+    @torch.no_grad()
+    def step(self) -> torch.Tensor:
+        """Fold the last measured norms into the EMAs; return this step's λ.
+
+        Returns:
+            Tensor: λ (a 0-dim tensor without gradient).
+        """
+        pending = self._pending
+        if bool((pending > 0).all()):
+            if dist.is_available() and dist.is_initialized():
+                dist.all_reduce(pending)
+                pending /= dist.get_world_size()
+            norms = pending.to(self.ema_norms).sqrt()
+            norms[1] = norms[1] / self._pending_weight  # undo λ scaling
+            self.ema_norms.mul_(self.momentum).add_(
+                norms, alpha=1 - self.momentum)
+            self.num_updates += 1
+            ema = self.ema_norms / (1 - self.momentum**int(self.num_updates))
+            self.weight.fill_(self.gamma * float(ema[0]) /
+                              max(float(ema[1]), self.eps))
+        self._pending = torch.zeros_like(pending)
+        self._pending_weight = float(self.weight)
+        return self.weight.clone()
+
+    def extra_repr(self) -> str:
+        return f'gamma={self.gamma}, momentum={self.momentum}'
+
+    def state(self) -> Dict[str, float]:
+        """Current λ and EMA norms, for logging."""
+        return dict(
+            weight=float(self.weight),
+            grad_norm_uni=float(self.ema_norms[0]),
+            grad_norm_multi=float(self.ema_norms[1]))

@@ -42,3 +42,27 @@ def test_config_loads_and_builds_model(path):
         with torch.device('meta'):
             model = model_registry(scope).build(cfg.model)
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+PIPELINE_CONFIGS = [p for p in CONFIGS if 'pretrain' in p.split(osp.sep)]
+
+
+@pytest.mark.parametrize(
+    'path', PIPELINE_CONFIGS,
+    ids=[osp.relpath(p, REPO) for p in PIPELINE_CONFIGS])
+def test_pretrain_pipeline_runs_on_a_real_image(path, demo_root):
+    from mmcv.transforms import Compose
+    cfg = Config.fromfile(path)
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        pipeline = Compose(cfg.train_dataloader.dataset.pipeline)
+        out = pipeline(
+            dict(img_path=osp.join(demo_root, 'train', 'zero',
+                                   'digit_00000.png')))
+    views = out['inputs']
+    size = cfg.train_pipeline[1]['size'] if 'train_pipeline' in cfg else None
+    assert len(views) == 2 and views[0].shape == views[1].shape
+    assert views[0].shape[-1] == size
+    sample = out['data_samples']
+    mask = sample.mask
+    assert tuple(mask.shape) == (size // cfg.model.mixer.patch_size, ) * 2
+    assert sample.view_boxes.shape == (2, 4)

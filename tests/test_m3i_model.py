@@ -255,3 +255,19 @@ def test_pixel_target_patch_order():
     assert patches.shape == (1, 4, 8)
     # Patch 1 = top-right 2x2 block, channel-last within the patch.
     assert patches[0, 1].tolist() == [2, 18, 3, 19, 6, 22, 7, 23]
+
+
+def test_attention_pooling_sees_only_its_own_tokens():
+    head = MODELS.build(dict(type='AttentionPoolingHead', in_channels=8,
+                             out_channels=3, num_heads=2, embed_dims=16))
+    tokens = torch.randn(2, 6, 8)
+    ignore = torch.tensor([[False, True, False, True, True, False]] * 2)
+    out = head(tokens, key_padding_mask=ignore)
+    changed = tokens.clone()
+    changed[ignore] = 100.0  # the other image's tokens
+    assert torch.allclose(head(changed, key_padding_mask=ignore), out,
+                          atol=1e-5)
+    assert torch.allclose(head(tokens[:, [0, 2, 5]]), out, atol=1e-5)
+    with pytest.raises(ValueError, match='divisible'):
+        MODELS.build(dict(type='AttentionPoolingHead', in_channels=8,
+                          out_channels=3, num_heads=3))

@@ -29,8 +29,8 @@ model = dict(
 
 optim_wrapper = dict(
     type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=3e-3, weight_decay=0.0))
-max_iters = 300
+    optimizer=dict(type='AdamW', lr=1e-2, weight_decay=0.0))
+max_iters = 500
 param_scheduler = [
     dict(type='CosineAnnealingLR', by_epoch=False, begin=0, end=max_iters,
          eta_min=1e-5)

@@ -66,7 +66,7 @@ train_dataloader = dict(
         split='train',
         pipeline=train_pipeline))
 
-max_iters = 400
+max_iters = 800
 optim_wrapper = dict(
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=1e-3, betas=(0.9, 0.95),

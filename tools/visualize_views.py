@@ -23,7 +23,6 @@ import os.path as osp
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import m3i_mm  # noqa: F401  (compat fixes + registration before anything else)
-import m3i_mm.datasets.transforms  # noqa: F401  (M3IViews, mask generators)
 import matplotlib
 
 matplotlib.use('Agg')

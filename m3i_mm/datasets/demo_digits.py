@@ -19,7 +19,7 @@ import os
 import os.path as osp
 import shutil
 import tempfile
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -56,32 +56,62 @@ def _digit_png(image_8x8: np.ndarray, image_size: int):
         (image_size, image_size), Image.BICUBIC)
 
 
-def materialize_demo_digits(root: str, image_size: int = 32) -> str:
-    """Write the demo digits under ``root`` unless they are already there.
+def materialize_atomically(root: str, writer: Callable[[str], None],
+                           what: str) -> str:
+    """Run ``writer(tmp_dir)`` and rename the result to ``root`` once.
 
     Safe to call from several processes: the folder is written under a
-    temporary name and renamed into place when complete.
+    temporary name next to ``root`` and renamed into place when complete;
+    a complete folder is marked with a ``.complete`` file and reused.
 
     Args:
-        root (str): Target folder (e.g. ``data/demo_digits``).
-        image_size (int): Side of the written PNGs. Defaults to 32.
+        root (str): Target folder.
+        writer (callable): Writes the data set into the folder it is given.
+        what (str): Name of the data in error messages.
 
     Returns:
-        str: ``root``.
+        str: The absolute ``root``.
     """
     root = osp.abspath(root)
     if osp.exists(osp.join(root, _DONE_FLAG)):
         return root
     if osp.exists(root) and os.listdir(root):
         raise FileExistsError(
-            f'{root} exists but is not a complete demo-digits folder '
-            f'(no {_DONE_FLAG}); remove it to re-create the demo data.')
-    from sklearn.datasets import load_digits
-    digits = load_digits()
+            f'{root} exists but is not a complete {what} folder (no '
+            f'{_DONE_FLAG}); remove it to re-create the demo data.')
     parent = osp.dirname(root)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix='.demo_digits.', dir=parent)
+    tmp = tempfile.mkdtemp(prefix=f'.{osp.basename(root)}.', dir=parent)
     try:
+        writer(tmp)
+        open(osp.join(tmp, _DONE_FLAG), 'w').close()
+        if osp.exists(root):  # an empty folder
+            os.rmdir(root)
+        try:
+            os.rename(tmp, root)
+        except OSError:
+            # Another process finished first.
+            if not osp.exists(osp.join(root, _DONE_FLAG)):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def materialize_demo_digits(root: str, image_size: int = 32) -> str:
+    """Write the demo digits under ``root`` unless they are already there.
+
+    Args:
+        root (str): Target folder (e.g. ``data/demo_digits``).
+        image_size (int): Side of the written PNGs. Defaults to 32.
+
+    Returns:
+        str: The absolute ``root``.
+    """
+    from sklearn.datasets import load_digits
+
+    def write(tmp: str) -> None:
+        digits = load_digits()
         os.makedirs(osp.join(tmp, 'meta'))
         for split in ('train', 'val'):
             lines = []
@@ -96,18 +126,8 @@ def materialize_demo_digits(root: str, image_size: int = 32) -> str:
                 f.write('\n'.join(lines) + '\n')
         with open(osp.join(tmp, 'meta', 'classes.txt'), 'w') as f:
             f.write('\n'.join(DIGIT_CLASSES) + '\n')
-        open(osp.join(tmp, _DONE_FLAG), 'w').close()
-        if osp.exists(root):  # an empty folder
-            os.rmdir(root)
-        try:
-            os.rename(tmp, root)
-        except OSError:
-            # Another process finished first.
-            if not osp.exists(osp.join(root, _DONE_FLAG)):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
+
+    return materialize_atomically(root, write, 'demo-digits')
 
 
 @DATASETS.register_module()

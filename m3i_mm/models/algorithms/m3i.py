@@ -38,7 +38,6 @@ Siamese image modeling, ``('same', ...)`` masked feature modeling).
 from typing import Dict, List, Optional, Tuple
 
 import torch
-import torch.nn as nn
 
 from mmpretrain.models import BaseSelfSupervisor
 from mmpretrain.structures import DataSample

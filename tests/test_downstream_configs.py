@@ -247,3 +247,17 @@ def test_real_configs_hold_the_paper_hyper_parameters():
     assert tuple(seg.model.backbone.img_size) == (512, 512)
     steps = [t.type for t in seg.train_dataloader.dataset.pipeline]
     assert {'RandomCrop', 'RandomFlip', 'PhotoMetricDistortion'} <= set(steps)
+
+
+def test_internimage_t_demo_trains_and_evaluates_on_cpu(demo_root, tmp_path):
+    cfg = small(
+        config_path('downstream', 'internimage', 'internimage-t_demo.py'),
+        tmp_path, demo_root, iters=3, num_val=64)
+    cfg.train_dataloader.batch_size = 8
+    runner, probe = train(cfg)
+    from m3i_mm.ops import DCNv3
+    assert any(isinstance(m, DCNv3) for m in runner.model.modules())
+    after = runner.model.state_dict()
+    key = 'backbone.stages.3.blocks.0.dcn.output_proj.weight'
+    assert key in after and not torch.equal(after[key], probe.before[key])
+    assert 0.0 <= probe.metrics['accuracy/top1'] <= 100.0

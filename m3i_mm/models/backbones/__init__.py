@@ -1,1 +1,3 @@
-__all__ = []
+from .internimage import InternImage
+
+__all__ = ['InternImage']

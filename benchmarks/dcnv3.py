@@ -1,0 +1,203 @@
+"""Benchmark the DCNv3 core: forward + backward time, printed as ratios.
+
+Compares m3i_mm's pure-PyTorch DCNv3 core with a straightforward
+grid_sample implementation written the way the official reference
+(``dcnv3_core_pytorch`` of OpenGVLab/InternImage) is: pad the input, build
+normalised sampling grids, fold the groups into the batch, one
+``F.grid_sample`` over all points, then multiply by the mask and sum the
+points. Shapes: the four stages of InternImage-T on a batch of two 224x224
+images. Goal: ours >= 2x faster on CPU. Where a GPU is present it also
+compares the CUDA extension (if built) with the PyTorch path on the GPU.
+
+Usage::
+
+    python benchmarks/dcnv3.py [--repeats 7] [--threads N]
+
+The CPU is timed with one intra-op thread and with all of them (or only
+with ``--threads N``); each number is the best of ``--repeats`` runs, the
+implementations interleaved. Run it on an otherwise idle machine: with
+another process busy, every multi-threaded op waits for a core and the
+numbers mostly measure the scheduler.
+"""
+import argparse
+import os.path as osp
+import sys
+import time
+from typing import Callable, List, Tuple
+
+import torch
+import torch.nn.functional as F
+
+# run from a checkout without installing m3i_mm
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+from m3i_mm.ops.dcnv3.dispatch import (  # noqa: E402
+    cuda_ext_available, dcnv3_core)
+from m3i_mm.ops.dcnv3.functional import dcnv3_core_pytorch  # noqa: E402
+
+# InternImage-T at 224x224: (height = width, channels, groups) per stage
+STAGES = [(56, 64, 4), (28, 128, 8), (14, 256, 16), (7, 512, 32)]
+BATCH = 2
+KERNEL, PAD = 3, 1
+POINTS = KERNEL * KERNEL
+
+
+def grid_sample_dcnv3(input,
+                      offset,
+                      mask,
+                      group,
+                      group_channels,
+                      offset_scale=1.0):
+    """DCNv3 core the official reference way (k=3, stride 1, pad 1, dil 1).
+    """
+    n, height, width, channels = input.shape
+    _, out_h, out_w, _ = offset.shape
+    x = F.pad(input, [0, 0, PAD, PAD, PAD, PAD])
+    padded_h, padded_w = height + 2 * PAD, width + 2 * PAD
+    # reference points (pixel centres, normalised to [0, 1])
+    ref_y, ref_x = torch.meshgrid(
+        torch.arange(out_h, dtype=torch.float32) + 1.5,
+        torch.arange(out_w, dtype=torch.float32) + 1.5,
+        indexing='ij')
+    ref = torch.stack((ref_x / padded_w, ref_y / padded_h), -1)
+    ref = ref.view(1, out_h, out_w, 1, 2)
+    # kernel grid, x-major
+    k = torch.arange(KERNEL, dtype=torch.float32) - KERNEL // 2
+    grid_x, grid_y = torch.meshgrid(k / padded_w, k / padded_h, indexing='ij')
+    grid = torch.stack((grid_x, grid_y), -1).view(1, 1, 1, POINTS, 2)
+    grid = grid.repeat(1, 1, 1, group, 1)
+    norm = torch.tensor([padded_w, padded_h], dtype=torch.float32)
+    locations = (ref + grid * offset_scale).repeat(n, 1, 1, 1, 1)
+    locations = locations + offset.view(n, out_h, out_w, group * POINTS,
+                                        2) * offset_scale / norm
+    grids = 2 * locations - 1
+    # groups into the batch: (N*G, Cg, H, W) and (N*G, Ho*Wo, P, 2)
+    x = x.view(n, padded_h * padded_w,
+               channels).transpose(1, 2).reshape(n * group, group_channels,
+                                                 padded_h, padded_w)
+    grids = grids.view(n, out_h * out_w, group, POINTS,
+                       2).transpose(1, 2).flatten(0, 1)
+    sampled = F.grid_sample(
+        x, grids, mode='bilinear', padding_mode='zeros', align_corners=False)
+    mask = mask.view(n, out_h * out_w, group,
+                     POINTS).transpose(1, 2).reshape(n * group, 1,
+                                                     out_h * out_w, POINTS)
+    out = (sampled * mask).sum(-1).view(n, channels, out_h * out_w)
+    return out.transpose(1, 2).reshape(n, out_h, out_w, channels)
+
+
+def ours(input, offset, mask, group, group_channels):
+    return dcnv3_core_pytorch(input, offset, mask, KERNEL, KERNEL, 1, 1, PAD,
+                              PAD, 1, 1, group, group_channels, 1.0)
+
+
+def ours_cuda(input, offset, mask, group, group_channels):
+    return dcnv3_core(
+        input,
+        offset,
+        mask,
+        KERNEL,
+        KERNEL,
+        1,
+        1,
+        PAD,
+        PAD,
+        1,
+        1,
+        group,
+        group_channels,
+        1.0,
+        backend='cuda')
+
+
+def make_stage(height: int, channels: int, group: int,
+               device: str) -> Tuple[torch.Tensor, ...]:
+    gen = torch.Generator().manual_seed(height)
+    shape = (BATCH, height, height)
+    input = torch.randn(*shape, channels, generator=gen)
+    offset = torch.randn(*shape, group * POINTS * 2, generator=gen)
+    mask = torch.rand(*shape, group * POINTS, generator=gen)
+    mask = mask.view(*shape, group, POINTS).softmax(-1).view(*shape, -1)
+    grad = torch.randn(*shape, channels, generator=gen)
+    return tuple(t.to(device) for t in (input, offset, mask, grad))
+
+
+def time_fwd_bwd(fn: Callable, data: Tuple[torch.Tensor, ...], group: int,
+                 sync: Callable) -> float:
+    input, offset, mask, grad = (t.clone() for t in data)
+    for t in (input, offset, mask):
+        t.requires_grad_()
+    sync()
+    start = time.perf_counter()
+    fn(input, offset, mask, group, input.shape[-1] // group).backward(grad)
+    sync()
+    return time.perf_counter() - start
+
+
+def compare(impls: List[Tuple[str, Callable]], device: str,
+            repeats: int) -> List[float]:
+    """Best fwd+bwd seconds per implementation, summed over the stages."""
+    sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
+    totals = [0.0] * len(impls)
+    print(f'{"stage (HxW, C, G)":<22}' + ''.join(f'{name + " ms":>16}'
+                                                 for name, _ in impls))
+    for height, channels, group in STAGES:
+        data = make_stage(height, channels, group, device)
+        # same function: check the outputs agree before timing
+        outs = [fn(*data[:3], group, channels // group) for _, fn in impls]
+        for (name, _), out in zip(impls[1:], outs[1:]):
+            diff = (out.float() - outs[0].float()).abs().max().item()
+            if diff > 1e-3:
+                raise AssertionError(f'{name} differs from {impls[0][0]} by '
+                                     f'{diff} at stage {height}')
+        times = [[] for _ in impls]
+        for _ in range(repeats + 1):  # the first round warms up
+            for i, (_, fn) in enumerate(impls):
+                times[i].append(time_fwd_bwd(fn, data, group, sync))
+        best = [min(t[1:]) for t in times]
+        for i, seconds in enumerate(best):
+            totals[i] += seconds
+        print(f'{f"{height}x{height}, {channels}, {group}":<22}' +
+              ''.join(f'{1e3 * b:>16.1f}' for b in best))
+    print(f'{"total":<22}' + ''.join(f'{1e3 * t:>16.1f}' for t in totals))
+    return totals
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--repeats', type=int, default=7)
+    parser.add_argument(
+        '--threads',
+        type=int,
+        default=None,
+        help='intra-op threads (default: 1, then all)')
+    args = parser.parse_args()
+    threads = [args.threads] if args.threads else sorted(
+        {1, torch.get_num_threads()})
+
+    for num_threads in threads:
+        torch.set_num_threads(num_threads)
+        print(f'CPU, {num_threads} thread(s), batch {BATCH}, InternImage-T '
+              f'stages at 224x224, forward + backward (best of '
+              f'{args.repeats})')
+        reference, pytorch = compare([('grid_sample', grid_sample_dcnv3),
+                                      ('m3i_mm', ours)], 'cpu', args.repeats)
+        ratio = reference / pytorch
+        print(f'CPU speed-up of m3i_mm over the grid_sample reference, '
+              f'{num_threads} thread(s): {ratio:.2f}x (goal >= 2x: '
+              f'{"met" if ratio >= 2 else "NOT met"})\n')
+
+    if torch.cuda.is_available():
+        print(f'\nCUDA ({torch.cuda.get_device_name()})')
+        impls = [('pytorch', ours)]
+        if cuda_ext_available():
+            impls.append(('cuda_ext', ours_cuda))
+        else:
+            print('m3i_mm._ext_dcnv3 is not built: PyTorch path only')
+        totals = compare(impls, 'cuda', args.repeats)
+        if len(totals) == 2:
+            print(f'CUDA extension speed-up over the PyTorch path on the '
+                  f'GPU: {totals[0] / totals[1]:.2f}x')
+
+
+if __name__ == '__main__':
+    main()

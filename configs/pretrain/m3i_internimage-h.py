@@ -1,0 +1,71 @@
+# M3I pre-training of InternImage-H (paper Table 7, InternImage-H column):
+# 192x192 input, decoder width 1024 / FFN 4096, attention pooling 1024 ->
+# 768, 30 epochs, stochastic depth 0.2. The paper's run also draws 427M
+# image-text pairs (LAION-400M, YFCC-15M, CC12M) next to ImageNet-22k; text
+# targets come with the multi-modal configs. This config is the
+# image-category + self-supervised part on ImageNet-22k.
+_base_ = ['./m3i_vitb.py']
+img_size = 192
+stride = 32  # InternImage's last stage: one token per 32x32 patch
+channels = 320 * 8  # InternImage-H stage-4 width
+
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='InternImage',
+        arch='h',
+        drop_path_rate=0.2,
+        drop_path_type='uniform',  # Table 7: 0.2 (uniform)
+        out_indices=(3, ),
+        with_cp=True),
+    mixer=dict(patch_size=stride),
+    image_decoder=dict(
+        in_channels=channels,
+        out_channels=channels,
+        embed_dims=1024,
+        depth=4,
+        num_heads=16,
+        mlp_ratio=4.0),
+    category_head=dict(
+        in_channels=channels, embed_dims=1024, out_channels=768,
+        num_heads=16),
+    category_embedding=dict(num_classes=21841, embed_dims=768))
+
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(
+        type='M3IViews',
+        size=img_size,
+        crop_scale=(0.2, 1.0),
+        flip_prob=0.5,
+        interpolation='bicubic',
+        target_view_transforms={{_base_.target_view_aug}},
+        other_view_transforms={{_base_.other_view_aug}}),
+    dict(
+        type='BlockwiseMaskGenerator',
+        input_size=img_size,
+        patch_size=stride,
+        mask_ratio=0.5,
+        min_num_patches=4),
+    dict(type='PackInputs', algorithm_keys=['view_boxes', 'view_flips']),
+]
+train_dataloader = dict(
+    batch_size=64,
+    dataset=dict(
+        type='ImageNet21k',
+        data_root='data/imagenet21k',
+        split='train',
+        pipeline=train_pipeline))
+
+max_epochs = 30
+warmup_epochs = 1
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-4, by_epoch=True, begin=0,
+         end=warmup_epochs, convert_to_iter_based=True),
+    dict(type='CosineAnnealingLR', T_max=max_epochs - warmup_epochs,
+         eta_min=1e-6, by_epoch=True, begin=warmup_epochs, end=max_epochs,
+         convert_to_iter_based=True),
+]
+train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs)
+default_hooks = dict(checkpoint=dict(interval=1, max_keep_ckpts=3))
+auto_scale_lr = dict(base_batch_size=4096)

@@ -1,0 +1,161 @@
+"""Build helpers of the DCNv3 CUDA extension ``m3i_mm._ext_dcnv3``.
+
+``setup.py`` loads this file by path (it must not import the ``m3i_mm``
+package, whose dependencies may not be installed yet), so it only uses the
+standard library and, lazily, ``torch.utils.cpp_extension``::
+
+    spec = importlib.util.spec_from_file_location(
+        'dcnv3_build', 'm3i_mm/ops/dcnv3/build.py')
+    dcnv3_build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dcnv3_build)
+    ext_modules = dcnv3_build.get_dcnv3_extensions()
+    cmdclass = dcnv3_build.get_cmdclass() if ext_modules else {}
+
+The extension is built only where CUDA is usable
+(``torch.cuda.is_available()``) or when forced with ``M3I_FORCE_CUDA=1``
+(e.g. a GPU-less build machine with nvcc; set ``TORCH_CUDA_ARCH_LIST``
+there). Without it m3i_mm runs the
+pure-PyTorch DCNv3 everywhere.
+"""
+import glob
+import os
+import shutil
+import sysconfig
+from typing import List, Optional
+
+EXT_NAME = 'm3i_mm._ext_dcnv3'
+FORCE_ENV = 'M3I_FORCE_CUDA'
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(_HERE)))
+SRC_DIR = os.path.join(_HERE, 'src')
+CPP_SOURCES = ('dcnv3.cpp', )
+CUDA_SOURCES = ('dcnv3_cuda.cu', )
+# Flags torch's BuildExtension passes to nvcc (kept in sync by
+# ``nvcc_flags``, which prefers torch's own list when it exists).
+_COMMON_NVCC_FLAGS = [
+    '-D__CUDA_NO_HALF_OPERATORS__',
+    '-D__CUDA_NO_HALF_CONVERSIONS__',
+    '-D__CUDA_NO_BFLOAT16_CONVERSIONS__',
+    '-D__CUDA_NO_HALF2_OPERATORS__',
+    '--expt-relaxed-constexpr',
+]
+
+
+def source_paths(relative: bool = True) -> List[str]:
+    """Sources of the extension.
+
+    Args:
+        relative (bool): Relative to the project root (what setuptools
+            wants, setup.py runs there) instead of absolute. Defaults to True.
+
+    Returns:
+        list[str]: The C++ binding and the CUDA kernels.
+    """
+    paths = [
+        os.path.join(SRC_DIR, name) for name in CPP_SOURCES + CUDA_SOURCES
+    ]
+    if relative:
+        paths = [os.path.relpath(path, _ROOT) for path in paths]
+    return paths
+
+
+def want_cuda_extension() -> bool:
+    """Whether to build: ``M3I_FORCE_CUDA=1`` or a usable CUDA device."""
+    if os.environ.get(FORCE_ENV, '0') == '1':
+        return True
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def pip_cuda_include_dirs() -> List[str]:
+    """Header folders of the CUDA libraries pip installed beside torch.
+
+    PyPI's CUDA builds of torch bring cuBLAS, cuSPARSE, ... as ``nvidia-*``
+    wheels (``site-packages/nvidia/*/include``) whose headers torch's own
+    headers include; a minimal CUDA toolkit (nvcc + cudart) lacks them.
+    """
+    import torch
+    site = os.path.dirname(os.path.dirname(os.path.abspath(torch.__file__)))
+    return sorted(glob.glob(os.path.join(site, 'nvidia', '*', 'include')))
+
+
+def get_dcnv3_extensions() -> list:
+    """The ``CUDAExtension`` list for ``setup(ext_modules=...)``.
+
+    Returns:
+        list: ``[CUDAExtension('m3i_mm._ext_dcnv3', ...)]`` when
+        :func:`want_cuda_extension`, else ``[]``.
+    """
+    if not want_cuda_extension():
+        return []
+    from torch.utils.cpp_extension import CUDAExtension
+    return [
+        CUDAExtension(
+            name=EXT_NAME,
+            sources=source_paths(),
+            include_dirs=pip_cuda_include_dirs(),
+            extra_compile_args={
+                'cxx': ['-O3', '-std=c++17'],
+                'nvcc': ['-O3', '-std=c++17'],
+            })
+    ]
+
+
+def get_cmdclass() -> dict:
+    """``{'build_ext': BuildExtension}`` for ``setup(cmdclass=...)``."""
+    from torch.utils.cpp_extension import BuildExtension
+    return {'build_ext': BuildExtension}
+
+
+def find_nvcc() -> Optional[str]:
+    """Path of nvcc: ``$CUDA_HOME/bin/nvcc``, then ``$PATH``, else None."""
+    for home in (os.environ.get('CUDA_HOME'), os.environ.get('CUDA_PATH')):
+        if home and os.path.isfile(os.path.join(home, 'bin', 'nvcc')):
+            return os.path.join(home, 'bin', 'nvcc')
+    return shutil.which('nvcc') or ('/usr/local/cuda/bin/nvcc' if
+                                    os.path.isfile('/usr/local/cuda/bin/nvcc')
+                                    else None)
+
+
+def nvcc_flags() -> List[str]:
+    """nvcc flags torch's ``BuildExtension`` uses for extensions."""
+    from torch.utils import cpp_extension
+    return list(
+        getattr(cpp_extension, 'COMMON_NVCC_FLAGS', _COMMON_NVCC_FLAGS))
+
+
+def nvcc_compile_command(source: str,
+                         output: str,
+                         arch: str = 'sm_80',
+                         nvcc: Optional[str] = None) -> List[str]:
+    """nvcc command compiling one source to an object file, as a build would.
+
+    Used by the CI compile check (tests/test_dcnv3.py) so that a broken
+    kernel is caught on machines without a GPU.
+
+    Args:
+        source (str): A ``.cu`` (or ``.cpp``) file.
+        output (str): The object file to write.
+        arch (str): GPU architecture. Defaults to ``'sm_80'``.
+        nvcc (str, optional): nvcc executable; found by :func:`find_nvcc`.
+
+    Returns:
+        list[str]: The command line.
+    """
+    import torch
+    from torch.utils.cpp_extension import include_paths
+    nvcc = nvcc or find_nvcc()
+    if nvcc is None:
+        raise FileNotFoundError('nvcc not found (set CUDA_HOME)')
+    includes = [path for path in include_paths() if os.path.isdir(path)]
+    includes += pip_cuda_include_dirs()
+    includes.append(sysconfig.get_paths()['include'])
+    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    return [
+        nvcc, '-c', source, '-o', output, f'-arch={arch}', '-std=c++17', '-O3',
+        '-Xcompiler', '-fPIC', f'-D_GLIBCXX_USE_CXX11_ABI={abi}',
+        '-DTORCH_API_INCLUDE_EXTENSION_H', '-DTORCH_EXTENSION_NAME=_ext_dcnv3'
+    ] + nvcc_flags() + [f'-I{path}' for path in includes]

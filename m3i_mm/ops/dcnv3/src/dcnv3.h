@@ -1,0 +1,46 @@
+// DCNv3 core, CUDA implementation: shared declarations.
+//
+// Layout (channels-last, as the PyTorch implementation in functional.py):
+//   input  (N, H, W, G * Cg)
+//   offset (N, Ho, Wo, G * P * 2), (x, y) pairs
+//   mask   (N, Ho, Wo, G * P)
+//   output (N, Ho, Wo, G * Cg)
+// Kernel points are ordered x-major: p = i * kernel_h + j for kernel column i
+// and row j, skipping the centre when remove_center is set.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <vector>
+
+namespace m3i_mm {
+
+struct DCNv3Config {
+  int kernel_h;
+  int kernel_w;
+  int stride_h;
+  int stride_w;
+  int pad_h;
+  int pad_w;
+  int dilation_h;
+  int dilation_w;
+  int group;
+  int group_channels;
+  double offset_scale;
+  bool remove_center;
+};
+
+// Returns the output (N, Ho, Wo, G * Cg) in the input dtype.
+at::Tensor dcnv3_cuda_forward(const at::Tensor& input,
+                              const at::Tensor& offset,
+                              const at::Tensor& mask,
+                              const DCNv3Config& cfg);
+
+// Returns {grad_input, grad_offset, grad_mask}.
+std::vector<at::Tensor> dcnv3_cuda_backward(const at::Tensor& input,
+                                            const at::Tensor& offset,
+                                            const at::Tensor& mask,
+                                            const at::Tensor& grad_output,
+                                            const DCNv3Config& cfg);
+
+}  // namespace m3i_mm

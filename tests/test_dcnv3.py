@@ -1,0 +1,411 @@
+"""DCNv3 operator: pure-PyTorch core, dispatch, module, CUDA build.
+
+The core is checked against a deliberately naive per-point loop (numpy,
+written from the definition of the official kernels), with gradcheck in
+float64, and against closed forms (zero offsets and a uniform mask make
+DCNv3 a 3x3 box filter). CUDA tests run where a GPU and the extension exist;
+the nvcc compile check runs wherever nvcc does.
+"""
+import importlib.util
+import itertools
+import math
+import os
+import os.path as osp
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from m3i_mm.ops.dcnv3 import build as dcnv3_build
+from m3i_mm.ops.dcnv3.dispatch import cuda_ext_available, dcnv3_core
+from m3i_mm.ops.dcnv3.functional import dcnv3_core_pytorch, dcnv3_output_size
+from m3i_mm.ops.dcnv3.modules import DCNv3
+from m3i_mm.registry import MODELS
+
+# kernel (h, w), stride (h, w), pad (h, w), dilation (h, w), offset scale,
+# remove centre
+CASES = {
+    'k3': ((3, 3), (1, 1), (1, 1), (1, 1), 1.0, False),
+    'stride2': ((3, 3), (2, 2), (1, 1), (1, 1), 1.0, False),
+    'dilation2_scale2': ((3, 3), (1, 1), (2, 2), (2, 2), 2.0, False),
+    'remove_center': ((3, 3), (1, 1), (1, 1), (1, 1), 1.0, True),
+    'k3x5_mixed': ((3, 5), (2, 1), (1, 2), (1, 2), 0.5, True),
+    'k2_no_pad': ((2, 2), (1, 1), (0, 0), (1, 1), 1.0, False),
+}
+
+
+def naive_dcnv3(input, offset, mask, kernel, stride, pad, dilation, group,
+                group_channels, offset_scale, remove_center):
+    """One output pixel, group and point at a time, corners checked by hand.
+
+    Returns:
+        tuple: Output (float64 tensor) and the number of bilinear corners
+        that fell outside the image.
+    """
+    x, off, msk = (t.detach().double().numpy() for t in (input, offset, mask))
+    n, height, width, channels = x.shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, pad, dilation
+    out_h = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    out_w = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    # x-major point order, as the official kernels
+    points = [(i, j) for i in range(kw) for j in range(kh)
+              if not (remove_center and (i, j) == (kw // 2, kh // 2))]
+    out = np.zeros((n, out_h, out_w, channels))
+    outside = 0
+    for b, oy, ox, g, (p, (i, j)) in itertools.product(
+            range(n), range(out_h), range(out_w), range(group),
+            enumerate(points)):
+        k = g * len(points) + p  # (group, point) column of offset and mask
+        dx, dy = off[b, oy, ox, 2 * k:2 * k + 2]
+        # kernel centre + (kernel point + offset) * scale, in input pixels
+        half_h, half_w = dh * (kh - 1) // 2, dw * (kw - 1) // 2
+        ly = oy * sh - ph + half_h + (j * dh - half_h + dy) * offset_scale
+        lx = ox * sw - pw + half_w + (i * dw - half_w + dx) * offset_scale
+        y0, x0 = math.floor(ly), math.floor(lx)
+        chans = slice(g * group_channels, (g + 1) * group_channels)
+        for yy, xx in ((y0, x0), (y0, x0 + 1), (y0 + 1, x0), (y0 + 1, x0 + 1)):
+            if 0 <= yy < height and 0 <= xx < width:
+                weight = (1 - abs(ly - yy)) * (1 - abs(lx - xx))
+                value = weight * x[b, yy, xx, chans]
+                out[b, oy, ox, chans] += msk[b, oy, ox, k] * value
+            else:
+                outside += 1
+    return torch.from_numpy(out), outside
+
+
+def make_inputs(case,
+                n=2,
+                height=6,
+                width=7,
+                group=2,
+                group_channels=3,
+                offset_std=3.0,
+                dtype=torch.float64,
+                seed=0):
+    kernel, stride, pad, dilation, _, remove_center = case
+    out_h, out_w = dcnv3_output_size(height, width, *kernel, *stride, *pad,
+                                     *dilation)
+    points = kernel[0] * kernel[1] - int(remove_center)
+    gen = torch.Generator().manual_seed(seed)
+    input = torch.randn(
+        n, height, width, group * group_channels, generator=gen, dtype=dtype)
+    offset = torch.randn(
+        n, out_h, out_w, group * points * 2, generator=gen,
+        dtype=dtype) * offset_std
+    mask = torch.rand(
+        n, out_h, out_w, group * points, generator=gen, dtype=dtype)
+    return input, offset, mask
+
+
+def core_args(case, group=2, group_channels=3):
+    kernel, stride, pad, dilation, scale, remove_center = case
+    return (*kernel, *stride, *pad, *dilation, group, group_channels, scale,
+            remove_center)
+
+
+@pytest.mark.parametrize('name', list(CASES))
+def test_matches_naive_loop(name):
+    case = CASES[name]
+    input, offset, mask = make_inputs(case)
+    expected, outside = naive_dcnv3(input, offset, mask, *case[:4], 2, 3,
+                                    *case[4:])
+    assert outside > 0, 'offsets must also point outside the image'
+    out = dcnv3_core_pytorch(input, offset, mask, *core_args(case))
+    assert out.shape == expected.shape
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize('name', ['k3', 'dilation2_scale2', 'k3x5_mixed'])
+def test_gradcheck_float64(name):
+    case = CASES[name]
+    inputs = [
+        t.requires_grad_() for t in make_inputs(
+            case,
+            n=1,
+            height=4,
+            width=5,
+            group=2,
+            group_channels=2,
+            offset_std=1.5)
+    ]
+    assert torch.autograd.gradcheck(
+        lambda *t: dcnv3_core_pytorch(*t, *core_args(case, 2, 2)), inputs)
+
+
+def test_matches_grid_sample_formulation_with_gradients():
+    """Against the official reference's grid_sample formulation (the
+    baseline of benchmarks/dcnv3.py), values and gradients, on a size whose
+    backward pads its sort (1024 < points < 32768)."""
+    path = osp.join(
+        osp.dirname(osp.dirname(osp.abspath(__file__))), 'benchmarks',
+        'dcnv3.py')
+    spec = importlib.util.spec_from_file_location('dcnv3_benchmark', path)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    inputs = make_inputs(
+        CASES['k3'], n=1, height=16, width=16, dtype=torch.float32)
+    ours = [t.clone().requires_grad_() for t in inputs]
+    theirs = [t.clone().requires_grad_() for t in inputs]
+    out = dcnv3_core_pytorch(*ours, *core_args(CASES['k3']))
+    expected = benchmark.grid_sample_dcnv3(*theirs, 2, 3)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    expected.backward(grad)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-3)
+
+
+def test_points_outside_have_zero_gradients():
+    case = CASES['k3']
+    input, offset, mask = make_inputs(case, n=1, height=4, width=4)
+    offset = torch.full_like(offset, 10.0).requires_grad_()  # all outside
+    mask.requires_grad_()
+    input.requires_grad_()
+    out = dcnv3_core_pytorch(input, offset, mask, *core_args(case))
+    out.sum().backward()
+    assert out.abs().max() == 0
+    for tensor in (input, offset, mask):
+        assert tensor.grad.abs().max() == 0
+
+
+def box_filter(x):
+    """3x3 mean with zero padding of an (N, H, W, C) tensor."""
+    out = F.avg_pool2d(x.permute(0, 3, 1, 2), 3, 1, 1, count_include_pad=True)
+    return out.permute(0, 2, 3, 1)
+
+
+def test_zero_offsets_uniform_mask_is_box_filter():
+    input = torch.randn(2, 5, 6, 8)
+    offset = torch.zeros(2, 5, 6, 2 * 9 * 2)
+    mask = torch.full((2, 5, 6, 2 * 9), 1 / 9)
+    out = dcnv3_core_pytorch(input, offset, mask, 3, 3, 1, 1, 1, 1, 1, 1, 2, 4,
+                             1.0)
+    torch.testing.assert_close(out, box_filter(input))
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_low_precision_close_to_fp32(dtype):
+    case = CASES['k3']
+    inputs = make_inputs(
+        case,
+        height=8,
+        width=8,
+        group=2,
+        group_channels=8,
+        offset_std=1.0,
+        dtype=torch.float32)
+    inputs = [t.to(dtype).requires_grad_() for t in inputs]
+    reference = [t.detach().float().requires_grad_() for t in inputs]
+    args = core_args(case, 2, 8)
+    out = dcnv3_core_pytorch(*inputs, *args)
+    ref = dcnv3_core_pytorch(*reference, *args)
+    assert out.dtype == dtype
+    grad = torch.randn_like(ref)
+    out.backward(grad.to(dtype))
+    ref.backward(grad)
+    tol = 2e-2 if dtype == torch.bfloat16 else 2e-3
+    torch.testing.assert_close(out.float(), ref, rtol=tol, atol=tol)
+    for low, high in zip(inputs, reference):
+        assert low.grad.dtype == dtype
+        scale = high.grad.abs().max()
+        torch.testing.assert_close(
+            low.grad.float() / scale, high.grad / scale, rtol=tol, atol=tol)
+
+
+def test_bad_shapes_raise_with_shapes():
+    input, offset, mask = make_inputs(CASES['k3'])
+    args = core_args(CASES['k3'])
+    with pytest.raises(
+            ValueError, match=r'input has 6 channels.*\(2, 6, 7, 6\)'):
+        dcnv3_core_pytorch(input, offset, mask, *args[:8], 3, 3, *args[10:])
+    with pytest.raises(
+            ValueError,
+            match=r'offset must have shape'
+            r' \(2, 6, 7, 36\).*got \(2, 6, 7, 35\)'):
+        dcnv3_core_pytorch(input, offset[..., :-1], mask, *args)
+    with pytest.raises(ValueError, match=r'mask must have shape'):
+        dcnv3_core_pytorch(input, offset, mask[:, :3], *args)
+    with pytest.raises(ValueError, match='odd kernel'):
+        dcnv3_core_pytorch(input, offset, mask, 2, 2, *args[2:11], True)
+
+
+def test_dispatch_on_cpu():
+    input, offset, mask = make_inputs(CASES['k3'], dtype=torch.float32)
+    args = core_args(CASES['k3'])
+    expected = dcnv3_core_pytorch(input, offset, mask, *args)
+    for backend in ('auto', 'pytorch'):
+        torch.testing.assert_close(
+            dcnv3_core(input, offset, mask, *args, backend=backend), expected)
+    with pytest.raises(ValueError, match='needs CUDA tensors'):
+        dcnv3_core(input, offset, mask, *args, backend='cuda')
+    with pytest.raises(ValueError, match='backend must be one of'):
+        dcnv3_core(input, offset, mask, *args, backend='triton')
+    assert isinstance(cuda_ext_available(), bool)
+
+
+def test_dispatch_falls_back_once_without_extension(monkeypatch):
+    from types import SimpleNamespace
+
+    from m3i_mm.ops.dcnv3 import dispatch
+    cuda_input = SimpleNamespace(is_cuda=True, device='cuda:0')
+    monkeypatch.setattr(dispatch, '_load_ext', lambda: None)
+    monkeypatch.setattr(dispatch, '_fallback_warned', False)
+    with pytest.warns(UserWarning, match='_ext_dcnv3 is not built'):
+        assert not dispatch._use_cuda_ext(cuda_input, 'auto')
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # warned once only
+        assert not dispatch._use_cuda_ext(cuda_input, 'auto')
+    with pytest.raises(RuntimeError, match='not built'):
+        dispatch._use_cuda_ext(cuda_input, 'cuda')
+    monkeypatch.setattr(dispatch, '_load_ext', lambda: object())
+    assert dispatch._use_cuda_ext(cuda_input, 'auto')
+    assert not dispatch._use_cuda_ext(cuda_input, 'pytorch')
+
+
+def test_module_at_init_is_projected_box_filter():
+    module = MODELS.build(dict(type='DCNv3', channels=8, group=2))
+    x = torch.randn(2, 5, 6, 8)
+    expected = module.output_proj(box_filter(module.input_proj(x)))
+    torch.testing.assert_close(module(x), expected)
+
+
+def test_module_center_feature_scale_blends_half_at_init():
+    module = DCNv3(
+        channels=8, group=2, center_feature_scale=True, dw_kernel_size=5)
+    x = torch.randn(1, 4, 4, 8)
+    projected = module.input_proj(x)
+    expected = module.output_proj(0.5 * box_filter(projected) +
+                                  0.5 * projected)
+    torch.testing.assert_close(module(x), expected)
+
+
+def test_module_trains_offsets_and_mask():
+    module = DCNv3(channels=8, group=2)
+    module(torch.randn(1, 4, 4, 8)).square().sum().backward()
+    # zero-initialised offsets still receive gradients
+    assert module.offset.weight.grad.abs().sum() > 0
+    assert module.mask.weight.grad.abs().sum() > 0
+
+
+def test_module_rejects_bad_config_and_input():
+    with pytest.raises(ValueError, match='divisible by group'):
+        DCNv3(channels=10, group=4)
+    with pytest.raises(ValueError, match='stride=2'):
+        DCNv3(channels=8, group=2, stride=2)
+    with pytest.raises(ValueError, match=r'\(1, 8, 4, 4\)'):
+        DCNv3(channels=8, group=2)(torch.randn(1, 8, 4, 4))
+
+
+needs_cuda_ext = pytest.mark.skipif(
+    not (torch.cuda.is_available() and cuda_ext_available()),
+    reason='needs a GPU and the m3i_mm._ext_dcnv3 extension')
+
+
+@needs_cuda_ext
+@pytest.mark.parametrize('name', list(CASES))
+@pytest.mark.parametrize(
+    'dtype', [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+def test_cuda_matches_pytorch(name, dtype):
+    case = CASES[name]
+    inputs = [
+        t.cuda().to(dtype).requires_grad_() for t in make_inputs(
+            case,
+            height=9,
+            width=10,
+            group=2,
+            group_channels=8,
+            offset_std=2.0,
+            dtype=torch.float32)
+    ]
+    reference = [t.detach().double().requires_grad_() for t in inputs]
+    args = core_args(case, 2, 8)
+    out = dcnv3_core(*inputs, *args, backend='cuda')
+    ref = dcnv3_core_pytorch(*reference, *args)
+    grad = torch.randn_like(ref)
+    out.backward(grad.to(dtype))
+    ref.backward(grad)
+    tol = {
+        torch.float64: 1e-10,
+        torch.float32: 1e-4,
+        torch.float16: 5e-3,
+        torch.bfloat16: 3e-2
+    }[dtype]
+    torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol)
+    for fast, exact in zip(inputs, reference):
+        scale = exact.grad.abs().max()
+        torch.testing.assert_close(
+            fast.grad.double() / scale, exact.grad / scale, rtol=tol, atol=tol)
+
+
+def test_build_module_loads_without_the_package():
+    """setup.py loads build.py by path, before m3i_mm's deps exist."""
+    path = dcnv3_build.__file__
+    code = ('import importlib.util, sys\n'
+            f'spec = importlib.util.spec_from_file_location("b", {path!r})\n'
+            'b = importlib.util.module_from_spec(spec)\n'
+            'spec.loader.exec_module(b)\n'
+            'assert "m3i_mm" not in sys.modules\n'
+            'print(b.EXT_NAME, len(b.get_dcnv3_extensions()))\n')
+    env = dict(os.environ, M3I_FORCE_CUDA='0')
+    result = subprocess.run([sys.executable, '-c', code],
+                            env=env,
+                            capture_output=True,
+                            text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    expected = 1 if torch.cuda.is_available() else 0
+    assert result.stdout.split()[-2:] == ['m3i_mm._ext_dcnv3', str(expected)]
+
+
+def test_extension_is_built_only_when_wanted(monkeypatch):
+    monkeypatch.setenv(dcnv3_build.FORCE_ENV, '0')
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    assert dcnv3_build.get_dcnv3_extensions() == []
+    from torch.utils import cpp_extension
+    if cpp_extension.CUDA_HOME is None:
+        pytest.skip('no CUDA toolkit: CUDAExtension cannot be declared')
+    monkeypatch.setenv(dcnv3_build.FORCE_ENV, '1')
+    (ext, ) = dcnv3_build.get_dcnv3_extensions()
+    assert ext.name == 'm3i_mm._ext_dcnv3'
+    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    assert sorted(ext.sources) == sorted(dcnv3_build.source_paths())
+    for source in ext.sources:
+        assert not osp.isabs(source) and osp.isfile(osp.join(root, source))
+
+
+def _cuda_headers_present() -> bool:
+    from torch.utils.cpp_extension import include_paths
+    return any(
+        osp.isfile(osp.join(path, 'ATen', 'cuda', 'Atomic.cuh'))
+        for path in include_paths())
+
+
+@pytest.mark.skipif(
+    dcnv3_build.find_nvcc() is None,
+    reason='nvcc not found: CUDA sources not compile-checked')
+@pytest.mark.skipif(
+    not _cuda_headers_present(), reason="torch's CUDA headers not installed")
+def test_cuda_sources_compile_with_nvcc(tmp_path):
+    """Real nvcc compile (sm_80) of every extension source to an object.
+
+    The sources compile in parallel: about a minute on 2 cores.
+    """
+    jobs = []
+    for source in dcnv3_build.source_paths(relative=False):
+        output = tmp_path / (osp.basename(source) + '.o')
+        command = dcnv3_build.nvcc_compile_command(source, str(output))
+        jobs.append((source, output,
+                     subprocess.Popen(
+                         command,
+                         stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT,
+                         text=True)))
+    for source, output, job in jobs:
+        log, _ = job.communicate(timeout=900)
+        assert job.returncode == 0, f'nvcc failed on {source}:\n{log[-5000:]}'
+        assert output.stat().st_size > 0

@@ -31,8 +31,8 @@ WHEELS="$CACHE/wheels/$MMCV_DIST-$MMCV_VERSION-torch$TORCH-py$PYVER"
 mkdir -p "$CACHE"
 # One builder at a time; others wait and then reuse its result.
 exec 9>"$CACHE/.lock"
-if [ ! -f "$VENV/.complete" ]; then
-  log "waiting for the environment lock ($CACHE/.lock)"
+if [ ! -f "$VENV/.complete" ] && ! flock -n 9; then
+  log "another build holds $CACHE/.lock; waiting for it"
   flock 9
 fi
 if [ -f "$VENV/.complete" ]; then
@@ -57,7 +57,7 @@ if ! ls "$WHEELS"/*.whl >/dev/null 2>&1; then
   TMPW="$(mktemp -d "$CACHE/mmcv-build.XXXX")"
   # --no-build-isolation: mmcv's setup.py must see the installed torch, or
   # the ops are silently skipped.
-  MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" pip_public "$PY" -m pip wheel -v --no-deps \
+  MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" pip_public "$PY" -m pip wheel -v --no-deps --no-cache-dir \
       --no-build-isolation -w "$TMPW" "$MMCV_DIST==$MMCV_VERSION" 2>&1 \
     | grep --line-buffered -E '^\[[0-9]+/[0-9]+\]|error:|Successfully built' \
     | sed -u 's/^\(\[[0-9]*\/[0-9]*\]\).* \(-c \)\?\([^ ]*\.cpp\).*/\1 \3/' >&2 || true

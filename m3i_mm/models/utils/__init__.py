@@ -1,3 +1,4 @@
+from .distributed import gather_with_grad
 from .loss_weighting import GradientNormBalancer
 from .mixing import derangement, mix_images, upsample_patch_mask
 from .multi_input import MixedBatch, MultiInputMixer
@@ -5,7 +6,7 @@ from .view_geometry import (patch_centers, sincos_pos_embed,
                             target_positions_in_input)
 
 __all__ = [
-    'GradientNormBalancer', 'MixedBatch', 'MultiInputMixer', 'derangement',
+    'GradientNormBalancer', 'MixedBatch', 'gather_with_grad', 'MultiInputMixer', 'derangement',
     'mix_images', 'upsample_patch_mask', 'patch_centers', 'sincos_pos_embed',
     'target_positions_in_input'
 ]

@@ -1,0 +1,79 @@
+"""Boltzmann posterior over candidates gathered from all ranks (gloo, CPU)."""
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from m3i_mm.models.losses import BoltzmannPosterior
+from m3i_mm.models.utils import gather_with_grad
+
+WORLD, N, D = 2, 3, 5
+
+
+def make_problem():
+    """A tiny two-tower model and a global batch of WORLD * N pairs."""
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(WORLD * N, 4, generator=gen)
+    texts = torch.randn(WORLD * N, 6, generator=gen)
+    image_tower = torch.nn.Linear(4, D)
+    text_tower = torch.nn.Linear(6, D)
+    with torch.no_grad():
+        for p in [*image_tower.parameters(), *text_tower.parameters()]:
+            p.copy_(torch.randn(p.shape, generator=gen))
+    return images, texts, image_tower, text_tower
+
+
+def contrastive_loss(image_emb, text_emb):
+    """Each image predicts its paired text among all gathered texts."""
+    posterior = BoltzmannPosterior(temperature=0.5, normalize=True)
+    candidates, offset = gather_with_grad(text_emb)
+    target = torch.arange(len(image_emb)) + offset
+    return posterior(image_emb, candidates, target)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank, port, out):
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    dist.init_process_group('gloo', rank=rank, world_size=WORLD)
+    images, texts, image_tower, text_tower = make_problem()
+    local = slice(rank * N, (rank + 1) * N)
+    loss = contrastive_loss(image_tower(images[local]),
+                            text_tower(texts[local]))
+    loss.backward()
+    grads = [p.grad for p in [*image_tower.parameters(),
+                              *text_tower.parameters()]]
+    for g in grads:  # what DDP does: average the gradients over ranks
+        dist.all_reduce(g)
+        g /= WORLD
+    dist.all_reduce(loss.detach(), op=dist.ReduceOp.SUM)
+    out[rank] = dict(loss=loss.detach() / WORLD, grads=grads)
+    dist.destroy_process_group()
+
+
+def test_two_ranks_equal_the_concatenated_batch():
+    images, texts, image_tower, text_tower = make_problem()
+    single = contrastive_loss(image_tower(images), text_tower(texts))
+    single.backward()
+    expected = [p.grad for p in [*image_tower.parameters(),
+                                 *text_tower.parameters()]]
+
+    out = mp.Manager().dict()
+    mp.spawn(_rank_main, args=(_free_port(), out), nprocs=WORLD, join=True)
+    for rank in range(WORLD):
+        assert torch.allclose(out[rank]['loss'], single.detach(), atol=1e-6)
+        for got, want in zip(out[rank]['grads'], expected):
+            # Exact gradients, negatives on the other rank included.
+            assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_without_a_process_group_nothing_is_gathered():
+    x = torch.randn(4, 3)
+    gathered, offset = gather_with_grad(x)
+    assert gathered is x and offset == 0

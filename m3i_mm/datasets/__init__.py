@@ -2,11 +2,13 @@ from .demo_detection import DemoDigitsCoco, materialize_demo_digits_coco
 from .demo_digits import (DIGIT_CLASSES, DemoDigits, demo_digits_split,
                           materialize_demo_digits)
 from .demo_segmentation import DemoDigitsSeg, materialize_demo_digits_ade
+from .image_text import ImageTextDataset, ImageTextShards, expand_shards
 from .transforms import BlockwiseMaskGenerator, M3IViews
 
 __all__ = [
     'BlockwiseMaskGenerator', 'DIGIT_CLASSES', 'DemoDigits', 'DemoDigitsCoco',
-    'DemoDigitsSeg', 'M3IViews', 'demo_digits_split',
+    'DemoDigitsSeg', 'ImageTextDataset', 'ImageTextShards', 'M3IViews',
+    'demo_digits_split', 'expand_shards',
     'materialize_demo_digits', 'materialize_demo_digits_ade',
     'materialize_demo_digits_coco'
 ]

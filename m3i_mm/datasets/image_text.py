@@ -1,0 +1,259 @@
+"""Image-text pairs: an annotation file, or tar shards in the WebDataset layout.
+
+- :class:`ImageTextDataset` reads ``image path + caption`` from a ``.jsonl``
+  (``{"image": ..., "caption": ...}`` per line) or ``.tsv``
+  (``path<TAB>caption``) file; images are loaded by the pipeline as usual.
+- :class:`ImageTextShards` streams ``.tar`` shards as LAION / CC12M / YFCC are
+  distributed (WebDataset layout: the files of one sample are adjacent
+  members sharing a key, e.g. ``000123.jpg`` + ``000123.txt``), without
+  unpacking them. Shards are split over ranks and dataloader workers. A
+  corrupt sample (undecodable image, missing caption) or a truncated shard is
+  skipped with a counted warning, never a crash.
+
+Both produce ``img`` (or ``img_path``) and ``caption`` for the pipeline.
+"""
+import glob
+import io
+import json
+import os.path as osp
+import re
+import tarfile
+import warnings
+from typing import Dict, Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+from mmcv.transforms import Compose
+from mmengine.dataset import BaseDataset
+from mmengine.dist import get_dist_info
+from torch.utils.data import IterableDataset, get_worker_info
+
+from m3i_mm.registry import DATASETS
+
+IMAGE_EXTS = ('jpg', 'jpeg', 'png', 'webp', 'bmp')
+TEXT_EXTS = ('txt', 'caption', 'json')
+
+
+@DATASETS.register_module()
+class ImageTextDataset(BaseDataset):
+    """Image-caption pairs listed in an annotation file.
+
+    Args:
+        ann_file (str): ``.jsonl`` with ``image`` and ``caption`` keys, or
+            ``.tsv`` with ``path<TAB>caption`` lines.
+        data_root (str): Root of ``ann_file`` and the images.
+        data_prefix (str | dict): Image folder, relative to ``data_root``.
+        **kwargs: Passed to :class:`mmengine.dataset.BaseDataset`.
+    """
+
+    def __init__(self,
+                 ann_file: str,
+                 data_root: str = '',
+                 data_prefix: Union[str, dict] = '',
+                 **kwargs) -> None:
+        if isinstance(data_prefix, str):
+            data_prefix = dict(img_path=data_prefix)
+        super().__init__(
+            ann_file=ann_file,
+            data_root=data_root,
+            data_prefix=data_prefix,
+            **kwargs)
+
+    def load_data_list(self) -> List[dict]:
+        """One ``dict(img_path, caption)`` per annotated pair."""
+        prefix = self.data_prefix.get('img_path', '')
+        data_list = []
+        with open(self.ann_file, encoding='utf-8') as f:
+            for line_no, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                path, caption = self._parse(line, line_no)
+                data_list.append(
+                    dict(img_path=osp.join(prefix, path), caption=caption))
+        return data_list
+
+    def _parse(self, line: str, line_no: int):
+        where = f'{self.ann_file}, line {line_no}'
+        if self.ann_file.endswith('.jsonl'):
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f'{where}: not JSON ({err})') from None
+            missing = [k for k in ('image', 'caption') if k not in item]
+            if missing:
+                raise KeyError(f'{where}: missing key(s) {missing}')
+            return item['image'], item['caption']
+        if self.ann_file.endswith('.tsv'):
+            parts = line.rstrip('\n').split('\t', 1)
+            if len(parts) != 2:
+                raise ValueError(f'{where}: expected "path<TAB>caption"')
+            return parts[0], parts[1]
+        raise ValueError(f'{self.ann_file}: annotation files must be .jsonl '
+                         'or .tsv')
+
+
+def expand_shards(shards: Union[str, Sequence[str]],
+                  data_root: str = '') -> List[str]:
+    """Shard paths from globs and WebDataset brace ranges.
+
+    ``'laion/{00000..00002}.tar'`` -> three paths; ``'cc12m/*.tar'`` -> the
+    sorted matches.
+
+    Args:
+        shards (str | Sequence[str]): Patterns.
+        data_root (str): Prefix of relative patterns.
+
+    Returns:
+        list[str]: Paths, in order.
+    """
+    patterns = [shards] if isinstance(shards, str) else list(shards)
+    paths = []
+    for pattern in patterns:
+        pattern = osp.join(data_root, pattern)
+        match = re.search(r'\{(\d+)\.\.(\d+)\}', pattern)
+        if match:
+            first, last = match.group(1), match.group(2)
+            for i in range(int(first), int(last) + 1):
+                paths.append(pattern[:match.start()] + str(i).zfill(
+                    len(first)) + pattern[match.end():])
+        elif any(c in pattern for c in '*?['):
+            found = sorted(glob.glob(pattern))
+            if not found:
+                raise FileNotFoundError(f'no shard matches {pattern}')
+            paths.extend(found)
+        else:
+            paths.append(pattern)
+    return paths
+
+
+@DATASETS.register_module()
+class ImageTextShards(IterableDataset):
+    """Stream image-caption pairs from WebDataset-style tar shards.
+
+    Each worker of each rank reads its own shards (shard ``i`` goes to global
+    worker ``i % (world_size * num_workers)``), sequentially and without
+    unpacking. Use it with ``sampler=None`` in the dataloader config.
+
+    Args:
+        shards (str | Sequence[str]): Shard paths, globs or brace ranges
+            (``'{00000..00099}.tar'``).
+        data_root (str): Prefix of relative shard paths.
+        pipeline (Sequence[dict]): Transforms applied to
+            ``dict(img, caption, img_path)``.
+        shuffle_shards (bool): Shuffle the shard order each pass.
+        seed (int): Seed of the shard shuffle.
+        max_warnings (int): Skipped samples warned about one by one; later
+            ones are only counted.
+    """
+
+    def __init__(self,
+                 shards: Union[str, Sequence[str]],
+                 data_root: str = '',
+                 pipeline: Sequence[dict] = (),
+                 shuffle_shards: bool = True,
+                 seed: int = 0,
+                 max_warnings: int = 10) -> None:
+        super().__init__()
+        self.shards = expand_shards(shards, data_root)
+        missing = [p for p in self.shards if not osp.isfile(p)]
+        if missing:
+            raise FileNotFoundError(f'missing shard(s): {missing[:5]}')
+        self.pipeline = Compose(list(pipeline))
+        self.shuffle_shards = shuffle_shards
+        self.seed = seed
+        self.max_warnings = max_warnings
+        self.num_skipped = 0
+        self.epoch = 0
+
+    def _my_shards(self) -> List[str]:
+        rank, world_size = get_dist_info()
+        worker = get_worker_info()
+        num_workers, worker_id = (1, 0) if worker is None else (
+            worker.num_workers, worker.id)
+        order = list(self.shards)
+        if self.shuffle_shards:
+            rng = np.random.default_rng(self.seed + self.epoch)
+            order = [order[i] for i in rng.permutation(len(order))]
+        return order[rank * num_workers + worker_id::world_size * num_workers]
+
+    def _skip(self, what: str) -> None:
+        self.num_skipped += 1
+        if self.num_skipped <= self.max_warnings:
+            warnings.warn(f'ImageTextShards: skipped {what} '
+                          f'({self.num_skipped} skipped so far)')
+
+    def __iter__(self) -> Iterator[dict]:
+        shards = self._my_shards()
+        self.epoch += 1
+        for shard in shards:
+            for key, files in self._samples(shard):
+                sample = self._decode(shard, key, files)
+                if sample is None:
+                    continue
+                out = self.pipeline(sample)
+                if out is not None:
+                    yield out
+
+    def _samples(self, shard: str) -> Iterator[tuple]:
+        """(key, {extension: bytes}) of each sample, in stream order."""
+        key, files = None, {}
+        try:
+            with tarfile.open(shard, mode='r|*') as tar:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    name = osp.basename(member.name)
+                    stem, _, ext = name.partition('.')
+                    member_key = osp.join(osp.dirname(member.name), stem)
+                    if member_key != key and files:
+                        yield key, files
+                        files = {}
+                    key = member_key
+                    files[ext.lower()] = tar.extractfile(member).read()
+        except (tarfile.TarError, OSError, EOFError) as err:
+            self._skip(f'the rest of shard {shard} after sample {key} '
+                       f'(unreadable: {err})')
+            return
+        if files:
+            yield key, files
+
+    def _decode(self, shard: str, key: str,
+                files: Dict[str, bytes]) -> Optional[dict]:
+        import mmcv
+        image = next((files[e] for e in IMAGE_EXTS if e in files), None)
+        text = next((e for e in TEXT_EXTS if e in files), None)
+        where = f'sample {key} of {shard}'
+        if image is None or text is None:
+            self._skip(f'{where}: needs an image and a caption, has '
+                       f'{sorted(files)}')
+            return None
+        try:
+            img = mmcv.imfrombytes(image, flag='color')
+            if img is None:
+                raise ValueError('undecodable image')
+            caption = files[text].decode('utf-8').strip()
+            if text == 'json':
+                caption = json.loads(caption)['caption']
+        except Exception as err:  # any corrupt member: skip, never crash
+            self._skip(f'{where}: {err}')
+            return None
+        return dict(
+            img=img,
+            img_shape=img.shape[:2],
+            ori_shape=img.shape[:2],
+            caption=caption,
+            img_path=f'{shard}:{key}')
+
+
+def write_shard(path: str, samples: Sequence[tuple]) -> None:
+    """Write ``(key, {ext: bytes})`` samples as a WebDataset tar shard."""
+    with tarfile.open(path, 'w') as tar:
+        for key, files in samples:
+            for ext, data in files.items():
+                info = tarfile.TarInfo(f'{key}.{ext}')
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+__all__ = [
+    'ImageTextDataset', 'ImageTextShards', 'expand_shards', 'write_shard'
+]

@@ -1,1 +1,3 @@
-__all__ = []
+from .retrieval import ImageTextRetrieval
+
+__all__ = ['ImageTextRetrieval']

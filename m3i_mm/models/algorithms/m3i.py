@@ -24,10 +24,16 @@ view O (see :class:`~m3i_mm.models.utils.MultiInputMixer`):
      ``M_i = 0`` for 'same'.
    - category: attention pooling over each image's own tokens predicts its
      category embedding; Boltzmann posterior (softmax CE, label smoothing).
+   - text: the same for its paired caption, encoded by a jointly trained
+     text encoder; Boltzmann posterior over the captions of the whole
+     (all-rank) batch with a learned temperature.
+
+   A sample may carry a category, a caption or neither (several sources in
+   one run): each global loss covers only the images that have its target.
 
    Target positions are the target-patch centres mapped into the input
    view's coordinates (:func:`~m3i_mm.models.utils.target_positions_in_input`).
-5. ``L = L_SSP + λ·L_SP`` with λ from
+5. ``L = L_SSP + λ·(L_category + L_text)`` with λ from
    :class:`~m3i_mm.models.utils.GradientNormBalancer`.
 
 With ``mode='mask'`` (no second image) this is "M3I w/o mix" (Table 3), and
@@ -35,14 +41,17 @@ without a category head or image decoder it reduces to the single-target
 methods of Table 5 (e.g. ``mode='mask', target_views=('different', ...)`` is
 Siamese image modeling, ``('same', ...)`` masked feature modeling).
 """
+import math
 from typing import Dict, List, Optional, Tuple
 
 import torch
+import torch.nn as nn
 
 from mmpretrain.models import BaseSelfSupervisor
 from mmpretrain.structures import DataSample
 from m3i_mm.registry import MODELS
 from ..target_encoders import backbone_tokens
+from ..utils.distributed import gather_with_grad
 from ..utils.view_geometry import patch_centers, target_positions_in_input
 
 
@@ -71,6 +80,15 @@ class M3I(BaseSelfSupervisor):
             ``CategoryEmbedding``.
         category_posterior (dict): Defaults to ``BoltzmannPosterior`` with
             label smoothing 0.1.
+        text_head (dict, optional): Global decoder for paired texts, e.g.
+            ``AttentionPoolingHead``.
+        text_target (dict, optional): Text target encoder, e.g.
+            ``TextTargetEncoder`` (trained jointly).
+        text_posterior (dict): Defaults to a cosine ``BoltzmannPosterior``
+            whose temperature is learned (CLIP's ``logit_scale``, initial
+            τ = ``text_temperature``) and whose candidates are the texts of
+            the whole batch, gathered from all ranks.
+        text_temperature (float): Initial τ of the text posterior.
         loss_balancer (dict, optional): ``GradientNormBalancer`` config;
             ``None`` fixes λ = 1.
         data_preprocessor (dict, optional): Defaults to
@@ -88,6 +106,11 @@ class M3I(BaseSelfSupervisor):
                  category_embedding: Optional[dict] = None,
                  category_posterior: dict = dict(
                      type='BoltzmannPosterior', label_smoothing=0.1),
+                 text_head: Optional[dict] = None,
+                 text_target: Optional[dict] = None,
+                 text_posterior: dict = dict(
+                     type='BoltzmannPosterior', normalize=True),
+                 text_temperature: float = 0.07,
                  loss_balancer: Optional[dict] = dict(
                      type='GradientNormBalancer'),
                  data_preprocessor: Optional[dict] = None,
@@ -103,7 +126,11 @@ class M3I(BaseSelfSupervisor):
         if (category_head is None) != (category_embedding is None):
             raise ValueError('category_head and category_embedding must be '
                              'given together')
-        if image_target is None and category_head is None:
+        if (text_head is None) != (text_target is None):
+            raise ValueError('text_head and text_target must be given '
+                             'together')
+        if image_target is None and category_head is None and \
+                text_head is None:
             raise ValueError('M3I needs at least one target')
         self.image_target = None if image_target is None else MODELS.build(
             dict(image_target, backbone=self.backbone))
@@ -115,6 +142,12 @@ class M3I(BaseSelfSupervisor):
         self.category_embedding = MODELS.build(category_embedding) \
             if category_embedding else None
         self.category_posterior = MODELS.build(category_posterior)
+        self.text_head = MODELS.build(text_head) if text_head else None
+        self.text_target = MODELS.build(text_target) if text_target else None
+        self.text_posterior = MODELS.build(text_posterior)
+        if self.text_head is not None:
+            self.text_logit_scale = nn.Parameter(
+                torch.tensor(math.log(1.0 / text_temperature)))
         self.loss_balancer = MODELS.build(loss_balancer) \
             if loss_balancer else None
 
@@ -164,13 +197,22 @@ class M3I(BaseSelfSupervisor):
             losses.update(
                 self._image_losses(inputs, data_samples, mask, mixed,
                                    tokens_uni, first_idx, second_idx))
+        # Each sample has a category, a paired text, or neither: a global
+        # loss covers only the images that have its target.
+        images = [(first_idx, torch.arange(n, device=device))]
+        if mixed.sigma is not None:
+            images.append((second_idx, mixed.sigma))
         if self.category_head is not None:
-            labels = self._stack(data_samples, 'gt_label', device).view(n)
-            loss_cls = self._category_loss(tokens_multi, first_idx, labels)
-            if mixed.sigma is not None:
-                loss_cls = loss_cls + self._category_loss(
-                    tokens_multi, second_idx, labels[mixed.sigma])
-            losses['loss_cls'] = lam * loss_cls
+            labels, has_label = self._labels(data_samples, device)
+            losses['loss_cls'] = lam * sum(
+                self._category_loss(tokens_multi[has_label[who]],
+                                    idx[has_label[who]], labels[who][
+                                        has_label[who]])
+                for idx, who in images)
+        if self.text_head is not None:
+            losses['loss_text'] = lam * self._text_loss(
+                tokens_multi, images, data_samples, device)
+        if self.category_head is not None or self.text_head is not None:
             losses['lambda_sp'] = lam
         return losses
 
@@ -244,6 +286,43 @@ class M3I(BaseSelfSupervisor):
             self.category_embedding.weight,
             labels,
             bias=self.category_embedding.bias)
+
+    def _text_loss(self, tokens: torch.Tensor, images: list,
+                   data_samples: List[DataSample],
+                   device: torch.device) -> torch.Tensor:
+        """Each image predicts its own paired text among all texts.
+
+        Every sample's caption is encoded once (an empty string stands in for
+        a missing one and is masked out as a candidate); the candidates are
+        gathered from all ranks with gradients.
+        """
+        captions = [s.get('caption') for s in data_samples]
+        has_text = torch.tensor([c is not None for c in captions],
+                                device=device)
+        texts = self.text_target([c or '' for c in captions])
+        candidates, offset = gather_with_grad(texts)
+        valid, _ = gather_with_grad(has_text)
+        temperature = 1.0 / self.text_logit_scale.clamp(max=math.log(100)).exp()
+        loss = texts.sum() * 0.0  # keeps every rank's graph alike
+        for idx, who in images:
+            rows = has_text[who]
+            pred = self.text_head(_gather_tokens(tokens[rows], idx[rows]))
+            loss = loss + self.text_posterior(
+                pred, candidates, who[rows] + offset,
+                temperature=temperature, candidate_mask=valid)
+        return loss
+
+    @staticmethod
+    def _labels(data_samples: List[DataSample], device: torch.device
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(N,) labels (0 where absent) and (N,) bool "has a label"."""
+        labels, present = [], []
+        for sample in data_samples:
+            label = sample.get('gt_label')
+            present.append(label is not None and len(label) > 0)
+            labels.append(int(label[0]) if present[-1] else 0)
+        return (torch.tensor(labels, device=device),
+                torch.tensor(present, device=device))
 
     def _split_tokens(self, mask: torch.Tensor, device: torch.device
                       ) -> Tuple[torch.Tensor, torch.Tensor]:

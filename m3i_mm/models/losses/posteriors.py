@@ -99,7 +99,9 @@ class BoltzmannPosterior(nn.Module):
                 candidates: torch.Tensor,
                 target_index: torch.Tensor,
                 bias: Optional[torch.Tensor] = None,
-                temperature: Optional[torch.Tensor] = None) -> torch.Tensor:
+                temperature: Optional[torch.Tensor] = None,
+                candidate_mask: Optional[torch.Tensor] = None
+                ) -> torch.Tensor:
         """Cross-entropy of the true candidate.
 
         Args:
@@ -110,9 +112,11 @@ class BoltzmannPosterior(nn.Module):
                 ``candidates``.
             bias (Tensor, optional): (K,) added to the energies.
             temperature (Tensor, optional): Overrides τ (e.g. learnable).
+            candidate_mask (Tensor, optional): (K,) bool, False = not a
+                candidate (e.g. the padding of a sample without text).
 
         Returns:
-            Tensor: Scalar loss.
+            Tensor: Scalar loss; 0 (still differentiable) for N = 0.
         """
         if pred.dim() != 2 or candidates.dim() != 2 or \
                 pred.shape[1] != candidates.shape[1]:
@@ -120,6 +124,10 @@ class BoltzmannPosterior(nn.Module):
                              f'candidates, got {tuple(pred.shape)} and '
                              f'{tuple(candidates.shape)}')
         logits = self.logits(pred, candidates, bias, temperature)
+        if candidate_mask is not None:
+            logits = logits.masked_fill(~candidate_mask, float('-inf'))
+        if pred.shape[0] == 0:
+            return pred.sum() * 0.0
         return self.loss_weight * F.cross_entropy(
             logits.float(), target_index,
             label_smoothing=self.label_smoothing)

@@ -353,3 +353,37 @@ def test_each_image_of_a_mix_predicts_its_own_text():
     ]
     torch.manual_seed(3)
     assert model.loss(views, samples)['loss_text'].item() > 1.0
+
+
+def test_zero_shot_predict_scores_class_prompts():
+    torch.manual_seed(0)
+    classes = ['zero', 'one', 'two']
+    model = with_text(zero_shot=dict(classes=classes,
+                                     templates=['a {}', 'the digit {}']))
+    model.eval()
+    views, samples = make_batch(n=2)
+    samples[0].set_field('a zero', 'caption')
+    samples[1].set_field('a one', 'caption')
+    out = model(views[0], samples, mode='predict')
+    assert out[0].pred_score.shape == (3, )
+    assert torch.allclose(out[0].pred_score.sum(), torch.tensor(1.0))
+    assert out[0].image_embedding.shape == (DIMS, )
+    assert torch.allclose(out[1].text_embedding.norm(), torch.tensor(1.0))
+    # The class embedding is the mean of its normalised prompt embeddings.
+    with torch.no_grad():
+        prompts = torch.nn.functional.normalize(
+            model.text_target(['a one', 'the digit one']), dim=-1).mean(0)
+        assert torch.allclose(model.class_embeddings()[1],
+                              torch.nn.functional.normalize(prompts, dim=0),
+                              atol=1e-6)
+    # With a text head that returns the class embeddings, predictions are
+    # exactly the classes.
+
+    class ClassTwoThenZero(torch.nn.Module):
+
+        def forward(self, tokens):
+            return model.class_embeddings()[[2, 0]]
+
+    model.text_head = ClassTwoThenZero()
+    out = model(views[0], make_batch(n=2)[1], mode='predict')
+    assert [int(s.pred_label) for s in out] == [2, 0]

@@ -1,12 +1,14 @@
 from .demo_detection import DemoDigitsCoco, materialize_demo_digits_coco
-from .demo_digits import (DIGIT_CLASSES, DemoDigits, demo_digits_split,
+from .demo_digits import (CAPTION_TEMPLATES, DIGIT_CLASSES, DemoDigits,
+                          DemoDigitsCaptions, demo_digits_split,
                           materialize_demo_digits)
 from .demo_segmentation import DemoDigitsSeg, materialize_demo_digits_ade
 from .image_text import ImageTextDataset, ImageTextShards, expand_shards
 from .transforms import BlockwiseMaskGenerator, M3IViews
 
 __all__ = [
-    'BlockwiseMaskGenerator', 'DIGIT_CLASSES', 'DemoDigits', 'DemoDigitsCoco',
+    'BlockwiseMaskGenerator', 'CAPTION_TEMPLATES', 'DIGIT_CLASSES',
+    'DemoDigits', 'DemoDigitsCaptions', 'DemoDigitsCoco',
     'DemoDigitsSeg', 'ImageTextDataset', 'ImageTextShards', 'M3IViews',
     'demo_digits_split', 'expand_shards',
     'materialize_demo_digits', 'materialize_demo_digits_ade',

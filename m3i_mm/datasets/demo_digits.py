@@ -164,3 +164,24 @@ class DemoDigits(CustomDataset):
             data_root=data_root,
             ann_file=ann_file or f'meta/{split}.txt',
             **kwargs)
+
+
+CAPTION_TEMPLATES = ('a handwritten {}.', 'a scan of the digit {}.',
+                     'the number {} written by hand.', 'a small gray {}.')
+
+
+@DATASETS.register_module()
+class DemoDigitsCaptions(DemoDigits):
+    """The demo digits as an image-text source: captions, no labels.
+
+    Each image's caption is a template over its class name (the template
+    chosen by the sample index), e.g. ``'a scan of the digit seven.'``; the
+    label is removed, so the sample carries only a text target.
+    """
+
+    def get_data_info(self, idx: int) -> dict:
+        info = super().get_data_info(idx)
+        label = int(info.pop('gt_label'))
+        template = CAPTION_TEMPLATES[idx % len(CAPTION_TEMPLATES)]
+        info['caption'] = template.format(DIGIT_CLASSES[label])
+        return info

@@ -46,6 +46,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from mmpretrain.models import BaseSelfSupervisor
 from mmpretrain.structures import DataSample
@@ -89,6 +90,10 @@ class M3I(BaseSelfSupervisor):
             τ = ``text_temperature``) and whose candidates are the texts of
             the whole batch, gathered from all ranks.
         text_temperature (float): Initial τ of the text posterior.
+        zero_shot (dict, optional): ``dict(classes=[...], templates=[...])``
+            for ``mode='predict'``: class-name prompts (``'{}'`` in each
+            template is the class name) through the text encoder give the
+            class embeddings the image's pooled embedding is scored against.
         loss_balancer (dict, optional): ``GradientNormBalancer`` config;
             ``None`` fixes λ = 1.
         data_preprocessor (dict, optional): Defaults to
@@ -111,6 +116,7 @@ class M3I(BaseSelfSupervisor):
                  text_posterior: dict = dict(
                      type='BoltzmannPosterior', normalize=True),
                  text_temperature: float = 0.07,
+                 zero_shot: Optional[dict] = None,
                  loss_balancer: Optional[dict] = dict(
                      type='GradientNormBalancer'),
                  data_preprocessor: Optional[dict] = None,
@@ -148,6 +154,9 @@ class M3I(BaseSelfSupervisor):
         if self.text_head is not None:
             self.text_logit_scale = nn.Parameter(
                 torch.tensor(math.log(1.0 / text_temperature)))
+        if zero_shot is not None and self.text_head is None:
+            raise ValueError('zero_shot needs text_head and text_target')
+        self.zero_shot = zero_shot
         self.loss_balancer = MODELS.build(loss_balancer) \
             if loss_balancer else None
 
@@ -156,6 +165,55 @@ class M3I(BaseSelfSupervisor):
         if isinstance(inputs, (list, tuple)):
             inputs = inputs[0]
         return self.backbone(inputs)
+
+    def forward(self, inputs, data_samples=None, mode: str = 'tensor'):
+        """``'tensor'``, ``'loss'`` or ``'predict'`` (zero-shot)."""
+        if mode == 'predict':
+            return self.predict(inputs, data_samples)
+        return super().forward(inputs, data_samples, mode)
+
+    @torch.no_grad()
+    def predict(self, inputs, data_samples: Optional[List[DataSample]] = None
+                ) -> List[DataSample]:
+        """Zero-shot classification and image/text embeddings.
+
+        Each whole (unmixed) image is pooled by the text head and scored
+        against the class-name prompts (``pred_score``, ``pred_label``, for
+        mmpretrain's ``Accuracy``); samples also get ``image_embedding`` and,
+        with a caption, ``text_embedding`` (for ``ImageTextRetrieval``).
+        """
+        if self.text_head is None:
+            raise RuntimeError('predict needs text_head and text_target')
+        images = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
+        image_emb = F.normalize(
+            self.text_head(backbone_tokens(self.backbone, images)), dim=-1)
+        if data_samples is None:
+            data_samples = [DataSample() for _ in range(len(images))]
+        scores = None
+        if self.zero_shot is not None:
+            scores = (image_emb @ self.class_embeddings().t()).softmax(-1)
+        for i, sample in enumerate(data_samples):
+            sample.set_field(image_emb[i], 'image_embedding')
+            if scores is not None:
+                sample.set_pred_score(scores[i]).set_pred_label(
+                    scores[i].argmax())
+        captions = [s.get('caption') for s in data_samples]
+        if all(c is not None for c in captions):
+            texts = F.normalize(self.text_target(captions), dim=-1)
+            for sample, text in zip(data_samples, texts):
+                sample.set_field(text, 'text_embedding')
+        return data_samples
+
+    def class_embeddings(self) -> torch.Tensor:
+        """(num_classes, D) normalised mean embedding of each class's
+        prompts."""
+        templates = self.zero_shot.get('templates', ['a photo of a {}.'])
+        embeddings = []
+        for name in self.zero_shot['classes']:
+            prompts = [t.format(name) for t in templates]
+            emb = F.normalize(self.text_target(prompts), dim=-1).mean(0)
+            embeddings.append(F.normalize(emb, dim=-1))
+        return torch.stack(embeddings)
 
     # ------------------------------------------------------------------ #
     def loss(self, inputs: List[torch.Tensor],

@@ -53,13 +53,20 @@ PIPELINE_CONFIGS = [p for p in CONFIGS if 'pretrain' in p.split(osp.sep)]
 def test_pretrain_pipeline_runs_on_a_real_image(path, demo_root):
     from mmcv.transforms import Compose
     cfg = Config.fromfile(path)
+    dataset = cfg.train_dataloader.dataset
+    # Multi-source configs: the sources with a file-loading pipeline.
+    sources = dataset.get('sources') or dataset.get('datasets') or [dataset]
+    steps = sources[0].pipeline
+    path = osp.join(demo_root, 'train', 'zero', 'digit_00000.png')
+    results = dict(img_path=path)
+    if steps[0]['type'] != 'LoadImageFromFile':  # streamed: decoded image
+        import mmcv
+        img = mmcv.imread(path)
+        results = dict(img=img, img_shape=img.shape[:2], caption='a zero')
     with DefaultScope.overwrite_default_scope('mmpretrain'):
-        pipeline = Compose(cfg.train_dataloader.dataset.pipeline)
-        out = pipeline(
-            dict(img_path=osp.join(demo_root, 'train', 'zero',
-                                   'digit_00000.png')))
+        out = Compose(steps)(results)
     views = out['inputs']
-    size = cfg.train_pipeline[1]['size'] if 'train_pipeline' in cfg else None
+    size = next(t['size'] for t in steps if t['type'] == 'M3IViews')
     assert len(views) == 2 and views[0].shape == views[1].shape
     assert views[0].shape[-1] == size
     sample = out['data_samples']

@@ -52,3 +52,36 @@ def test_multisource_demo_trains_and_evaluates_zero_shot(demo_root, tmp_path):
     for key in ('loss_cls', 'loss_text', 'loss_img_first', 'loss_img_second'):
         assert key in seen and seen[key] > 0
     assert 0.0 <= seen['accuracy/top1'] <= 100.0
+
+
+def test_sources_are_drawn_at_their_ratios(demo_root):
+    from itertools import islice
+
+    from m3i_mm.datasets import MultiSourceDataset
+    pipeline = [dict(type='PackInputs', meta_keys=['caption'])]
+    stream = MultiSourceDataset(
+        sources=[
+            dict(type='DemoDigits', data_root=demo_root, split='val',
+                 pipeline=pipeline, lazy_init=False),
+            dict(type='DemoDigitsCaptions', data_root=demo_root,
+                 split='val', pipeline=pipeline, indices=20),
+        ],
+        ratios=[3, 1])
+    samples = [s['data_samples'] for s in islice(iter(stream), 2000)]
+    with_caption = sum('caption' in s for s in samples) / len(samples)
+    assert abs(with_caption - 0.25) < 0.04
+    # The small source (20 images) was restarted, in a new order.
+    captions = [s.caption for s in samples if 'caption' in s]
+    assert len(captions) > 40 and captions[:20] != captions[20:40]
+    assert sorted(captions[:20]) == sorted(captions[20:40])
+    assert all('gt_label' in s for s in samples if 'caption' not in s)
+
+
+def test_bad_ratios_are_refused(demo_root):
+    import pytest
+
+    from m3i_mm.datasets import MultiSourceDataset
+    with pytest.raises(ValueError, match='ratios'):
+        MultiSourceDataset(
+            sources=[dict(type='DemoDigits', data_root=demo_root)],
+            ratios=[1, 2])

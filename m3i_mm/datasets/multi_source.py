@@ -1,0 +1,79 @@
+"""Several pre-training sources in one stage, drawn at configurable ratios."""
+from typing import Iterator, List, Optional, Sequence
+
+import numpy as np
+from mmengine.dist import get_dist_info
+from torch.utils.data import IterableDataset, get_worker_info
+
+from m3i_mm.registry import DATASETS
+
+
+def _worker_slot() -> tuple:
+    """(global worker index, number of global workers) of this process."""
+    rank, world_size = get_dist_info()
+    worker = get_worker_info()
+    num_workers, worker_id = (1, 0) if worker is None else (
+        worker.num_workers, worker.id)
+    return rank * num_workers + worker_id, world_size * num_workers
+
+
+@DATASETS.register_module()
+class MultiSourceDataset(IterableDataset):
+    """An endless stream mixing image-category and image-text sources.
+
+    Each draw picks a source with probability proportional to its ratio and
+    yields that source's next sample. Map-style sources (e.g. ``ImageNet21k``)
+    are walked in a fresh random order every pass, each worker of each rank
+    taking its own share; iterable sources (e.g. ``ImageTextShards``) split
+    their shards themselves and are restarted when exhausted. Every sample
+    keeps the targets its source has (``gt_label`` or ``caption``), and M3I
+    computes each global loss only for the images that have its target. Use
+    with ``sampler=None`` and an iteration-based loop.
+
+    Args:
+        sources (Sequence[dict]): Dataset configs (each with its pipeline).
+        ratios (Sequence[float], optional): Relative sampling frequency of
+            each source. Defaults to equal.
+        seed (int): Seed of the source draws and orders.
+    """
+
+    def __init__(self,
+                 sources: Sequence[dict],
+                 ratios: Optional[Sequence[float]] = None,
+                 seed: int = 0) -> None:
+        super().__init__()
+        if not sources:
+            raise ValueError('MultiSourceDataset needs at least one source')
+        ratios = [1.0] * len(sources) if ratios is None else list(ratios)
+        if len(ratios) != len(sources) or any(r < 0 for r in ratios) or \
+                sum(ratios) <= 0:
+            raise ValueError(f'ratios must be {len(sources)} non-negative '
+                             f'numbers with a positive sum, got {ratios}')
+        self.sources = [
+            s if not isinstance(s, dict) else DATASETS.build(s)
+            for s in sources
+        ]
+        self.probs = np.asarray(ratios, dtype=np.float64) / sum(ratios)
+        self.seed = seed
+
+    def _stream(self, source, rng: np.random.Generator) -> Iterator[dict]:
+        slot, slots = _worker_slot()
+        while True:
+            if isinstance(source, IterableDataset):
+                yield from source
+                continue
+            if len(source) < slots:
+                raise ValueError(f'{type(source).__name__} has {len(source)} '
+                                 f'samples, fewer than the {slots} workers')
+            for index in rng.permutation(len(source))[slot::slots]:
+                yield source[int(index)]
+
+    def __iter__(self) -> Iterator[dict]:
+        slot, _ = _worker_slot()
+        rng = np.random.default_rng([self.seed, slot])
+        streams: List[Iterator[dict]] = [
+            self._stream(s, np.random.default_rng([self.seed, i]))
+            for i, s in enumerate(self.sources)
+        ]
+        while True:
+            yield next(streams[rng.choice(len(streams), p=self.probs)])

@@ -364,7 +364,7 @@ class M3I(BaseSelfSupervisor):
                                 device=device)
         texts = self.text_target([c or '' for c in captions])
         candidates, offset = gather_with_grad(texts)
-        valid, _ = gather_with_grad(has_text)
+        valid = gather_with_grad(has_text.float())[0] > 0.5
         temperature = 1.0 / self.text_logit_scale.clamp(max=math.log(100)).exp()
         loss = texts.sum() * 0.0  # keeps every rank's graph alike
         for idx, who in images:

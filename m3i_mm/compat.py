@@ -207,6 +207,27 @@ def _patch_transformers_moved_names() -> None:
             setattr(modeling_utils, name, obj)
 
 
+def _patch_config_package_scopes() -> None:
+    """onedl-mmengine 0.10.12: ``_base_ = 'mmseg::...'`` with the OneDL line.
+
+    mmengine resolves a config scope through ``MODULE2PACKAGE`` (``mmseg`` ->
+    distribution ``mmsegmentation``), which is not installed when the fork
+    ``onedl-mmsegmentation`` provides the module. Point such scopes at the
+    installed ``onedl-`` distribution.
+    """
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from mmengine.config import utils
+    for module, package in list(utils.MODULE2PACKAGE.items()):
+        for candidate in (package, f'onedl-{package}'):
+            try:
+                distribution(candidate)
+            except PackageNotFoundError:
+                continue
+            utils.MODULE2PACKAGE[module] = candidate
+            break
+
+
 def _upstream_mmpretrain() -> bool:
     try:
         from importlib.metadata import distribution
@@ -226,6 +247,7 @@ def apply() -> None:
         _patch_transformers_moved_names()
     _patch_checkpoint_loading()
     _patch_atomic_local_writes()
+    _patch_config_package_scopes()
     warnings.filterwarnings(
         'ignore', message='.*torch.meshgrid.*indexing.*', category=UserWarning)
     _APPLIED = True

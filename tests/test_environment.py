@@ -50,3 +50,12 @@ def test_numpy2_aliases_restored_by_compat():
 def test_plugin_registers_into_parent_registries():
     from mmpretrain.registry import DATASETS
     assert DATASETS.get('DemoDigits') is not None
+
+
+def test_package_scoped_base_configs_resolve_with_the_onedl_line(tmp_path):
+    """`_base_ = 'mmseg::...'` needs the onedl- distribution mapping."""
+    from mmengine.config import Config
+    cfg_file = tmp_path / 'child.py'
+    cfg_file.write_text("_base_ = 'mmseg::mask2former/"
+                        "mask2former_r50_8xb2-160k_ade20k-512x512.py'\n")
+    assert Config.fromfile(str(cfg_file)).model.type == 'EncoderDecoder'

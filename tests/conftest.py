@@ -24,3 +24,12 @@ def demo_root(tmp_path_factory):
 
 def config_path(*parts: str) -> str:
     return osp.join(REPO, 'configs', *parts)
+
+
+@pytest.fixture(autouse=True)
+def mmpretrain_default_scope():
+    """Every test starts in mmpretrain's scope: a Runner of an mmdet/mmseg
+    config leaves its own scope as the current one behind."""
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        yield

@@ -26,6 +26,17 @@ def config_path(*parts: str) -> str:
     return osp.join(REPO, 'configs', *parts)
 
 
+def load_script(*parts: str):
+    """Import a script of the repository (tools/, benchmarks/) by path."""
+    import importlib.util
+    path = osp.join(REPO, *parts)
+    name = osp.splitext(osp.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(autouse=True)
 def mmpretrain_default_scope():
     """Every test starts in mmpretrain's scope: a Runner of an mmdet/mmseg

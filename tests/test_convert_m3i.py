@@ -1,7 +1,5 @@
 """M3I checkpoint -> downstream backbone: round trips through real loaders."""
-import importlib.util
 import os
-import os.path as osp
 
 import pytest
 import torch
@@ -10,22 +8,14 @@ from mmengine.runner import CheckpointLoader, load_checkpoint, save_checkpoint
 from mmpretrain.models.utils import resize_pos_embed
 from mmpretrain.registry import MODELS
 
-from conftest import REPO
+from conftest import load_script
 
 PATCH, SIZE, DIMS, HEADS, LAYERS = 4, 16, 32, 4, 2
 ARCH = dict(embed_dims=DIMS, num_layers=LAYERS, num_heads=HEADS,
             feedforward_channels=64)
 
 
-def load_converter():
-    path = osp.join(REPO, 'tools', 'model_converters', 'm3i_to_downstream.py')
-    spec = importlib.util.spec_from_file_location('m3i_to_downstream', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-conv = load_converter()
+conv = load_script('tools', 'model_converters', 'm3i_to_downstream.py')
 
 
 def tiny_m3i(**overrides):

@@ -6,7 +6,6 @@ float64, and against closed forms (zero offsets and a uniform mask make
 DCNv3 a 3x3 box filter). CUDA tests run where a GPU and the extension exist;
 the nvcc compile check runs wherever nvcc does.
 """
-import importlib.util
 import itertools
 import math
 import os
@@ -20,6 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import load_script
 from m3i_mm.ops.dcnv3 import build as dcnv3_build
 from m3i_mm.ops.dcnv3.dispatch import cuda_ext_available, dcnv3_core
 from m3i_mm.ops.dcnv3.functional import dcnv3_core_pytorch, dcnv3_output_size
@@ -140,12 +140,7 @@ def test_matches_grid_sample_formulation_with_gradients():
     """Against the official reference's grid_sample formulation (the
     baseline of benchmarks/dcnv3.py), values and gradients, on a size whose
     backward pads its sort (1024 < points < 32768)."""
-    path = osp.join(
-        osp.dirname(osp.dirname(osp.abspath(__file__))), 'benchmarks',
-        'dcnv3.py')
-    spec = importlib.util.spec_from_file_location('dcnv3_benchmark', path)
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
+    benchmark = load_script('benchmarks', 'dcnv3.py')
     inputs = make_inputs(
         CASES['k3'], n=1, height=16, width=16, dtype=torch.float32)
     ours = [t.clone().requires_grad_() for t in inputs]

@@ -1,6 +1,5 @@
 """Downstream demo configs train and evaluate on CPU, from converted M3I
 weights, in-process and through mmseg's own training script."""
-import importlib.util
 import os
 import os.path as osp
 import subprocess
@@ -14,7 +13,7 @@ from mmengine.registry import DefaultScope
 from mmengine.runner import Runner, save_checkpoint
 from mmpretrain.registry import MODELS
 
-from conftest import REPO, config_path
+from conftest import REPO, config_path, load_script
 
 FT_DEMO = config_path('downstream', 'imagenet', 'vit-tiny_m3i-ft_demo.py')
 LINEAR_DEMO = config_path('downstream', 'imagenet',
@@ -43,10 +42,7 @@ def m3i_demo_model():
 
 
 def converted(m3i_demo_model, tmp_path, **kwargs):
-    path = osp.join(REPO, 'tools', 'model_converters', 'm3i_to_downstream.py')
-    spec = importlib.util.spec_from_file_location('m3i_to_downstream', path)
-    conv = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(conv)
+    conv = load_script('tools', 'model_converters', 'm3i_to_downstream.py')
     out = str(tmp_path / 'm3i_backbone.pth')
     save_checkpoint(
         dict(state_dict=conv.convert(m3i_demo_model.state_dict(), **kwargs)),

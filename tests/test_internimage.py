@@ -3,8 +3,6 @@
 Full-size variants are built on the ``meta`` device (no memory, no init) to
 count parameters; behaviour is tested on tiny architectures.
 """
-import importlib.util
-import os.path as osp
 
 import pytest
 import torch
@@ -13,7 +11,7 @@ import torch.nn as nn
 from m3i_mm.models.backbones.internimage import InternImage
 from m3i_mm.ops import DCNv3
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from conftest import load_script  # noqa: E402
 # Published sizes of the ImageNet classifiers (InternImage paper, Table 1 /
 # official README), i.e. backbone + classification projection + 1000-way fc.
 PUBLISHED_PARAMS = {
@@ -39,13 +37,8 @@ TINY_POST_NORM = dict(TINY, layer_scale=1e-5, post_norm=True, offset_scale=2.0)
 
 
 def load_converter():
-    path = osp.join(REPO, 'tools', 'model_converters',
-                    'internimage_official_to_m3i.py')
-    spec = importlib.util.spec_from_file_location('internimage_converter',
-                                                  path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script('tools', 'model_converters',
+                       'internimage_official_to_m3i.py')
 
 
 @pytest.mark.parametrize('arch', list(PUBLISHED_PARAMS))

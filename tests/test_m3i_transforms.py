@@ -1,5 +1,4 @@
 """Tests of the M3I data transforms and tools/visualize_views.py."""
-import importlib.util
 import os.path as osp
 
 import numpy as np
@@ -14,7 +13,7 @@ from m3i_mm.datasets.transforms import BlockwiseMaskGenerator, M3IViews
 from m3i_mm.models.utils.mixing import mix_images
 from m3i_mm.registry import TRANSFORMS
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from conftest import load_script  # noqa: E402
 
 
 def ramp_image(h: int = 60, w: int = 80) -> np.ndarray:
@@ -303,11 +302,7 @@ def test_pack_collate_preprocess_end_to_end():
 # tools/visualize_views.py
 # --------------------------------------------------------------------------
 def load_tool():
-    spec = importlib.util.spec_from_file_location(
-        'visualize_views', osp.join(REPO, 'tools', 'visualize_views.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script('tools', 'visualize_views.py')
 
 
 def write_config(tmp_path, pipeline: str) -> str:

@@ -1,6 +1,5 @@
 """ViTDet backbone, SimpleFPN neck, M3I -> ViTDet conversion, COCO demo."""
 import copy
-import importlib.util
 import os
 import os.path as osp
 import subprocess
@@ -14,7 +13,7 @@ from mmengine.registry import DefaultScope
 from mmengine.runner import Runner, load_checkpoint, save_checkpoint
 from mmpretrain.models.utils import resize_pos_embed
 
-from conftest import REPO, config_path
+from conftest import REPO, config_path, load_script
 from m3i_mm.models.backbones.vitdet import ViTDet, ViTDetLayer
 from m3i_mm.models.necks.simple_fpn import SimpleFPN
 
@@ -29,15 +28,7 @@ LVIS_REAL = config_path('downstream', 'lvis',
                         'mask-rcnn_vitdet-b_m3i_lsj-1024-100e_lvis.py')
 
 
-def load_converter():
-    path = osp.join(REPO, 'tools', 'model_converters', 'm3i_to_downstream.py')
-    spec = importlib.util.spec_from_file_location('m3i_to_downstream', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-conv = load_converter()
+conv = load_script('tools', 'model_converters', 'm3i_to_downstream.py')
 
 
 def tiny_vitdet(**kwargs):

@@ -26,6 +26,37 @@ def config_path(*parts: str) -> str:
     return osp.join(REPO, 'configs', *parts)
 
 
+# The tiny M3I of the unit tests: a 2-layer, 32-wide ViT on 16x16 inputs
+# with 4-pixel patches (a 4x4 token grid).
+TINY_PATCH, TINY_SIZE, TINY_DIMS, TINY_HEADS, TINY_LAYERS = 4, 16, 32, 4, 2
+TINY_ARCH = dict(embed_dims=TINY_DIMS, num_layers=TINY_LAYERS,
+                 num_heads=TINY_HEADS, feedforward_channels=64)
+
+
+def tiny_m3i(**overrides):
+    """The tiny M3I model with all targets; ``overrides`` replace parts."""
+    from mmpretrain.registry import MODELS
+    cfg = dict(
+        type='M3I',
+        backbone=dict(
+            type='VisionTransformer', arch=TINY_ARCH, img_size=TINY_SIZE,
+            patch_size=TINY_PATCH, out_type='featmap'),
+        mixer=dict(type='MultiInputMixer', patch_size=TINY_PATCH),
+        image_target=dict(type='MomentumImageTarget'),
+        image_decoder=dict(
+            type='ImageTargetDecoder', in_channels=TINY_DIMS,
+            out_channels=TINY_DIMS, embed_dims=32, depth=1, num_heads=4),
+        category_head=dict(
+            type='AttentionPoolingHead', in_channels=TINY_DIMS,
+            out_channels=TINY_DIMS, num_heads=4),
+        category_embedding=dict(
+            type='CategoryEmbedding', num_classes=5, embed_dims=TINY_DIMS))
+    cfg.update(overrides)
+    model = MODELS.build(cfg)
+    model.init_weights()
+    return model
+
+
 def load_script(*parts: str):
     """Import a script of the repository (tools/, benchmarks/) by path."""
     import importlib.util

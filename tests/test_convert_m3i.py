@@ -8,37 +8,16 @@ from mmengine.runner import CheckpointLoader, load_checkpoint, save_checkpoint
 from mmpretrain.models.utils import resize_pos_embed
 from mmpretrain.registry import MODELS
 
-from conftest import load_script
-
-PATCH, SIZE, DIMS, HEADS, LAYERS = 4, 16, 32, 4, 2
-ARCH = dict(embed_dims=DIMS, num_layers=LAYERS, num_heads=HEADS,
-            feedforward_channels=64)
+from conftest import TINY_ARCH as ARCH
+from conftest import TINY_DIMS as DIMS
+from conftest import TINY_HEADS as HEADS
+from conftest import TINY_LAYERS as LAYERS
+from conftest import TINY_PATCH as PATCH
+from conftest import TINY_SIZE as SIZE
+from conftest import load_script, tiny_m3i
 
 
 conv = load_script('tools', 'model_converters', 'm3i_to_downstream.py')
-
-
-def tiny_m3i(**overrides):
-    cfg = dict(
-        type='M3I',
-        backbone=dict(
-            type='VisionTransformer', arch=ARCH, img_size=SIZE,
-            patch_size=PATCH, out_type='featmap'),
-        mixer=dict(type='MultiInputMixer', patch_size=PATCH),
-        image_target=dict(type='MomentumImageTarget'),
-        image_decoder=dict(
-            type='ImageTargetDecoder', in_channels=DIMS, out_channels=DIMS,
-            embed_dims=32, depth=1, num_heads=4),
-        category_head=dict(
-            type='AttentionPoolingHead', in_channels=DIMS, out_channels=DIMS,
-            num_heads=4),
-        category_embedding=dict(
-            type='CategoryEmbedding', num_classes=5, embed_dims=DIMS))
-    cfg.update(overrides)
-    model = MODELS.build(cfg)
-    model.init_weights()
-    model.eval()
-    return model
 
 
 @pytest.fixture(scope='module')
@@ -47,7 +26,7 @@ def m3i(tmp_path_factory):
     and its checkpoint on disk."""
     MessageHub.get_current_instance().update_info('max_iters', 10)
     torch.manual_seed(0)
-    model = tiny_m3i()
+    model = tiny_m3i().eval()
     model.image_target.update(model.backbone)  # first update copies
     with torch.no_grad():
         for p in model.backbone.parameters():
@@ -183,7 +162,7 @@ def test_beit_vit_with_zero_relative_tables_gives_same_features(
 
 def test_missing_encoder_prefix_is_named(tmp_path):
     MessageHub.get_current_instance().update_info('max_iters', 10)
-    model = tiny_m3i(image_target=None, image_decoder=None)
+    model = tiny_m3i(image_target=None, image_decoder=None).eval()
     path = str(tmp_path / 'no_target.pth')
     save_checkpoint(dict(state_dict=model.state_dict()), path)
     with pytest.raises(KeyError, match=r'image_target\.ema\.module\.'):

@@ -9,35 +9,12 @@ from mmpretrain.structures import DataSample
 
 from m3i_mm.models.utils import GradientNormBalancer, patch_centers
 
-PATCH, SIZE, DIMS = 4, 16, 32  # 4x4 grid of 4-px patches, tiny ViT
+from conftest import TINY_DIMS as DIMS
+from conftest import TINY_PATCH as PATCH
+from conftest import TINY_SIZE as SIZE
+from conftest import tiny_m3i
+
 GRID = SIZE // PATCH
-
-
-def tiny_m3i(**overrides):
-    cfg = dict(
-        type='M3I',
-        backbone=dict(
-            type='VisionTransformer',
-            arch=dict(
-                embed_dims=DIMS, num_layers=2, num_heads=4,
-                feedforward_channels=64),
-            img_size=SIZE,
-            patch_size=PATCH,
-            out_type='featmap'),
-        mixer=dict(type='MultiInputMixer', patch_size=PATCH),
-        image_target=dict(type='MomentumImageTarget'),
-        image_decoder=dict(
-            type='ImageTargetDecoder', in_channels=DIMS, out_channels=DIMS,
-            embed_dims=32, depth=1, num_heads=4),
-        category_head=dict(
-            type='AttentionPoolingHead', in_channels=DIMS, out_channels=DIMS,
-            num_heads=4),
-        category_embedding=dict(
-            type='CategoryEmbedding', num_classes=5, embed_dims=DIMS))
-    cfg.update(overrides)
-    model = MODELS.build(cfg)
-    model.init_weights()
-    return model
 
 
 def make_batch(n=4, seed=0, boxes=None):

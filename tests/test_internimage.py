@@ -368,3 +368,78 @@ def test_drop_path_schedules():
     assert rates['linear'] == pytest.approx([0.0, 0.05, 0.1, 0.15, 0.2])
     with pytest.raises(ValueError, match='drop_path_type'):
         InternImage(arch=arch, drop_path_type='cosine')
+
+
+def test_layer_depths_follow_the_official_constructor():
+    # TINY_H: depths 1/1/2/1, so 5 blocks and 7 depths; stage 2 has
+    # post-norms after its blocks 0 and 1.
+    model = InternImage(arch=TINY_H, out_indices=(0, 1, 2, 3, 4))
+    expected = {
+        'stem.conv1.weight': 0,
+        'stages.0.blocks.0.dcn.offset.weight': 1,
+        'stages.0.norm.weight': 2,
+        'stages.0.downsample.conv.weight': 2,
+        'stages.1.blocks.0.mlp.layers.0.0.weight': 2,
+        'stages.1.downsample.norm.weight': 3,
+        'stages.2.blocks.0.norm1.weight': 3,
+        'stages.2.post_norms.0.weight': 3,
+        'stages.2.blocks.1.dcn.input_proj.weight': 4,
+        'stages.2.post_norms.1.weight': 4,
+        'stages.2.downsample.conv.weight': 5,
+        'stages.3.blocks.0.dcn.output_proj.bias': 5,
+        'stages.3.norm.weight': 5,  # official: stage 3's first block
+        'cls_proj.attn_pool.k.bias': 6,
+    }
+    names = dict(model.named_parameters())
+    for name, depth in expected.items():
+        assert name in names, name
+        assert model.get_layer_depth('backbone.' + name,
+                                     'backbone.') == (depth, 7), name
+    assert model.get_layer_depth('decode_head.conv_seg.weight',
+                                 'backbone.') == (6, 7)
+    depths = {model.get_layer_depth(n)[0] for n in names}
+    assert depths == set(range(7))
+
+
+def test_layer_decay_constructor_for_segmentors_and_detectors():
+    from mmdet.registry import OPTIM_WRAPPER_CONSTRUCTORS as DET
+    from mmseg.registry import OPTIM_WRAPPER_CONSTRUCTORS as SEG
+    model = nn.Module()
+    model.backbone = InternImage(arch=TINY)
+    model.decode_head = nn.Module()
+    model.decode_head.query_embed = nn.Embedding(4, 8)
+    model.decode_head.fc = nn.Linear(8, 3)
+    cfg = dict(
+        type='BackboneLayerDecayOptimWrapperConstructor',
+        optim_wrapper_cfg=dict(
+            type='OptimWrapper',
+            optimizer=dict(type='AdamW', lr=2.0, weight_decay=0.05)),
+        paramwise_cfg=dict(
+            layer_decay_rate=0.5,
+            flat_decay_mult=0.0,
+            custom_keys={'.dcn.offset.': dict(decay_mult=0.0)},
+            stem_depth_keys=['decode_head.query_embed']))
+    constructor = SEG.get(cfg.pop('type'))
+    assert DET.get(constructor.__name__) is constructor
+    groups = {
+        g['param_name']: g
+        for g in constructor(**cfg)(model).optimizer.param_groups
+    }
+    assert len(groups) == len(list(model.parameters()))
+    # lr = 2 * 0.5 ** (7 - depth - 1)
+    for name, depth in [('backbone.stem.conv1.weight', 0),
+                        ('backbone.stages.2.blocks.1.mlp.layers.1.weight', 4),
+                        ('decode_head.query_embed.weight', 0),
+                        ('decode_head.fc.weight', 6)]:
+        assert groups[name]['lr'] == pytest.approx(2 * 0.5**(6 - depth))
+    assert groups['decode_head.fc.weight']['weight_decay'] == 0.05
+    assert groups['decode_head.fc.bias']['weight_decay'] == 0.0
+    assert groups['backbone.stages.0.blocks.0.dcn.offset.weight'][
+        'weight_decay'] == 0.0
+    assert groups['backbone.stages.0.blocks.0.dcn.mask.weight'][
+        'weight_decay'] == 0.05
+
+    plain = nn.Module()
+    plain.fc = nn.Linear(2, 2)
+    with pytest.raises(TypeError, match='no backbone with get_layer_depth'):
+        constructor(**cfg)(plain)

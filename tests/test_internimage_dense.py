@@ -73,6 +73,20 @@ def test_mask2former_internimage_demo_trains_and_evaluates(
     assert any('loss_mask' in k for k in losses[0])
     assert 0.0 <= metrics['mIoU'] <= 100.0
     assert {'aAcc', 'mAcc'} <= set(metrics)
+    # The official layer-wise lr decay 0.95 over the 5 blocks (7 depths);
+    # the head's queries at the stem's depth, its other parameters at 1.
+    scales = {
+        g['param_name']: g['lr_scale']
+        for g in runner.optim_wrapper.optimizer.param_groups
+    }
+    assert scales['backbone.stem.conv1.weight'] == pytest.approx(0.95**6)
+    assert scales['backbone.stages.2.blocks.1.dcn.input_proj.weight'] == \
+        pytest.approx(0.95**2)
+    assert scales['decode_head.query_embed.weight'] == pytest.approx(0.95**6)
+    assert scales['decode_head.cls_embed.weight'] == pytest.approx(0.95**6)
+    assert scales['decode_head.pixel_decoder.level_encoding.weight'] == \
+        pytest.approx(0.95**6)
+    assert scales['decode_head.transformer_decoder.post_norm.weight'] == 1.0
 
 
 def test_dino_internimage_demo_trains_and_evaluates(coco_root, tmp_path):

@@ -241,7 +241,7 @@ test_evaluator = val_evaluator
 # blocks (embeddings 0.7^13, block i 0.7^(12 - i), neck and heads 1).
 optim_wrapper = dict(
     type='AmpOptimWrapper',
-    constructor='ViTDetLayerDecayOptimWrapperConstructor',
+    constructor='BackboneLayerDecayOptimWrapperConstructor',
     optimizer=dict(
         type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.1),
     paramwise_cfg=dict(

@@ -1,4 +1,4 @@
 from .internimage import InternImage
-from .vitdet import ViTDet, ViTDetLayerDecayOptimWrapperConstructor
+from .vitdet import ViTDet
 
-__all__ = ['InternImage', 'ViTDet', 'ViTDetLayerDecayOptimWrapperConstructor']
+__all__ = ['InternImage', 'ViTDet']

@@ -530,6 +530,46 @@ class InternImage(BaseBackbone):
         self._freeze_stages()
         return self
 
+    def get_layer_depth(self, param_name: str,
+                        prefix: str = '') -> Tuple[int, int]:
+        """Depth of a parameter for layer-wise lr decay.
+
+        The depths of the official InternImage layer-decay constructor: the
+        stem 0, block ``j`` of stage ``i`` ``1 + sum(depths[:i]) + j``, the
+        norm and downsampling layer that end stage ``i``
+        ``1 + sum(depths[:min(i + 1, 3)])`` (as the official code, the last
+        stage's norm shares the depth of that stage's first block), the
+        classification projection and anything after the backbone
+        ``sum(depths) + 1``. Stage 3's extra post-norms (H) take the depth of
+        the block they follow.
+
+        Args:
+            param_name (str): Parameter name, e.g. of the whole model.
+            prefix (str): Prefix of the backbone's parameters in
+                ``param_name``. Defaults to ''.
+
+        Returns:
+            Tuple[int, int]: The depth and the number of depths
+            (``sum(depths) + 2``).
+        """
+        depths = self.arch['depths']
+        num_layers = sum(depths) + 2
+        if not param_name.startswith(prefix):
+            return num_layers - 1, num_layers
+        parts = param_name[len(prefix):].split('.')
+        if parts[0] == 'stem':
+            return 0, num_layers
+        if parts[0] != 'stages':
+            return num_layers - 1, num_layers
+        stage = int(parts[1])
+        if parts[2] == 'blocks':
+            return 1 + sum(depths[:stage]) + int(parts[3]), num_layers
+        if parts[2] == 'post_norms':
+            block = self.stages[stage].post_norm_block_ids[int(parts[3])]
+            return 1 + sum(depths[:stage]) + block, num_layers
+        last = min(stage + 1, self.num_stages - 1)
+        return 1 + sum(depths[:last]), num_layers
+
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         """Image (N, C, H, W) to the outputs selected by ``out_indices``."""
         x = self.stem(x)

@@ -15,30 +15,25 @@ stored on the grid of ``img_size`` (resized on the fly for other inputs).
   :class:`m3i_mm.models.necks.SimpleFPN`),
 - lets ``global_attn_indexes`` be set for custom (e.g. tiny) architectures.
 
-:class:`ViTDetLayerDecayOptimWrapperConstructor` applies mmpretrain's
-layer-wise lr decay to a detector through its backbone's
+:class:`m3i_mm.engine.BackboneLayerDecayOptimWrapperConstructor` applies
+mmpretrain's layer-wise lr decay to a detector through
 :meth:`ViTDet.get_layer_depth` (embeddings ``rate ** (L + 1)``, block ``i``
 ``rate ** (L - i)``, neck and heads 1, as ViTDet).
 """
-from functools import partial
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
 from mmcv.cnn.bricks import DropPath
-from mmdet.registry import \
-    OPTIM_WRAPPER_CONSTRUCTORS as MMDET_OPTIM_WRAPPER_CONSTRUCTORS
 from mmengine.model import ModuleList
-from mmpretrain.engine.optimizers import \
-    LearningRateDecayOptimWrapperConstructor
 from mmpretrain.models.backbones.vit_sam import (TransformerEncoderLayer,
                                                  ViTSAM, window_partition,
                                                  window_unpartition)
 
 from m3i_mm.registry import register_backbone
 
-__all__ = ['ViTDet', 'ViTDetLayer', 'ViTDetLayerDecayOptimWrapperConstructor']
+__all__ = ['ViTDet', 'ViTDetLayer']
 
 
 class ViTDetLayer(TransformerEncoderLayer):
@@ -195,34 +190,3 @@ class ViTDet(ViTSAM):
         if mode and self.frozen_stages > 0:
             self._freeze_stages()
         return self
-
-
-@MMDET_OPTIM_WRAPPER_CONSTRUCTORS.register_module()
-class ViTDetLayerDecayOptimWrapperConstructor(
-        LearningRateDecayOptimWrapperConstructor):
-    """mmpretrain's layer-wise lr decay for a detector with a ViTDet backbone.
-
-    mmpretrain's constructor asks the optimised module itself for
-    ``get_layer_depth``; a detector has none, so the depth of
-    ``backbone.*`` parameters comes from the backbone and every other
-    parameter (neck, heads) gets the full lr. ``paramwise_cfg`` takes
-    mmpretrain's keys: ``layer_decay_rate``, ``norm_decay_mult``,
-    ``bias_decay_mult``, ``flat_decay_mult``, ``custom_keys``.
-    """
-
-    def add_params(self,
-                   params: List[dict],
-                   module: nn.Module,
-                   prefix: str = '',
-                   get_layer_depth: Optional[Callable] = None,
-                   **kwargs) -> None:
-        """Add the parameters of ``module`` (see mmpretrain's version)."""
-        if get_layer_depth is None and not hasattr(module, 'get_layer_depth'):
-            backbone = getattr(module, 'backbone', None)
-            if not hasattr(backbone, 'get_layer_depth'):
-                raise TypeError(
-                    f'{type(module).__name__} has no backbone with '
-                    f'get_layer_depth (e.g. ViTDet) for layer-wise lr decay')
-            get_layer_depth = partial(
-                backbone.get_layer_depth, prefix=prefix + 'backbone.')
-        super().add_params(params, module, prefix, get_layer_depth, **kwargs)

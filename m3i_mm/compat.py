@@ -157,7 +157,8 @@ def _patch_numpy2_aliases() -> None:
     - ``np.sctypes``: imgaug 0.4 (imported at module top by
       onedl-mmdetection 3.5.1 ``mmdet/datasets/transforms/generate_line.py``).
     - ``np.float``: mmcv 2.1 ``ops/pixel_group.py``, mmdet 3.3
-      ``evaluation/functional/ytviseval.py``.
+      ``evaluation/functional/ytviseval.py``, lvis 0.5.3 ``eval.py``
+      (``LVISEval.accumulate``, used by mmdet's ``LVISMetric``).
     - ``np.in1d`` is deprecated (removed in numpy 2.4): mmpretrain 1.2
       ``evaluation/metrics/retrieval.py``.
     """

@@ -1,4 +1,5 @@
 from .demo_detection import DemoDigitsCoco, materialize_demo_digits_coco
+from .demo_lvis import DemoDigitsLvis, materialize_demo_digits_lvis
 from .demo_digits import (CAPTION_TEMPLATES, DIGIT_CLASSES, DemoDigits,
                           DemoDigitsCaptions, demo_digits_split,
                           materialize_demo_digits)
@@ -9,10 +10,10 @@ from .transforms import BlockwiseMaskGenerator, M3IViews
 
 __all__ = [
     'BlockwiseMaskGenerator', 'CAPTION_TEMPLATES', 'DIGIT_CLASSES',
-    'DemoDigits', 'DemoDigitsCaptions', 'DemoDigitsCoco',
+    'DemoDigits', 'DemoDigitsCaptions', 'DemoDigitsCoco', 'DemoDigitsLvis',
     'DemoDigitsSeg', 'ImageTextDataset', 'ImageTextShards', 'M3IViews',
     'MultiSourceDataset',
     'demo_digits_split', 'expand_shards',
     'materialize_demo_digits', 'materialize_demo_digits_ade',
-    'materialize_demo_digits_coco'
+    'materialize_demo_digits_coco', 'materialize_demo_digits_lvis'
 ]

@@ -42,7 +42,7 @@ semantic-segmentation layout are written by
 import json
 import os
 import os.path as osp
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -102,33 +102,57 @@ def render_demo_canvases(split: str) -> List[Tuple[np.ndarray, List[dict]]]:
     digits = load_digits()
     rng = np.random.default_rng(DEMO_DENSE_SEED + _SPLIT_SEED_OFFSET[split])
     pool = rng.permutation(demo_digits_split(split)).tolist()
-    canvases = []
-    for _ in range(DEMO_DENSE_IMAGES[split]):
-        canvas = np.zeros((CANVAS_SIZE, CANVAS_SIZE), dtype=np.uint8)
-        squares: List[Tuple[int, int, int]] = []
-        instances = []
-        for _ in range(int(rng.integers(1, MAX_DIGITS_PER_IMAGE + 1))):
-            scale = int(rng.choice(DIGIT_SCALES))
-            side = 8 * scale
-            place = _free_square(rng, squares, side)
-            if place is None:  # no room left on this canvas
-                break
-            x, y = place
-            index = pool.pop()
-            patch = upscale_digit(digits.images[index], scale)
-            canvas[y:y + side, x:x + side] = patch
-            mask = np.zeros_like(canvas, dtype=bool)
-            mask[y:y + side, x:x + side] = patch > MASK_THRESHOLD
-            squares.append((x, y, side))
-            instances.append(
-                dict(
-                    digit_index=int(index),
-                    label=int(digits.target[index]),
-                    scale=scale,
-                    square=(x, y, side),
-                    mask=mask))
-        canvases.append((canvas, instances))
-    return canvases
+    return [
+        compose_canvas(rng, digits,
+                       int(rng.integers(1, MAX_DIGITS_PER_IMAGE + 1)),
+                       pool.pop)
+        for _ in range(DEMO_DENSE_IMAGES[split])
+    ]
+
+
+def compose_canvas(rng: np.random.Generator, digits,
+                   num_digits: int, take_index: Callable[[], int]
+                   ) -> Tuple[np.ndarray, List[dict]]:
+    """Paste up to ``num_digits`` digit scans on one black canvas.
+
+    For each digit: an upscale factor and a free square are drawn from
+    ``rng`` (stopping early when no square is free), then ``take_index()``
+    gives the scikit-learn sample to paste there.
+
+    Args:
+        rng (np.random.Generator): Random state (advanced).
+        digits: ``sklearn.datasets.load_digits()``.
+        num_digits (int): Digits to paste at most.
+        take_index (callable): Returns the next sample index to paste.
+
+    Returns:
+        tuple[np.ndarray, list[dict]]: The (96, 96) uint8 canvas and the
+        instances (see :func:`render_demo_canvases`).
+    """
+    canvas = np.zeros((CANVAS_SIZE, CANVAS_SIZE), dtype=np.uint8)
+    squares: List[Tuple[int, int, int]] = []
+    instances = []
+    for _ in range(num_digits):
+        scale = int(rng.choice(DIGIT_SCALES))
+        side = 8 * scale
+        place = _free_square(rng, squares, side)
+        if place is None:  # no room left on this canvas
+            break
+        x, y = place
+        index = take_index()
+        patch = upscale_digit(digits.images[index], scale)
+        canvas[y:y + side, x:x + side] = patch
+        mask = np.zeros_like(canvas, dtype=bool)
+        mask[y:y + side, x:x + side] = patch > MASK_THRESHOLD
+        squares.append((x, y, side))
+        instances.append(
+            dict(
+                digit_index=int(index),
+                label=int(digits.target[index]),
+                scale=scale,
+                square=(x, y, side),
+                mask=mask))
+    return canvas, instances
 
 
 def _free_square(rng: np.random.Generator,

@@ -372,4 +372,10 @@ def test_real_configs_hold_the_paper_hyper_parameters():
             lvis_data.dataset.type) == ('ClassBalancedDataset', 1e-3,
                                         'LVISV1Dataset')
     assert lvis.model.roi_head.bbox_head.num_classes == 1203
+    loss_cls = lvis.model.roi_head.bbox_head.loss_cls
+    assert (loss_cls.type, loss_cls.num_classes, loss_cls.num_fed_classes,
+            loss_cls.freq_weight_power) == ('FederatedSigmoidLoss', 1203, 50,
+                                            0.5)
+    assert (lvis.model.test_cfg.rcnn.score_thr,
+            lvis.model.test_cfg.rcnn.max_per_img) == (0.02, 300)
     assert lvis.val_evaluator.type == 'LVISMetric'

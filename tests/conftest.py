@@ -14,12 +14,31 @@ os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
 import m3i_mm  # noqa: E402,F401  (compat + registration, as configs do)
 
 
+def _materialized(tmp_path_factory, name: str) -> str:
+    from m3i_mm import datasets
+    writer = getattr(datasets, f'materialize_{name}')
+    return writer(str(tmp_path_factory.mktemp('data') / name))
+
+
+# The embedded demo data sets, each materialised once per test session.
 @pytest.fixture(scope='session')
 def demo_root(tmp_path_factory):
-    """The demo digits materialised once per test session."""
-    from m3i_mm.datasets import materialize_demo_digits
-    return materialize_demo_digits(
-        str(tmp_path_factory.mktemp('data') / 'demo_digits'))
+    return _materialized(tmp_path_factory, 'demo_digits')
+
+
+@pytest.fixture(scope='session')
+def coco_root(tmp_path_factory):
+    return _materialized(tmp_path_factory, 'demo_digits_coco')
+
+
+@pytest.fixture(scope='session')
+def ade_root(tmp_path_factory):
+    return _materialized(tmp_path_factory, 'demo_digits_ade')
+
+
+@pytest.fixture(scope='session')
+def lvis_root(tmp_path_factory):
+    return _materialized(tmp_path_factory, 'demo_digits_lvis')
 
 
 def config_path(*parts: str) -> str:

@@ -24,18 +24,6 @@ COUNTS = {'train': (200, 390), 'val': (50, 97)}  # images, instances
 VAL_PER_DIGIT = [7, 7, 9, 18, 9, 7, 12, 10, 11, 7]
 
 
-@pytest.fixture(scope='module')
-def coco_root(tmp_path_factory):
-    return materialize_demo_digits_coco(
-        str(tmp_path_factory.mktemp('data') / 'demo_digits_coco'))
-
-
-@pytest.fixture(scope='module')
-def ade_root(tmp_path_factory):
-    return materialize_demo_digits_ade(
-        str(tmp_path_factory.mktemp('data') / 'demo_digits_ade'))
-
-
 def load_json(root, split):
     with open(osp.join(root, 'annotations', f'instances_{split}.json')) as f:
         return json.load(f)

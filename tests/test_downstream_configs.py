@@ -24,13 +24,6 @@ LAYERS = 4  # depth of the demo ViT
 
 
 @pytest.fixture(scope='module')
-def ade_root(tmp_path_factory):
-    from m3i_mm.datasets.demo_segmentation import materialize_demo_digits_ade
-    return materialize_demo_digits_ade(
-        str(tmp_path_factory.mktemp('data') / 'demo_digits_ade'))
-
-
-@pytest.fixture(scope='module')
 def m3i_demo_model():
     """The M3I model of the demo pre-training config (random weights)."""
     torch.manual_seed(0)

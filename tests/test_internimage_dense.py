@@ -18,20 +18,6 @@ DET_DEMO = config_path('downstream', 'coco',
                        'dino-4scale_internimage-tiny_m3i_demo.py')
 
 
-@pytest.fixture(scope='module')
-def ade_root(tmp_path_factory):
-    from m3i_mm.datasets.demo_segmentation import materialize_demo_digits_ade
-    return materialize_demo_digits_ade(
-        str(tmp_path_factory.mktemp('data') / 'demo_digits_ade'))
-
-
-@pytest.fixture(scope='module')
-def coco_root(tmp_path_factory):
-    from m3i_mm.datasets.demo_detection import materialize_demo_digits_coco
-    return materialize_demo_digits_coco(
-        str(tmp_path_factory.mktemp('data') / 'demo_digits_coco'))
-
-
 class LossProbe(Hook):
     """Records the training losses of every iteration."""
 

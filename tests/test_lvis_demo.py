@@ -5,7 +5,6 @@ import os.path as osp
 from collections import Counter
 
 import numpy as np
-import pytest
 from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.registry import DefaultScope
@@ -14,8 +13,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from conftest import config_path
-from m3i_mm.datasets.demo_lvis import (LVIS_TRAIN_QUOTA, lvis_frequency,
-                                       materialize_demo_digits_lvis)
+from m3i_mm.datasets.demo_lvis import LVIS_TRAIN_QUOTA, lvis_frequency
 
 LVIS_DEMO = config_path('downstream', 'lvis',
                         'mask-rcnn_vitdet-tiny_m3i_lvis_demo.py')
@@ -30,12 +28,6 @@ class LossProbe(Hook):
     def after_train_iter(self, runner, batch_idx, data_batch=None,
                          outputs=None):
         self.losses.append(float(outputs['loss']))
-
-
-@pytest.fixture(scope='module')
-def lvis_root(tmp_path_factory):
-    return materialize_demo_digits_lvis(
-        str(tmp_path_factory.mktemp('data') / 'demo_digits_lvis'))
 
 
 def load(root, split):

@@ -214,13 +214,6 @@ def test_converter_round_trip(m3i_backbone, tmp_path):
             layout='vitdet', rel_pos_heads=HEADS)
 
 
-@pytest.fixture(scope='module')
-def coco_root(tmp_path_factory):
-    from m3i_mm.datasets.demo_detection import materialize_demo_digits_coco
-    return materialize_demo_digits_coco(
-        str(tmp_path_factory.mktemp('data') / 'demo_digits_coco'))
-
-
 def demo_weights(m3i_backbone, tmp_path):
     """The demo M3I ViT converted for the demo ViTDet (96x96, window 8)."""
     state = conv.convert(

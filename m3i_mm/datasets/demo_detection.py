@@ -251,19 +251,33 @@ def materialize_demo_digits_coco(root: str) -> str:
     """
 
     def write(tmp: str) -> None:
-        os.makedirs(osp.join(tmp, 'annotations'))
         for split in DEMO_DENSE_IMAGES:
             canvases = render_demo_canvases(split)
-            ann = coco_annotations(split, canvases)
-            os.makedirs(osp.join(tmp, split))
-            for info, (canvas, _) in zip(ann['images'], canvases):
-                save_rgb_png(canvas, osp.join(tmp, split, info['file_name']))
-            with open(
-                    osp.join(tmp, 'annotations', f'instances_{split}.json'),
-                    'w') as f:
-                json.dump(ann, f)
+            write_split(tmp, split, canvases,
+                        coco_annotations(split, canvases),
+                        f'instances_{split}.json')
 
     return materialize_atomically(root, write, 'demo-digits COCO')
+
+
+def write_split(root: str, split: str,
+                canvases: List[Tuple[np.ndarray, List[dict]]], ann: dict,
+                ann_name: str) -> None:
+    """Write a split's canvases to ``root/split/`` and its annotations.
+
+    Args:
+        root (str): Data folder.
+        split (str): Image sub-folder.
+        canvases (list): The split's ``(canvas, instances)`` pairs.
+        ann (dict): Annotations whose ``images`` name the files, in order.
+        ann_name (str): File name under ``root/annotations/``.
+    """
+    os.makedirs(osp.join(root, 'annotations'), exist_ok=True)
+    os.makedirs(osp.join(root, split))
+    for info, (canvas, _) in zip(ann['images'], canvases):
+        save_rgb_png(canvas, osp.join(root, split, info['file_name']))
+    with open(osp.join(root, 'annotations', ann_name), 'w') as f:
+        json.dump(ann, f)
 
 
 @MMDET_DATASETS.register_module()

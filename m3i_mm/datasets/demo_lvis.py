@@ -41,9 +41,6 @@ identical in both files. Masks are compressed RLE (pixel-exact; the LVIS API
 reads RLE as well as the polygons LVIS ships); there is no WordNet
 ``synset``.
 """
-import json
-import os
-import os.path as osp
 from collections import Counter
 from typing import Dict, List, Optional, Tuple
 
@@ -54,7 +51,7 @@ from mmdet.registry import DATASETS as MMDET_DATASETS
 from .demo_detection import (DEMO_DENSE_SEED, DIGIT_PALETTE,
                              MAX_DIGITS_PER_IMAGE, coco_annotations,
                              compose_canvas, render_demo_canvases,
-                             save_rgb_png)
+                             write_split)
 from .demo_digits import (DIGIT_CLASSES, demo_digits_split,
                           materialize_atomically)
 
@@ -170,21 +167,15 @@ def materialize_demo_digits_lvis(root: str) -> str:
     """
 
     def write(tmp: str) -> None:
-        os.makedirs(osp.join(tmp, 'annotations'))
         splits = {
             'train': render_long_tail_canvases(),
             'val': render_demo_canvases('val')
         }
         categories = category_statistics(splits['train'])
         for split, canvases in splits.items():
-            ann = lvis_annotations(split, canvases, categories)
-            os.makedirs(osp.join(tmp, split))
-            for info, (canvas, _) in zip(ann['images'], canvases):
-                save_rgb_png(canvas, osp.join(tmp, split, info['file_name']))
-            with open(
-                    osp.join(tmp, 'annotations', f'lvis_v1_{split}.json'),
-                    'w') as f:
-                json.dump(ann, f)
+            write_split(tmp, split, canvases,
+                        lvis_annotations(split, canvases, categories),
+                        f'lvis_v1_{split}.json')
 
     return materialize_atomically(root, write, 'demo-digits LVIS')
 

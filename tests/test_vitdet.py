@@ -297,13 +297,23 @@ def test_coco_demo_trains_and_evaluates_from_m3i_weights(
         pytest.approx(0.1)
 
 
+@pytest.mark.parametrize('launcher', ['script', 'mim'])
 def test_mmdet_train_script_registers_our_modules_via_custom_imports(
-        coco_root, tmp_path, m3i_backbone):
-    """A user's command: mmdet's tools/train.py, our demo config,
-    converted M3I weights through load_from."""
+        coco_root, tmp_path, m3i_backbone, launcher):
+    """A user's command: mmdet's tools/train.py (directly, or through
+    ``mim train mmdetection``: on the OneDL line ``mmdet`` is ambiguous in
+    mim's table, it also matches mmdet3d), our demo config, converted M3I
+    weights through load_from."""
     import mmdet
-    script = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools',
-                      'train.py')
+    command = [
+        sys.executable,
+        osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools', 'train.py')
+    ]
+    if launcher == 'mim':
+        command = [
+            osp.join(osp.dirname(sys.executable), 'mim'), 'train',
+            'mmdetection'
+        ]
     weights = demo_weights(m3i_backbone, tmp_path)
     ann = coco_root + '/annotations/instances_val.json'
     work_dir = tmp_path / 'work'
@@ -319,8 +329,8 @@ def test_mmdet_train_script_registers_our_modules_via_custom_imports(
             f'{loader}_dataloader.persistent_workers=False'
         ]
     res = subprocess.run(
-        [sys.executable, script, COCO_DEMO, '--work-dir',
-         str(work_dir), '--cfg-options'] + options,
+        command + [COCO_DEMO, '--work-dir',
+                   str(work_dir), '--cfg-options'] + options,
         # Only PYTHONPATH, as a user's checkout: no import of m3i_mm here.
         env=dict(os.environ, PYTHONPATH=REPO),
         cwd=str(tmp_path),

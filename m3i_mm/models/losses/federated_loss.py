@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmdet.models.losses import accuracy
+from mmdet.models.losses.utils import weight_reduce_loss
 from mmdet.registry import MODELS as MMDET_MODELS
 from mmengine.fileio import load
 
@@ -138,13 +139,12 @@ class FederatedSigmoidLoss(nn.Module):
         present = torch.unique(labels)
         chosen = torch.zeros(self.num_classes + 1, device=labels.device)
         chosen[present] = 1
-        num_negatives = min(self.num_fed_classes - len(present),
-                            self.num_classes + 1 - len(present))
-        if num_negatives > 0:
+        if len(present) < self.num_fed_classes:
             weights = self.class_weights.to(labels.device)
             prob = torch.cat([weights, weights.new_zeros(1)])
             prob[present] = 0
-            num_negatives = min(num_negatives, int((prob > 0).sum()))
+            num_negatives = min(self.num_fed_classes - len(present),
+                                int((prob > 0).sum()))
             if num_negatives > 0:
                 chosen[torch.multinomial(prob, num_negatives)] = 1
         return chosen[:self.num_classes]
@@ -161,10 +161,11 @@ class FederatedSigmoidLoss(nn.Module):
             cls_score (torch.Tensor): (N, C) logits.
             labels (torch.Tensor): (N, ) labels, C for background.
             label_weights (torch.Tensor, optional): (N, ) RoI weights.
-            avg_factor (float, optional): Divisor of the sum (mmdet passes
-                the number of RoIs); defaults to N.
+            avg_factor (float, optional): Divisor of the sum for ``'mean'``
+                (mmdet passes the number of RoIs); defaults to N.
             reduction_override (str, optional): ``'none'`` returns the
-                (N, ) per-RoI losses; ``'sum'`` / ``'mean'`` as mmdet.
+                (N, ) per-RoI losses; ``'sum'`` / ``'mean'`` as mmdet's
+                ``weight_reduce_loss``.
 
         Returns:
             torch.Tensor: The loss.
@@ -178,10 +179,6 @@ class FederatedSigmoidLoss(nn.Module):
             cls_score, target.to(cls_score.dtype), reduction='none')
         loss = (loss * self.sample_classes(labels)).sum(dim=-1)
         if label_weights is not None:
-            loss = loss * label_weights.to(loss.dtype)
-        reduction = reduction_override or 'mean'
-        if reduction == 'sum':
-            loss = loss.sum()
-        elif reduction == 'mean':
-            loss = loss.sum() / (avg_factor or max(len(labels), 1))
-        return self.loss_weight * loss
+            label_weights = label_weights.to(loss.dtype)
+        return self.loss_weight * weight_reduce_loss(
+            loss, label_weights, reduction_override or 'mean', avg_factor)

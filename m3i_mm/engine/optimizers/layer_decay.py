@@ -27,10 +27,9 @@ __all__ = ['BackboneLayerDecayOptimWrapperConstructor']
 
 def _model_layer_depth(param_name: str, backbone: nn.Module,
                        stem_depth_keys: Sequence[str]) -> Tuple[int, int]:
-    """Depth of any parameter of a model with ``backbone.get_layer_depth``."""
+    """Depth of any parameter of a model with ``backbone.get_layer_depth``
+    (which, as mmpretrain's, puts names outside its prefix at the top)."""
     layer_id, max_id = backbone.get_layer_depth(param_name, 'backbone.')
-    if not param_name.startswith('backbone.'):
-        layer_id = max_id - 1
     if any(key in param_name for key in stem_depth_keys):
         layer_id = 0
     return layer_id, max_id

@@ -2,6 +2,7 @@
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -77,3 +78,33 @@ def test_without_a_process_group_nothing_is_gathered():
     x = torch.randn(4, 3)
     gathered, offset = gather_with_grad(x)
     assert gathered is x and offset == 0
+
+
+def _balancer_rank_main(rank, port, out):
+    from datetime import timedelta
+
+    from m3i_mm.models.utils import GradientNormBalancer
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    # A short timeout turns a rank left waiting in a collective into an
+    # error instead of a hang.
+    dist.init_process_group(
+        'gloo', rank=rank, world_size=WORLD, timeout=timedelta(seconds=30))
+    balancer = GradientNormBalancer(gamma=1.0)
+    balancer.train()
+    assert float(balancer.step()) == 1.0  # nothing measured yet
+    x = torch.ones(2, 3, requires_grad=True)
+    uni, multi = balancer.tap(x, 'uni'), balancer.tap(x, 'multi')
+    # Rank 1's batch has no multi-modal target: its multi norm is 0.
+    multi_scale = 2.0 if rank == 0 else 0.0
+    (uni.sum() + multi_scale * multi.sum()).backward()
+    out[rank] = float(balancer.step())
+    dist.destroy_process_group()
+
+
+def test_balancer_reduces_on_every_rank_even_with_a_zero_norm():
+    out = mp.Manager().dict()
+    mp.spawn(_balancer_rank_main, args=(_free_port(), out), nprocs=WORLD,
+             join=True)
+    # Squared norms averaged over ranks: uni 6, multi (24 + 0) / 2 = 12.
+    for rank in range(WORLD):
+        assert out[rank] == pytest.approx((6 / 12)**0.5)

@@ -10,7 +10,6 @@ through an identity "tap" whose backward records the norm of the gradient
 passing through it. λ for a step is computed from the norms measured up to
 the previous step and is a constant for autograd.
 """
-from typing import Dict
 
 import torch
 import torch.distributed as dist
@@ -71,7 +70,6 @@ class GradientNormBalancer(nn.Module):
         self.register_buffer('weight', torch.tensor(float(gamma)))
         # Squared norms recorded by the taps during the last backward.
         self._pending = torch.zeros(2)
-        self._pending_weight = float(gamma)
 
     def tap(self, x: torch.Tensor, group: str) -> torch.Tensor:
         """Identity on ``x`` that measures the gradient of ``group``."""
@@ -91,12 +89,15 @@ class GradientNormBalancer(nn.Module):
             Tensor: λ (a 0-dim tensor without gradient).
         """
         pending = self._pending
+        # Every rank reduces (a rank whose batch had no multi-modal target
+        # measured 0 and must not skip the collective).
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(pending)
+            pending /= dist.get_world_size()
         if bool((pending > 0).all()):
-            if dist.is_available() and dist.is_initialized():
-                dist.all_reduce(pending)
-                pending /= dist.get_world_size()
             norms = pending.to(self.ema_norms).sqrt()
-            norms[1] = norms[1] / self._pending_weight  # undo λ scaling
+            # Undo the λ scaling: self.weight is still the λ of that step.
+            norms[1] = norms[1] / self.weight
             self.ema_norms.mul_(self.momentum).add_(
                 norms, alpha=1 - self.momentum)
             self.num_updates += 1
@@ -104,15 +105,7 @@ class GradientNormBalancer(nn.Module):
             self.weight.fill_(self.gamma * float(ema[0]) /
                               max(float(ema[1]), self.eps))
         self._pending = torch.zeros_like(pending)
-        self._pending_weight = float(self.weight)
         return self.weight.clone()
 
     def extra_repr(self) -> str:
         return f'gamma={self.gamma}, momentum={self.momentum}'
-
-    def state(self) -> Dict[str, float]:
-        """Current λ and EMA norms, for logging."""
-        return dict(
-            weight=float(self.weight),
-            grad_norm_uni=float(self.ema_norms[0]),
-            grad_norm_multi=float(self.ema_norms[1]))

@@ -397,6 +397,10 @@ class InternImage(BaseBackbone):
         super().__init__(init_cfg=init_cfg)
         self.arch = arch = self._parse_arch(arch)
         self.out_indices = self._parse_out_indices(out_indices)
+        # Stage outputs that forward returns or projects (made NCHW).
+        self._nchw_stages = {i for i in self.out_indices if i < 4}
+        if 4 in self.out_indices:
+            self._nchw_stages |= {2, 3} if arch['use_clip_projector'] else {3}
         if not -1 <= frozen_stages <= self.num_stages:
             raise ValueError(f'InternImage: frozen_stages must be in [-1, '
                              f'{self.num_stages}], got {frozen_stages}')
@@ -574,9 +578,11 @@ class InternImage(BaseBackbone):
         """Image (N, C, H, W) to the outputs selected by ``out_indices``."""
         x = self.stem(x)
         stage_outs = []
-        for stage in self.stages:
+        for i, stage in enumerate(self.stages):
             out, x = stage(x)
-            stage_outs.append(out.permute(0, 3, 1, 2).contiguous())
+            stage_outs.append(
+                out.permute(0, 3, 1, 2).contiguous() if i in
+                self._nchw_stages else None)
         outs = []
         for index in self.out_indices:
             if index < self.num_stages:

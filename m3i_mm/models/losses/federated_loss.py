@@ -140,8 +140,11 @@ class FederatedSigmoidLoss(nn.Module):
         chosen = torch.zeros(self.num_classes + 1, device=labels.device)
         chosen[present] = 1
         if len(present) < self.num_fed_classes:
-            weights = self.class_weights.to(labels.device)
-            prob = torch.cat([weights, weights.new_zeros(1)])
+            if self.class_weights.device != labels.device:  # move once
+                self._class_weights = self.class_weights.to(labels.device)
+            prob = torch.cat(
+                [self._class_weights,
+                 self._class_weights.new_zeros(1)])
             prob[present] = 0
             num_negatives = min(self.num_fed_classes - len(present),
                                 int((prob > 0).sum()))

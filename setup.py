@@ -58,8 +58,7 @@ def cuda_extensions():
     extensions = build.get_dcnv3_extensions()
     if not extensions:
         return [], {}
-    from torch.utils.cpp_extension import BuildExtension
-    return extensions, {'build_ext': BuildExtension}
+    return extensions, build.get_cmdclass()
 
 
 if __name__ == '__main__':

@@ -8,8 +8,10 @@ transfer downstream are registered in mmpretrain, mmdet and mmseg at once with
 """
 from typing import Callable, List, Optional, Type
 
+from mmdet.registry import MODELS as MMDET_MODELS
 from mmengine.registry import Registry
 from mmpretrain.registry import DATASETS, HOOKS, METRICS, MODELS, TRANSFORMS
+from mmseg.registry import MODELS as MMSEG_MODELS
 
 __all__ = [
     'DATASETS', 'HOOKS', 'METRICS', 'MODELS', 'TRANSFORMS',
@@ -18,14 +20,8 @@ __all__ = [
 
 
 def downstream_model_registries() -> List[Registry]:
-    """The MODELS registries of mmdet and mmseg (those that import)."""
-    registries = []
-    for module in ('mmdet.registry', 'mmseg.registry'):
-        try:
-            registries.append(__import__(module, fromlist=['MODELS']).MODELS)
-        except ImportError:
-            pass
-    return registries
+    """The MODELS registries of mmdet and mmseg."""
+    return [MMDET_MODELS, MMSEG_MODELS]
 
 
 def register_backbone(cls: Optional[Type] = None,

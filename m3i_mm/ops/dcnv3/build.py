@@ -30,15 +30,6 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(_HERE)))
 SRC_DIR = os.path.join(_HERE, 'src')
 CPP_SOURCES = ('dcnv3.cpp', )
 CUDA_SOURCES = ('dcnv3_cuda.cu', )
-# Flags torch's BuildExtension passes to nvcc (kept in sync by
-# ``nvcc_flags``, which prefers torch's own list when it exists).
-_COMMON_NVCC_FLAGS = [
-    '-D__CUDA_NO_HALF_OPERATORS__',
-    '-D__CUDA_NO_HALF_CONVERSIONS__',
-    '-D__CUDA_NO_BFLOAT16_CONVERSIONS__',
-    '-D__CUDA_NO_HALF2_OPERATORS__',
-    '--expt-relaxed-constexpr',
-]
 
 
 def source_paths(relative: bool = True) -> List[str]:
@@ -123,8 +114,7 @@ def find_nvcc() -> Optional[str]:
 def nvcc_flags() -> List[str]:
     """nvcc flags torch's ``BuildExtension`` uses for extensions."""
     from torch.utils import cpp_extension
-    return list(
-        getattr(cpp_extension, 'COMMON_NVCC_FLAGS', _COMMON_NVCC_FLAGS))
+    return list(cpp_extension.COMMON_NVCC_FLAGS)
 
 
 def nvcc_compile_command(source: str,

@@ -4,6 +4,8 @@ Full-size variants are built on the ``meta`` device (no memory, no init) to
 count parameters; behaviour is tested on tiny architectures.
 """
 
+import argparse
+
 import pytest
 import torch
 import torch.nn as nn
@@ -443,3 +445,20 @@ def test_layer_decay_constructor_for_segmentors_and_detectors():
     plain.fc = nn.Linear(2, 2)
     with pytest.raises(TypeError, match='no backbone with get_layer_depth'):
         constructor(**cfg)(plain)
+
+
+def test_converter_command_refuses_pickles_and_writes_a_loadable_file(
+        tmp_path):
+    from m3i_mm.compat import UnsafeCheckpointError
+    converter = load_converter()
+    official = InternImage(arch=TINY).state_dict()
+    src, dst = tmp_path / 'official.pth', tmp_path / 'm3i.pth'
+    torch.save({'model': {'patch_embed.conv1.weight': official[
+        'stem.conv1.weight']}, 'args': argparse.Namespace(lr=1)}, src)
+    with pytest.raises(UnsafeCheckpointError, match='official.pth'):
+        converter.main([str(src), str(dst)])
+    assert not dst.exists()
+    converter.main([str(src), str(dst), '--trusted'])
+    saved = torch.load(dst, weights_only=True)['state_dict']
+    assert torch.equal(saved['backbone.stem.conv1.weight'],
+                       official['stem.conv1.weight'])

@@ -27,7 +27,6 @@ import re
 from collections import OrderedDict
 from typing import Dict, List, Optional, Tuple
 
-import torch
 from torch import Tensor
 
 # Official module path -> ours, per module type. Each rule is a regular
@@ -151,14 +150,16 @@ def load_official_state_dict(path: str,
             carry configs and optimizer state). Only for files you trust.
             Defaults to False (tensors only).
     """
-    checkpoint = torch.load(path, map_location='cpu', weights_only=not trusted)
+    from m3i_mm.compat import safe_torch_load
+    checkpoint = safe_torch_load(
+        path, map_location='cpu', weights_only=not trusted)
     for field in ('model', 'state_dict'):
         if isinstance(checkpoint, dict) and field in checkpoint:
             return checkpoint[field]
     return checkpoint
 
 
-def main() -> None:
+def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('src', help='official InternImage checkpoint')
     parser.add_argument('dst', help='output checkpoint (m3i_mm layout)')
@@ -171,14 +172,16 @@ def main() -> None:
         action='store_true',
         help='the source may unpickle any object (a full training '
         'checkpoint); only for files you trust')
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    import m3i_mm  # noqa: F401  (allow-listed loading, atomic writes)
     state_dict = convert_internimage(
         load_official_state_dict(args.src, args.trusted))
     if args.backbone_only:
         state_dict = OrderedDict((key[len('backbone.'):], value)
                                  for key, value in state_dict.items()
                                  if key.startswith('backbone.'))
-    torch.save({'state_dict': state_dict}, args.dst)
+    from mmengine.runner import save_checkpoint
+    save_checkpoint({'state_dict': state_dict}, args.dst)  # atomic write
     print(f'converted {len(state_dict)} tensors to {args.dst}')
 
 

@@ -364,3 +364,26 @@ def test_zero_shot_predict_scores_class_prompts():
     model.text_head = ClassTwoThenZero()
     out = model(views[0], make_batch(n=2)[1], mode='predict')
     assert [int(s.pred_label) for s in out] == [2, 0]
+
+
+def test_zero_shot_class_embeddings_once_per_evaluation():
+    model = with_text(zero_shot=dict(classes=['zero', 'one', 'two']))
+    calls = []
+    encode = model.text_target.forward
+    model.text_target.forward = lambda texts: calls.append(texts) or encode(
+        texts)
+    views, samples = make_batch(n=2)
+    model.eval()
+    with torch.no_grad():
+        first = model(views[0], samples, mode='predict')[0].pred_score
+        model(views[0], samples, mode='predict')
+    assert len(calls) == 3  # one prompt set per class, first batch only
+    model.train()
+    with torch.no_grad():  # new text weights, then a new evaluation
+        torch.manual_seed(1)
+        model.text_target.proj.weight.normal_()
+    model.eval()
+    with torch.no_grad():
+        again = model(views[0], samples, mode='predict')
+    assert len(calls) == 6
+    assert not torch.allclose(again[0].pred_score, first)

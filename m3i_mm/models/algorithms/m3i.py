@@ -158,6 +158,8 @@ class M3I(BaseSelfSupervisor):
         if zero_shot is not None and self.text_head is None:
             raise ValueError('zero_shot needs text_head and text_target')
         self.zero_shot = zero_shot
+        # Class embeddings of one evaluation (see _zero_shot_classes).
+        self._zero_shot_cache = None
         self.loss_balancer = MODELS.build(loss_balancer) \
             if loss_balancer else None
 
@@ -192,7 +194,7 @@ class M3I(BaseSelfSupervisor):
             data_samples = [DataSample() for _ in range(len(images))]
         scores = None
         if self.zero_shot is not None:
-            scores = (image_emb @ self.class_embeddings().t()).softmax(-1)
+            scores = (image_emb @ self._zero_shot_classes().t()).softmax(-1)
         for i, sample in enumerate(data_samples):
             sample.set_field(image_emb[i], 'image_embedding')
             if scores is not None:
@@ -204,6 +206,22 @@ class M3I(BaseSelfSupervisor):
             for sample, text in zip(data_samples, texts):
                 sample.set_field(text, 'text_embedding')
         return data_samples
+
+    def train(self, mode: bool = True) -> 'M3I':
+        """Switch mode; drops the zero-shot class embeddings (the runner
+        calls ``eval()`` before each evaluation, so they are recomputed
+        with the current text encoder)."""
+        self._zero_shot_cache = None
+        return super().train(mode)
+
+    def _zero_shot_classes(self) -> torch.Tensor:
+        """:meth:`class_embeddings`, computed once per evaluation (without
+        gradients; with gradients enabled they are computed each call)."""
+        if torch.is_grad_enabled():
+            return self.class_embeddings()
+        if self._zero_shot_cache is None:
+            self._zero_shot_cache = self.class_embeddings()
+        return self._zero_shot_cache
 
     def class_embeddings(self) -> torch.Tensor:
         """(num_classes, D) normalised mean embedding of each class's

@@ -79,10 +79,6 @@ class MultiInputMixer(nn.Module):
     def second_view(self) -> int:
         return VIEW_CHOICES.index(self.target_views[1])
 
-    @property
-    def has_second_image(self) -> bool:
-        return self.mode == 'mix'
-
     def forward(self, views: List[torch.Tensor],
                 mask: torch.Tensor) -> MixedBatch:
         """Mix a batch.

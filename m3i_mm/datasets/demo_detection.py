@@ -48,15 +48,14 @@ import numpy as np
 
 from mmdet.datasets import CocoDataset
 from mmdet.registry import DATASETS as MMDET_DATASETS
-from .demo_digits import (DIGIT_CLASSES, demo_digits_split,
-                          materialize_atomically)
+from .demo_digits import (DIGIT_CLASSES, check_split, demo_digits_split,
+                          digit_image, materialize_atomically)
 
 CANVAS_SIZE = 96
 DIGIT_SCALES = (3, 4)
 MASK_THRESHOLD = 64  # a pixel is in a digit's mask where its value > this
 MAX_DIGITS_PER_IMAGE = 3
 DEMO_DENSE_IMAGES = {'train': 200, 'val': 50}
-DEMO_DENSE_INSTANCES = {'train': 390, 'val': 97}
 DEMO_DENSE_SEED = 2023
 DIGIT_PALETTE = [[230, 25, 75], [60, 180, 75], [255, 225, 25],
                  [0, 130, 200], [245, 130, 48], [145, 30, 180],
@@ -75,12 +74,7 @@ def upscale_digit(image_8x8: np.ndarray, scale: int) -> np.ndarray:
     Returns:
         np.ndarray: (8 * scale, 8 * scale) uint8 image, values 0..255.
     """
-    from PIL import Image
-    pixels = np.clip(image_8x8 * (255.0 / 16.0), 0, 255).astype(np.uint8)
-    side = image_8x8.shape[0] * scale
-    return np.asarray(
-        Image.fromarray(pixels, mode='L').resize((side, side),
-                                                 Image.BICUBIC))
+    return np.asarray(digit_image(image_8x8, image_8x8.shape[0] * scale))
 
 
 def render_demo_canvases(split: str) -> List[Tuple[np.ndarray, List[dict]]]:
@@ -96,8 +90,7 @@ def render_demo_canvases(split: str) -> List[Tuple[np.ndarray, List[dict]]]:
         ``scale``, ``square`` (x, y, side of the pasted square) and ``mask``
         ((96, 96) bool).
     """
-    if split not in DEMO_DENSE_IMAGES:
-        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    check_split(split)
     from sklearn.datasets import load_digits
     digits = load_digits()
     rng = np.random.default_rng(DEMO_DENSE_SEED + _SPLIT_SEED_OFFSET[split])
@@ -308,8 +301,7 @@ class DemoDigitsCoco(CocoDataset):
                  ann_file: Optional[str] = None,
                  data_prefix: Optional[dict] = None,
                  **kwargs) -> None:
-        if split not in DEMO_DENSE_IMAGES:
-            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        check_split(split)
         materialize_demo_digits_coco(data_root)
         super().__init__(
             data_root=data_root,

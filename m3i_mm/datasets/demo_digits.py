@@ -32,6 +32,12 @@ VAL_EVERY = 5  # sample i is in val when i % VAL_EVERY == VAL_EVERY - 1
 _DONE_FLAG = '.complete'
 
 
+def check_split(split: str) -> None:
+    """Raise unless ``split`` is a demo split (``'train'`` or ``'val'``)."""
+    if split not in ('train', 'val'):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+
+
 def demo_digits_split(split: str) -> List[int]:
     """Indices of ``sklearn.datasets.load_digits()`` in a split.
 
@@ -41,15 +47,16 @@ def demo_digits_split(split: str) -> List[int]:
     Returns:
         list[int]: Sample indices in ascending order.
     """
-    if split not in ('train', 'val'):
-        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    check_split(split)
     from sklearn.datasets import load_digits
     n = len(load_digits().target)
     in_val = (np.arange(n) % VAL_EVERY) == VAL_EVERY - 1
     return np.flatnonzero(in_val if split == 'val' else ~in_val).tolist()
 
 
-def _digit_png(image_8x8: np.ndarray, image_size: int):
+def digit_image(image_8x8: np.ndarray, image_size: int):
+    """A 0..16 digit scan as an ``image_size`` square gray PIL image
+    (bicubic)."""
     from PIL import Image
     pixels = np.clip(image_8x8 * (255.0 / 16.0), 0, 255).astype(np.uint8)
     return Image.fromarray(pixels, mode='L').resize(
@@ -119,7 +126,7 @@ def materialize_demo_digits(root: str, image_size: int = 32) -> str:
                 label = int(digits.target[idx])
                 rel = f'{split}/{DIGIT_CLASSES[label]}/digit_{idx:05d}.png'
                 os.makedirs(osp.dirname(osp.join(tmp, rel)), exist_ok=True)
-                _digit_png(digits.images[idx], image_size).save(
+                digit_image(digits.images[idx], image_size).save(
                     osp.join(tmp, rel))
                 lines.append(f'{rel} {label}')
             with open(osp.join(tmp, 'meta', f'{split}.txt'), 'w') as f:
@@ -156,8 +163,7 @@ class DemoDigits(CustomDataset):
                  image_size: int = 32,
                  ann_file: Optional[str] = None,
                  **kwargs) -> None:
-        if split not in ('train', 'val'):
-            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        check_split(split)
         materialize_demo_digits(data_root, image_size=image_size)
         kwargs.setdefault('data_prefix', '')
         super().__init__(

@@ -52,7 +52,7 @@ from .demo_detection import (DEMO_DENSE_SEED, DIGIT_PALETTE,
                              MAX_DIGITS_PER_IMAGE, coco_annotations,
                              compose_canvas, render_demo_canvases,
                              write_split)
-from .demo_digits import (DIGIT_CLASSES, demo_digits_split,
+from .demo_digits import (DIGIT_CLASSES, check_split, demo_digits_split,
                           materialize_atomically)
 
 # Train instances per digit 0..9.
@@ -208,8 +208,7 @@ class DemoDigitsLvis(LVISV1Dataset):
                  ann_file: Optional[str] = None,
                  data_prefix: Optional[dict] = None,
                  **kwargs) -> None:
-        if split not in ('train', 'val'):
-            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        check_split(split)
         materialize_demo_digits_lvis(data_root)
         super().__init__(
             data_root=data_root,

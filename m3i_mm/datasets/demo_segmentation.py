@@ -28,10 +28,9 @@ import numpy as np
 
 from mmseg.datasets import ADE20KDataset
 from mmseg.registry import DATASETS as MMSEG_DATASETS
-from .demo_detection import (DEMO_DENSE_IMAGES, DIGIT_PALETTE,
-                             render_demo_canvases,
+from .demo_detection import (DIGIT_PALETTE, render_demo_canvases,
                              save_rgb_png)
-from .demo_digits import DIGIT_CLASSES, materialize_atomically
+from .demo_digits import DIGIT_CLASSES, check_split, materialize_atomically
 
 ADE_SPLITS = {'train': 'training', 'val': 'validation'}
 
@@ -109,8 +108,7 @@ class DemoDigitsSeg(ADE20KDataset):
                  data_prefix: Optional[dict] = None,
                  img_suffix: str = '.png',
                  **kwargs) -> None:
-        if split not in DEMO_DENSE_IMAGES:
-            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        check_split(split)
         materialize_demo_digits_ade(data_root)
         ade_split = ADE_SPLITS[split]
         super().__init__(

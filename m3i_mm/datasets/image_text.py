@@ -125,6 +125,16 @@ def expand_shards(shards: Union[str, Sequence[str]],
     return paths
 
 
+def worker_slot() -> tuple:
+    """(global index, number) of the data-loading workers over all ranks:
+    this process's slot for splitting a stream."""
+    rank, world_size = get_dist_info()
+    worker = get_worker_info()
+    num_workers, worker_id = (1, 0) if worker is None else (
+        worker.num_workers, worker.id)
+    return rank * num_workers + worker_id, world_size * num_workers
+
+
 @DATASETS.register_module()
 class ImageTextShards(IterableDataset):
     """Stream image-caption pairs from WebDataset-style tar shards.
@@ -165,15 +175,12 @@ class ImageTextShards(IterableDataset):
         self.epoch = 0
 
     def _my_shards(self) -> List[str]:
-        rank, world_size = get_dist_info()
-        worker = get_worker_info()
-        num_workers, worker_id = (1, 0) if worker is None else (
-            worker.num_workers, worker.id)
         order = list(self.shards)
         if self.shuffle_shards:
             rng = np.random.default_rng(self.seed + self.epoch)
             order = [order[i] for i in rng.permutation(len(order))]
-        return order[rank * num_workers + worker_id::world_size * num_workers]
+        slot, num_slots = worker_slot()
+        return order[slot::num_slots]
 
     def _skip(self, what: str) -> None:
         self.num_skipped += 1

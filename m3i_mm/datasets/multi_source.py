@@ -2,19 +2,10 @@
 from typing import Iterator, List, Optional, Sequence
 
 import numpy as np
-from mmengine.dist import get_dist_info
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset
 
 from m3i_mm.registry import DATASETS
-
-
-def _worker_slot() -> tuple:
-    """(global worker index, number of global workers) of this process."""
-    rank, world_size = get_dist_info()
-    worker = get_worker_info()
-    num_workers, worker_id = (1, 0) if worker is None else (
-        worker.num_workers, worker.id)
-    return rank * num_workers + worker_id, world_size * num_workers
+from .image_text import worker_slot
 
 
 @DATASETS.register_module()
@@ -57,7 +48,7 @@ class MultiSourceDataset(IterableDataset):
         self.seed = seed
 
     def _stream(self, source, rng: np.random.Generator) -> Iterator[dict]:
-        slot, slots = _worker_slot()
+        slot, slots = worker_slot()
         while True:
             if isinstance(source, IterableDataset):
                 yield from source
@@ -69,7 +60,7 @@ class MultiSourceDataset(IterableDataset):
                 yield source[int(index)]
 
     def __iter__(self) -> Iterator[dict]:
-        slot, _ = _worker_slot()
+        slot, _ = worker_slot()
         rng = np.random.default_rng([self.seed, slot])
         streams: List[Iterator[dict]] = [
             self._stream(s, np.random.default_rng([self.seed, i]))

@@ -129,9 +129,8 @@ def convert_internimage(state_dict: Dict[str, Tensor]) -> OrderedDict:
         bare = key[len('backbone.'):] if key.startswith('backbone.') else key
         if bare.startswith(BACKBONE_ROOTS):
             new = 'backbone.' + convert_backbone_key(bare)
-        elif key == bare and re.fullmatch(CLASSIFIER_RULE[0], key):
-            new = re.fullmatch(CLASSIFIER_RULE[0],
-                               key).expand(CLASSIFIER_RULE[1])
+        elif key == bare:
+            new = _apply([CLASSIFIER_RULE], key) or key
         else:
             new = key
         if new in converted:

@@ -66,7 +66,7 @@ Usage::
 import argparse
 import re
 from collections import Counter, OrderedDict
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -159,11 +159,10 @@ def dropped_modules(state_dict: Dict[str, torch.Tensor],
     if isinstance(state_dict.get('state_dict'), dict):
         state_dict = state_dict['state_dict']
     src = ENCODER_PREFIXES[encoder]
+    ema = ENCODER_PREFIXES['momentum']
     return dict(
-        Counter(
-            k.split('.')[0] if not k.startswith('image_target.ema.module.')
-            else 'image_target.ema.module' for k in state_dict
-            if not k.startswith(src)))
+        Counter(ema[:-1] if k.startswith(ema) else k.split('.')[0]
+                for k in state_dict if not k.startswith(src)))
 
 
 def relative_position_table_size(grid: Tuple[int, int]) -> int:
@@ -251,12 +250,8 @@ def convert(state_dict: Dict[str, torch.Tensor],
             num_extra_tokens=extra)
         grid = new_grid
     if rel_pos_heads is not None and layout == 'mmpretrain':
-        layers = sorted({
-            int(m.group(1))
-            for m in map(re.compile(r'layers\.(\d+)\.').match, backbone) if m
-        })
         ref = backbone['pos_embed']
-        for i in layers:
+        for i in _layer_indices(backbone):
             backbone[f'layers.{i}.attn.relative_position_bias_table'] = \
                 ref.new_zeros(relative_position_table_size(grid),
                               rel_pos_heads)
@@ -290,10 +285,7 @@ def _vitdet_state(backbone: Dict[str, torch.Tensor], encoder: str,
         out[key] = value
     if rel_pos_heads is None:
         return out
-    layers = sorted({
-        int(m.group(1))
-        for m in map(re.compile(r'layers\.(\d+)\.').match, out) if m
-    })
+    layers = _layer_indices(out)
     if global_attn_indexes is None:
         if len(layers) not in VITDET_GLOBAL_ATTN:
             raise ValueError(
@@ -314,10 +306,19 @@ def _vitdet_state(backbone: Dict[str, torch.Tensor], encoder: str,
     return out
 
 
+def _layer_indices(keys) -> List[int]:
+    """Sorted block indices ``i`` of the ``layers.i.*`` keys."""
+    return sorted({
+        int(m.group(1))
+        for m in map(re.compile(r'layers\.(\d+)\.').match, keys) if m
+    })
+
+
 def _mmseg_key(key: str, encoder: str) -> str:
     for pattern, repl in _MMSEG_RULES:
-        if re.fullmatch(pattern, key):
-            return re.sub(pattern, repl, key)
+        match = re.fullmatch(pattern, key)
+        if match:
+            return match.expand(repl)
     raise KeyError(f'"{ENCODER_PREFIXES[encoder]}{key}" has no counterpart in '
                    f"mmseg's VisionTransformer (layout='mmseg' converts "
                    f"mmpretrain ViT backbones only)")

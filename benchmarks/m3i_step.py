@@ -156,18 +156,13 @@ def main() -> None:
 
     mae_samples = [DataSample() for _ in range(args.batch)]
 
-    def mae_step():
-        losses = mae.loss(views[0], mae_samples)
-        mae_opt.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
-        mae_opt.step()
-
     t = interleaved_medians(
         dict(
             m3i=train_step(m3i, m3i_opt, views, samples),
             base=backbone_only,
             fixed=train_step(fixed, fixed_opt, views, samples),
-            mae=mae_step), args.steps, dev)
+            mae=train_step(mae, mae_opt, views[0], mae_samples)), args.steps,
+        dev)
     t_m3i, t_base, t_fixed, t_mae = t['m3i'], t['base'], t['fixed'], t['mae']
     t_lambda = statistics.median(lambda_time[1:])
 

@@ -11,6 +11,7 @@ from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.registry import DefaultScope
 from mmengine.runner import Runner, load_checkpoint, save_checkpoint
+from mmengine.runner.checkpoint import _load_checkpoint
 from mmpretrain.models.utils import resize_pos_embed
 
 from conftest import REPO, config_path, load_script
@@ -338,8 +339,9 @@ def test_mmdet_train_script_registers_our_modules_via_custom_imports(
         text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     assert 'coco/segm_mAP' in res.stdout + res.stderr
-    trained = torch.load(work_dir / 'iter_2.pth', map_location='cpu',
-                         weights_only=False)['state_dict']
+    # Through m3i_mm's allow-listed loader: real mmdet/mmseg checkpoints load.
+    trained = _load_checkpoint(str(work_dir / 'iter_2.pth'),
+                               map_location='cpu')['state_dict']
     # Two warm-up steps (lr <= 2e-7 x layer decay) barely move the weights.
     start = m3i_backbone.patch_embed.projection.weight
     moved = trained['backbone.patch_embed.projection.weight'] - start

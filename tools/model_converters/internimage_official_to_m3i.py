@@ -139,19 +139,20 @@ def convert_internimage(state_dict: Dict[str, Tensor]) -> OrderedDict:
     return converted
 
 
-def load_official_state_dict(path: str,
-                             trusted: bool = False) -> Dict[str, Tensor]:
+def load_official_state_dict(path: str) -> Dict[str, Tensor]:
     """Read an official checkpoint; picks ``model`` or ``state_dict``.
 
-    Args:
-        path (str): Checkpoint file.
-        trusted (bool): Unpickle arbitrary objects (training checkpoints
-            carry configs and optimizer state). Only for files you trust.
-            Defaults to False (tensors only).
+    Loaded through ``m3i_mm.compat.safe_torch_load`` like every m3i_mm
+    tool: tensors and the allow-listed objects only, unless the user trusts
+    the file and sets ``M3I_TRUST_CHECKPOINTS=1`` (official training
+    checkpoints also pickle their config and optimizer objects).
+
+    Raises:
+        UnsafeCheckpointError: The file holds an object outside the
+            allow-list; the message names the file and the object.
     """
     from m3i_mm.compat import safe_torch_load
-    checkpoint = safe_torch_load(
-        path, map_location='cpu', weights_only=not trusted)
+    checkpoint = safe_torch_load(path, map_location='cpu')
     for field in ('model', 'state_dict'):
         if isinstance(checkpoint, dict) and field in checkpoint:
             return checkpoint[field]
@@ -166,15 +167,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         '--backbone-only',
         action='store_true',
         help='keep only the backbone, without the backbone. prefix')
-    parser.add_argument(
-        '--trusted',
-        action='store_true',
-        help='the source may unpickle any object (a full training '
-        'checkpoint); only for files you trust')
     args = parser.parse_args(argv)
     import m3i_mm  # noqa: F401  (allow-listed loading, atomic writes)
     state_dict = convert_internimage(
-        load_official_state_dict(args.src, args.trusted))
+        load_official_state_dict(args.src))
     if args.backbone_only:
         state_dict = OrderedDict((key[len('backbone.'):], value)
                                  for key, value in state_dict.items()

@@ -100,10 +100,10 @@ def checkpoint_safe_globals() -> List[Union[Any, Tuple[Any, str]]]:
     For ``torch.serialization.safe_globals``: mmengine's message hub
     (``HistoryBuffer`` holding numpy arrays and scalars) and numpy's pickling
     helpers under both of their module names (numpy 1.x and 2.x). ``getattr``
-    is mapped to :func:`_restricted_getattr`, which refuses every call, so an
-    unpickled object can never reach a module, a function's globals or the
-    builtins. Torch's own defaults (tensors, storages, rebuild helpers,
-    ``OrderedDict``) are allowed by torch itself.
+    is mapped to :func:`_restricted_getattr` (four ``HistoryBuffer``
+    methods, nothing else), so an unpickled object can never reach a module,
+    a function's globals or the builtins. Torch's own defaults (tensors,
+    storages, rebuild helpers, ``OrderedDict``) are allowed by torch itself.
 
     Returns:
         list: Objects, and ``(object, 'module.name')`` pairs that map a name

@@ -9,6 +9,9 @@ written to keep the upstream line (mmengine 0.10.7, mmcv 2.1, mmdet 3.3,
 mmseg 1.2.2, mmpretrain 1.2.0) working where a shim is enough.
 """
 import contextlib
+import difflib
+import functools
+import importlib
 import io
 import os
 import os.path as osp
@@ -16,7 +19,8 @@ import pickle
 import re
 import tempfile
 import warnings
-from typing import Any, Iterator, List, Tuple, Union
+from typing import (Any, Callable, Iterable, Iterator, List, Optional, Tuple,
+                    Union)
 
 import numpy as np
 import torch
@@ -409,6 +413,261 @@ def _patch_config_package_scopes() -> None:
             break
 
 
+def close_matches(value: str, known: Iterable[str],
+                  cutoff: float = 0.6) -> str:
+    """`` (did you mean 'a', 'b'?)`` for the known names close to ``value``
+    (``difflib`` ratio >= ``cutoff``), else an empty string."""
+    found = difflib.get_close_matches(
+        value, sorted(set(known)), n=3, cutoff=cutoff)
+    return f' (did you mean {", ".join(map(repr, found))}?)' if found else ''
+
+
+def _name_file_on_error(method: Callable, path_key: str) -> Callable:
+    """Wrap a loading method ``(self, results)`` so that its errors name the
+    file ``results[path_key]`` (and say when it is empty)."""
+
+    @functools.wraps(method)
+    def wrapper(self, results: dict, *args, **kwargs):
+        try:
+            return method(self, results, *args, **kwargs)
+        except Exception as err:
+            path = results.get(path_key)
+            if path is None or str(path) in str(err):
+                raise
+            empty = osp.isfile(path) and osp.getsize(path) == 0
+            what = 'the file is empty (0 bytes)' if empty else (
+                f'{type(err).__name__}: {err}')
+            raise ValueError(f'{type(self).__name__} cannot read '
+                             f'{path_key} {path}: {what}') from err
+
+    wrapper._m3i_names_file = True
+    return wrapper
+
+
+def _patch_file_loading_errors() -> None:
+    """mmcv 2.1-2.3.6, mmdet 3.3-3.5.1, mmseg 1.2-1.4.2: errors of image and
+    segmentation-map loading do not name the file.
+
+    A zero-byte image raised cv2's ``(-215:Assertion failed) !buf.empty()``
+    from ``LoadImageFromFile``; the same from every ``LoadAnnotations``
+    for a zero-byte map. We re-raise such errors as ``ValueError`` naming the
+    file (errors that already name it, e.g. a missing file, pass unchanged).
+    """
+    from mmcv.transforms import loading
+    targets = [(loading.LoadImageFromFile, 'transform', 'img_path'),
+               (loading.LoadAnnotations, '_load_seg_map', 'seg_map_path')]
+    for module in ('mmdet.datasets.transforms.loading',
+                   'mmseg.datasets.transforms.loading'):
+        try:
+            cls = importlib.import_module(module).LoadAnnotations
+        except Exception:  # optional downstream packages
+            continue
+        targets.append((cls, '_load_seg_map', 'seg_map_path'))
+    for cls, name, key in targets:
+        method = cls.__dict__.get(name)
+        if method is not None and not hasattr(method, '_m3i_names_file'):
+            setattr(cls, name, _name_file_on_error(method, key))
+
+
+def _patch_empty_dataset_error() -> None:
+    """mmengine (all 0.10.x): an empty dataset fails with numpy's ``need at
+    least one array to concatenate`` (``BaseDataset._serialize_data``), or
+    later in the sampler, naming nothing. We raise naming the dataset's
+    annotation file, root, prefix and filter."""
+    from mmengine.dataset import BaseDataset
+
+    def check(dataset) -> None:
+        if len(dataset.data_list) == 0:
+            raise ValueError(
+                f'{type(dataset).__name__} has no samples: ann_file='
+                f'{dataset.ann_file!r}, data_root={dataset.data_root!r}, '
+                f'data_prefix={dict(dataset.data_prefix)}, filter_cfg='
+                f'{dataset.filter_cfg}, indices={dataset._indices}')
+
+    serialize, full_init = BaseDataset._serialize_data, BaseDataset.full_init
+    if hasattr(full_init, '_m3i_checks_empty'):
+        return
+
+    def _serialize_data(self):
+        check(self)
+        return serialize(self)
+
+    def checked_full_init(self) -> None:
+        full_init(self)
+        if not self.serialize_data:
+            check(self)
+
+    checked_full_init._m3i_checks_empty = True
+    BaseDataset._serialize_data = _serialize_data
+    BaseDataset.full_init = functools.wraps(full_init)(checked_full_init)
+
+
+def _registry_names(registry) -> List[str]:
+    """Names registered in ``registry`` and its ancestors."""
+    names = []
+    while registry is not None:
+        names.extend(registry.module_dict)
+        registry = registry.parent
+    return names
+
+
+def _patch_optimizer_type_check() -> None:
+    """mmengine (all 0.10.x): an unknown ``optim_wrapper.optimizer.type``
+    (e.g. ``AdamWW``) fails in ``DefaultOptimWrapperConstructor.__call__``
+    with ``None is not a callable object``. We check the type when the
+    constructor is built and raise ``KeyError`` naming it and close names.
+    """
+    from mmengine.optim import DefaultOptimWrapperConstructor
+    from mmengine.registry import OPTIMIZERS
+    init = DefaultOptimWrapperConstructor.__init__
+    if hasattr(init, '_m3i_checks_type'):
+        return
+
+    @functools.wraps(init)
+    def checked_init(self, optim_wrapper_cfg: dict, *args, **kwargs):
+        init(self, optim_wrapper_cfg, *args, **kwargs)
+        name = self.optimizer_cfg.get('type')
+        if not isinstance(name, str):
+            return
+        with OPTIMIZERS.switch_scope_and_registry(None) as registry:
+            if registry.get(name) is None:
+                raise KeyError(
+                    f'optim_wrapper.optimizer.type={name!r} is not in the '
+                    f'{registry.scope}::optimizer registry'
+                    f'{close_matches(name, _registry_names(registry))}')
+
+    checked_init._m3i_checks_type = True
+    DefaultOptimWrapperConstructor.__init__ = checked_init
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint given by ``load_from`` does not fit the model."""
+
+
+def _mismatch_lists(message: str) -> dict:
+    """Keys named in mmengine's ``load_state_dict`` strict error message."""
+    lists = {}
+    for kind, pattern in (('unexpected', r'unexpected key in source '
+                           r'state_dict: ([^\n]*)'),
+                          ('missing', r'missing keys in source '
+                           r'state_dict: ([^\n]*)')):
+        found = re.search(pattern, message)
+        lists[kind] = found.group(1).split(', ') if found else []
+    lists['mismatched'] = re.findall(r'size mismatch for ([^:]+):', message)
+    return lists
+
+
+def _patch_strict_load_from() -> None:
+    """mmengine (all 0.10.x): ``load_from`` (and ``tools/test.py``'s
+    checkpoint) loads non-strictly; a checkpoint of another architecture
+    only logs a warning and the run goes on with random weights.
+
+    ``Runner.load_checkpoint`` without an explicit ``strict`` now follows the
+    top-level config key ``load_strict``:
+
+    - ``None`` (default): refuse a checkpoint with unexpected keys or shape
+      mismatches (another architecture); missing keys (a pre-trained
+      backbone for a model with a new head) only warn.
+    - ``True``: refuse any difference (torch's ``strict=True``).
+    - ``False``: load what matches, warn about the rest (mmengine's
+      behaviour).
+
+    The refusal (:class:`CheckpointMismatchError`) names the file and the
+    keys. Only rank 0 detects it (mmengine's check), which ends the job.
+    """
+    from mmengine.runner import Runner
+    load = Runner.load_checkpoint
+    if hasattr(load, '_m3i_strict'):
+        return
+
+    @functools.wraps(load)
+    def load_checkpoint(self, filename: str, map_location='cpu',
+                        strict: Optional[bool] = None,
+                        revise_keys: list = [(r'^module.', '')]):
+        if strict is not None:
+            return load(self, filename, map_location, strict, revise_keys)
+        mode = self.cfg.get('load_strict', None)
+        if mode not in (None, True, False):
+            raise ValueError(f'load_strict must be None, True or False, got '
+                             f'{mode!r}')
+        if mode is False:
+            return load(self, filename, map_location, False, revise_keys)
+        try:
+            return load(self, filename, map_location, True, revise_keys)
+        except RuntimeError as err:
+            keys = _mismatch_lists(str(err))
+            if not any(keys.values()):
+                raise
+            refused = {
+                kind: names
+                for kind, names in keys.items()
+                if names and (mode or kind != 'missing')
+            }
+            if not refused:  # default mode, only missing keys
+                return load(self, filename, map_location, False, revise_keys)
+            summary = '; '.join(
+                f'{len(names)} {kind} key(s): {", ".join(names[:5])}'
+                f'{", ..." if len(names) > 5 else ""}'
+                for kind, names in keys.items() if names)
+            raise CheckpointMismatchError(
+                f'Checkpoint {filename} does not fit the model '
+                f'{type(self.model).__name__} ({summary}). Set '
+                'load_strict=False (e.g. --cfg-options load_strict=False) to '
+                'load the matching weights anyway.') from None
+
+    load_checkpoint._m3i_strict = True
+    Runner.load_checkpoint = load_checkpoint
+
+
+def _patch_accuracy_ties() -> None:
+    """mmpretrain 1.2.0 / onedl-mmpretrain 1.3.6 ``Accuracy.calculate``:
+    tied scores count as correct when ``topk`` happens to put the true class
+    first (constant scores give the share of the lowest class index, not
+    0), and a NaN score of the true class can count as correct.
+
+    For scores ``(N, C)`` we rank pessimistically: sample ``i`` is correct at
+    ``k`` iff fewer than ``k`` other classes score at least as high as its
+    true class (NaN scores rank above everything; a NaN true score is
+    wrong), and, as upstream, its true score is above the threshold. Without
+    ties or NaN this equals upstream. Labels ``(N,)`` are unchanged.
+    """
+    try:
+        from mmpretrain.evaluation.metrics import Accuracy
+        from mmpretrain.evaluation.metrics.single_label import to_tensor
+    except ImportError:
+        return
+    calculate = Accuracy.calculate
+    if hasattr(calculate, '_m3i_ties'):
+        return
+
+    def pessimistic(pred, target, topk=(1, ), thrs=(0., )):
+        scores = to_tensor(pred)
+        if scores.ndim == 1 or max(topk) > scores.size(1):
+            return calculate(pred, target, topk, thrs)  # its errors
+        scores = scores.float()
+        target = to_tensor(target).to(torch.int64)
+        if scores.size(0) != target.size(0):
+            return calculate(pred, target, topk, thrs)
+        true = scores.gather(1, target.view(-1, 1))
+        rank = ((scores >= true) | scores.isnan()).sum(1) - 1
+        true = true.view(-1)
+        rank[true.isnan()] = scores.size(1)
+        results = []
+        for k in topk:
+            row = []
+            for thr in thrs:
+                hit = rank < k
+                if thr is not None:
+                    hit &= true > thr
+                row.append(hit.float().sum(0, keepdim=True).mul_(
+                    100. / scores.size(0)))
+            results.append(row)
+        return results
+
+    pessimistic._m3i_ties = True
+    Accuracy.calculate = staticmethod(functools.wraps(calculate)(pessimistic))
+
+
 def _upstream_mmpretrain() -> bool:
     try:
         from importlib.metadata import distribution
@@ -429,6 +688,11 @@ def apply() -> None:
     _patch_checkpoint_loading()
     _patch_atomic_local_writes()
     _patch_config_package_scopes()
+    _patch_file_loading_errors()
+    _patch_empty_dataset_error()
+    _patch_optimizer_type_check()
+    _patch_strict_load_from()
+    _patch_accuracy_ties()
     warnings.filterwarnings(
         'ignore', message='.*torch.meshgrid.*indexing.*', category=UserWarning)
     _APPLIED = True

@@ -1,0 +1,125 @@
+"""Start ``tools/train.py`` runs as forks of one process that imported them.
+
+Importing torch + the OpenMMLab stack takes ~10 s per process here, too much
+for tests that start a dozen training runs and ``kill -9`` them. This helper
+imports once, then for each request forks a child that runs
+``tools/train.py`` as ``__main__`` (its own argv, log file, exit code): a
+separate real process that a test can kill.
+
+Protocol (one JSON object per line on stdin, one reply per line on stdout):
+``{"run": [args...], "log": path, "env": {...}, "umask": m, "kill_at": n}`` starts a run
+and replies ``{"pid": pid}``; ``{"wait": pid}`` replies
+``{"status": exit code or -signal}`` once the run has ended.
+
+``kill_at`` (optional) is test-only fault injection: the run kills itself
+with SIGKILL at the ``n``-th checkpoint file event (just before and just
+after every create/rename/remove of a file named like ``iter_N.pth`` or
+``last_checkpoint``, temporary files included).
+"""
+import builtins
+import json
+import os
+import re
+import runpy
+import signal
+import sys
+import traceback
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = os.path.join(REPO, 'tools', 'train.py')
+CKPT_FILE = re.compile(r'(iter|epoch)_\d+\.pth|last_checkpoint')
+
+
+def _inject_kill(kill_at: int) -> None:
+    """Kill this process at the ``kill_at``-th checkpoint file event."""
+    count = [0]
+
+    def point(path) -> None:
+        if isinstance(path, (str, bytes, os.PathLike)) and CKPT_FILE.search(
+                os.path.basename(os.fsdecode(path))):
+            count[0] += 1
+            if count[0] == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    def around(func, path_arg: int):
+
+        def wrapped(*args, **kwargs):
+            point(args[path_arg])
+            result = func(*args, **kwargs)
+            point(args[path_arg])
+            return result
+
+        return wrapped
+
+    def opened(func):
+
+        def wrapped(file, mode='r', *args, **kwargs):
+            result = func(file, mode, *args, **kwargs)
+            if any(m in mode for m in 'wax'):
+                point(os.readlink(f'/proc/self/fd/{file}') if isinstance(
+                    file, int) else file)
+            return result
+
+        return wrapped
+
+    os.replace = around(os.replace, 1)
+    os.rename = around(os.rename, 1)
+    os.remove = around(os.remove, 0)
+    os.unlink = around(os.unlink, 0)
+    builtins.open = opened(builtins.open)
+    os.fdopen = opened(os.fdopen)
+
+
+def _child(request: dict) -> int:
+    log = os.open(request['log'], os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                  0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.environ.update(request.get('env', {}))
+    if request.get('umask') is not None:
+        os.umask(request['umask'])
+    import torch
+    torch.set_num_threads(1)
+    if request.get('kill_at'):
+        _inject_kill(request['kill_at'])
+    sys.argv = [TRAIN] + request['run']
+    try:
+        runpy.run_path(TRAIN, run_name='__main__')
+        return 0
+    except SystemExit as exit:
+        return exit.code if isinstance(exit.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+        return 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
+def main() -> None:
+    # Replies only on the original stdout: imports print to fd 1.
+    reply = os.fdopen(os.dup(1), 'w')
+    os.dup2(2, 1)
+    sys.path.insert(0, REPO)
+    import mmengine.runner  # noqa: F401
+    import torch  # noqa: F401
+
+    import m3i_mm  # noqa: F401
+    for line in sys.stdin:
+        request = json.loads(line)
+        if 'wait' in request:
+            _, status = os.waitpid(request['wait'], 0)
+            code = (-os.WTERMSIG(status) if os.WIFSIGNALED(status) else
+                    os.WEXITSTATUS(status))
+            answer = {'status': code}
+        else:
+            pid = os.fork()
+            if pid == 0:
+                os._exit(_child(request))
+            answer = {'pid': pid}
+        reply.write(json.dumps(answer) + '\n')
+        reply.flush()
+
+
+if __name__ == '__main__':
+    main()

@@ -4,62 +4,21 @@ a non-finite loss or parameter stops training before it reaches a checkpoint.
 Every run is a real ``tools/train.py`` process (forked from
 tests/train_zygote.py, which imported the stack once), killed with SIGKILL.
 """
-import json
 import os
 import os.path as osp
 import random
 import re
 import signal
-import subprocess
-import sys
 import time
 import zipfile
 
 import pytest
 import torch
 
-from conftest import REPO, config_path
+from conftest import config_path
+from train_zygote import UMASK
 
 DEMO_CFG = config_path('demo', 'vit-tiny_sup_demo.py')
-UMASK = 0o007  # not the usual 022, so a hard-coded 0644 would show
-
-
-class Zygote:
-    """Client of tests/train_zygote.py."""
-
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, osp.join(REPO, 'tests', 'train_zygote.py')],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-            env=dict(os.environ, PYTHONPATH=REPO))
-
-    def _ask(self, request: dict) -> dict:
-        self.proc.stdin.write(json.dumps(request) + '\n')
-        self.proc.stdin.flush()
-        return json.loads(self.proc.stdout.readline())
-
-    def start(self, args, log, kill_at=None) -> int:
-        return self._ask(dict(run=args, log=str(log), kill_at=kill_at,
-                              umask=UMASK))['pid']
-
-    def wait(self, pid: int) -> int:
-        return self._ask(dict(wait=pid))['status']
-
-    def run(self, args, log, kill_at=None):
-        status = self.wait(self.start(args, log, kill_at))
-        with open(log) as f:
-            return status, f.read()
-
-    def close(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-
-
-@pytest.fixture(scope='module')
-def zygote():
-    client = Zygote()
-    yield client
-    client.close()
 
 
 def train_args(demo_root, work_dir, max_iters, *options, workers=0):
@@ -207,3 +166,33 @@ def test_resume_falls_back_when_last_checkpoint_is_broken(
     assert 'is missing or empty; resuming from the newest intact ' \
            f'checkpoint {tmp_path / "iter_2.pth"}' in log
     assert resumed_iter(log) == 2
+
+
+def all_finite(path: str) -> bool:
+    ckpt = torch.load(path, map_location='cpu', weights_only=False)
+    tensors = list(ckpt['state_dict'].values()) + [
+        t for state in ckpt['optimizer']['state'].values()
+        for t in state.values() if isinstance(t, torch.Tensor)
+    ]
+    return all(torch.isfinite(t).all() for t in tensors)
+
+
+@pytest.mark.parametrize(
+    'option, fault_iter',
+    [('optim_wrapper.optimizer.lr=1e9', 2),
+     ('data_preprocessor.std=[0,0,0]', 1)])
+def test_non_finite_loss_stops_training_before_a_checkpoint(
+        zygote, demo_root, tmp_path, option, fault_iter):
+    status, log = zygote.run(train_args(demo_root, tmp_path, 6, option),
+                             tmp_path / 'run.log')
+    assert status not in (0, -signal.SIGKILL), log[-3000:]
+    assert (f'FloatingPointError: Non-finite loss at iteration {fault_iter}: '
+            'loss=nan') in log, log[-3000:]
+    saved = sorted(n for n in os.listdir(tmp_path) if n.endswith('.pth'))
+    assert saved == [f'iter_{i}.pth' for i in range(1, fault_iter)][-1:]
+    if saved:  # the last good one is kept and still the one to resume
+        good = recorded_checkpoint(tmp_path)
+        assert osp.basename(good) == saved[0] and all_finite(good)
+        assert f'the last checkpoint is {good}' in log
+    else:
+        assert not osp.exists(tmp_path / 'last_checkpoint')

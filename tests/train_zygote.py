@@ -22,11 +22,14 @@ import os
 import re
 import runpy
 import signal
+import subprocess
 import sys
 import traceback
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(REPO, 'tools', 'train.py')
+# Runs get this umask: not the usual 022, so a hard-coded 0644 would show.
+UMASK = 0o007
 CKPT_FILE = re.compile(r'(iter|epoch)_\d+\.pth|last_checkpoint')
 
 
@@ -94,6 +97,38 @@ def _child(request: dict) -> int:
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
+
+
+class Zygote:
+    """Starts the zygote process and sends it requests (test side)."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            env=dict(os.environ, PYTHONPATH=REPO))
+
+    def _ask(self, request: dict) -> dict:
+        self.proc.stdin.write(json.dumps(request) + '\n')
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def start(self, args, log, kill_at=None) -> int:
+        return self._ask(dict(run=args, log=str(log), kill_at=kill_at,
+                              umask=UMASK))['pid']
+
+    def wait(self, pid: int) -> int:
+        return self._ask(dict(wait=pid))['status']
+
+    def run(self, args, log, kill_at=None):
+        """Run to the end; returns (exit code or -signal, log text)."""
+        status = self.wait(self.start(args, log, kill_at))
+        with open(log) as f:
+            return status, f.read()
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
 
 
 def main() -> None:

@@ -240,9 +240,10 @@ def _patch_checkpoint_rotation() -> None:
     with a plain ``open('w')``: with ``max_keep_ckpts=1`` a kill during a
     save leaves no checkpoint, or an empty ``last_checkpoint``. Here the new
     checkpoint, then ``last_checkpoint``, are written atomically and
-    durably, and only then is the dropped one removed; temporary files a
-    killed save left are removed at the start of training and after each
-    save.
+    durably, and only then is the dropped one removed (likewise the previous
+    best checkpoint of ``save_best``, which ``_save_best_checkpoint``
+    removes first too); temporary files a killed save left are removed at
+    the start of training and after each save.
     """
     from mmengine.dist import is_main_process
     from mmengine.hooks import CheckpointHook
@@ -300,7 +301,25 @@ def _patch_checkpoint_rotation() -> None:
                     runner.logger.info(
                         f'Removed {path}, left by an interrupted save.')
 
+    save_best = CheckpointHook._save_best_checkpoint
+
+    def _save_best_checkpoint(self, runner, metrics) -> None:
+        # Upstream removes the previous best before saving the new one:
+        # defer every removal until the new checkpoints are written.
+        backend, pending = self.file_backend, []
+        backend.remove = backend.rmtree = pending.append
+        try:
+            save_best(self, runner, metrics)
+        finally:
+            del backend.remove, backend.rmtree
+        kept = {self.last_ckpt, getattr(self, 'best_ckpt_path', None),
+                *getattr(self, 'best_ckpt_path_dict', {}).values()}
+        for path in pending:
+            if path not in kept:
+                _remove_checkpoint(backend, path)
+
     CheckpointHook._save_checkpoint_with_step = _save_checkpoint_with_step
+    CheckpointHook._save_best_checkpoint = _save_best_checkpoint
     CheckpointHook.before_train = before_train_cleaning
 
 

@@ -1,8 +1,9 @@
 """kill -9 of tools/train.py at any moment of a checkpoint save loses nothing;
 a non-finite loss or parameter stops training before it reaches a checkpoint.
 
-Every run is a real ``tools/train.py`` process (forked from
-tests/train_zygote.py, which imported the stack once), killed with SIGKILL.
+Every run but the last test's is a real ``tools/train.py`` process (forked
+from tests/train_zygote.py, which imported the stack once), killed with
+SIGKILL.
 """
 import os
 import os.path as osp
@@ -14,6 +15,9 @@ import zipfile
 
 import pytest
 import torch
+from mmengine.config import Config
+from mmengine.evaluator import BaseMetric
+from mmengine.runner import Runner
 
 from conftest import config_path
 from train_zygote import UMASK
@@ -196,3 +200,52 @@ def test_non_finite_loss_stops_training_before_a_checkpoint(
         assert f'the last checkpoint is {good}' in log
     else:
         assert not osp.exists(tmp_path / 'last_checkpoint')
+
+
+class EvaluationCount(BaseMetric):
+    """A score that improves at every evaluation (test-only metric)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def process(self, data_batch, data_samples):
+        self.results.append(0)
+
+    def compute_metrics(self, results):
+        self.calls += 1
+        return dict(count=self.calls)
+
+
+def test_failed_save_keeps_the_previous_best_checkpoint(demo_root, tmp_path):
+    # In-process: the new best checkpoint's save fails (disk full, kill);
+    # the previous best must still be there.
+    cfg = Config.fromfile(DEMO_CFG)
+    cfg.work_dir = str(tmp_path)
+    cfg.model.backbone.arch.num_layers = 1
+    for split in ('train', 'val'):
+        cfg[f'{split}_dataloader'].update(
+            num_workers=0, persistent_workers=False, batch_size=2)
+        cfg[f'{split}_dataloader'].dataset.data_root = demo_root
+    cfg.val_dataloader.dataset.indices = 2
+    cfg.val_evaluator = dict(type=EvaluationCount)
+    cfg.train_cfg = dict(
+        type='IterBasedTrainLoop', max_iters=3, val_interval=1)
+    cfg.default_hooks.checkpoint = dict(
+        type='CheckpointHook', by_epoch=False, interval=1, max_keep_ckpts=1,
+        save_best='count', rule='greater')
+    cfg.log_level = 'WARNING'
+    runner = Runner.from_cfg(cfg)
+    save = runner.save_checkpoint
+
+    def failing_save(out_dir, filename, *args, **kwargs):
+        if filename == 'best_count_iter_2.pth':
+            raise OSError('disk full')
+        save(out_dir, filename, *args, **kwargs)
+
+    runner.save_checkpoint = failing_save
+    with pytest.raises(OSError, match='disk full'):
+        runner.train()
+    assert (tmp_path / 'best_count_iter_1.pth').is_file(), sorted(
+        os.listdir(tmp_path))
+    assert recorded_checkpoint(tmp_path) == str(tmp_path / 'iter_2.pth')

@@ -102,6 +102,7 @@ def test_kill9_during_saves_never_loses_the_checkpoint(
     status, log = zygote.run(train_args(demo_root, work, 1), tmp_path / '0')
     assert status == 0, log[-3000:]
     done = saved_iter(recorded_checkpoint(work))
+    points = []
     # Each resumed run rotates at its first save (max_keep_ckpts=1): kill
     # it at the n-th file event of that save, i.e. just before/after each
     # create, rename and removal; 8 covers a whole save. The next run
@@ -110,9 +111,17 @@ def test_kill9_during_saves_never_loses_the_checkpoint(
         args = train_args(demo_root, work, 100) + ['--resume']
         status, log = zygote.run(args, tmp_path / f'{n}', kill_at=n)
         assert status == -signal.SIGKILL, f'kill point {n}: {log[-3000:]}'
+        point = re.search(r'fault injection: SIGKILL at event \d+, (.*)', log)
+        assert point, log[-3000:]
+        points.append(point.group(1))
         assert resumed_iter(log) == done
         done = saved_iter(recorded_checkpoint(work))
-        assert done in (resumed_iter(log), resumed_iter(log) + 1)
+        assert done in (resumed_iter(log), resumed_iter(log) + 1), points
+    # The kills hit the writes of the checkpoint and of last_checkpoint and
+    # the removal of the old checkpoint.
+    assert any('iter_' in p and '.tmp' in p for p in points), points
+    assert any('last_checkpoint' in p for p in points), points
+    assert any(p.startswith('before remove') for p in points), points
 
 
 def test_kill9_of_trainer_takes_its_dataloader_workers(

@@ -12,9 +12,10 @@ and replies ``{"pid": pid}``; ``{"wait": pid}`` replies
 ``{"status": exit code or -signal}`` once the run has ended.
 
 ``kill_at`` (optional) is test-only fault injection: the run kills itself
-with SIGKILL at the ``n``-th checkpoint file event (just before and just
-after every create/rename/remove of a file named like ``iter_N.pth`` or
-``last_checkpoint``, temporary files included).
+with SIGKILL at the ``n``-th checkpoint file event of its saves (just before
+and just after every create/rename/remove of a file named like
+``iter_N.pth`` or ``last_checkpoint``, temporary files included, while
+``CheckpointHook.after_train_iter`` runs).
 """
 import builtins
 import json
@@ -34,43 +35,60 @@ CKPT_FILE = re.compile(r'(iter|epoch)_\d+\.pth|last_checkpoint')
 
 
 def _inject_kill(kill_at: int) -> None:
-    """Kill this process at the ``kill_at``-th checkpoint file event."""
-    count = [0]
+    """Kill this process at the ``kill_at``-th checkpoint file event of its
+    saves (inside ``CheckpointHook.after_train_iter``), saying which."""
+    from mmengine.hooks import CheckpointHook
+    count, saving = [0], [False]
 
-    def point(path) -> None:
-        if isinstance(path, (str, bytes, os.PathLike)) and CKPT_FILE.search(
-                os.path.basename(os.fsdecode(path))):
+    def point(what: str, path) -> None:
+        if saving[0] and isinstance(path, (str, bytes, os.PathLike)) and \
+                CKPT_FILE.search(os.path.basename(os.fsdecode(path))):
             count[0] += 1
             if count[0] == kill_at:
+                sys.stderr.write(f'fault injection: SIGKILL at event '
+                                 f'{kill_at}, {what} {os.fsdecode(path)}\n')
+                sys.stderr.flush()
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    def around(func, path_arg: int):
+    def around(name: str, func, path_arg: int):
 
         def wrapped(*args, **kwargs):
-            point(args[path_arg])
+            point(f'before {name}', args[path_arg])
             result = func(*args, **kwargs)
-            point(args[path_arg])
+            point(f'after {name}', args[path_arg])
             return result
 
         return wrapped
 
-    def opened(func):
+    def opened(name: str, func):
 
         def wrapped(file, mode='r', *args, **kwargs):
             result = func(file, mode, *args, **kwargs)
             if any(m in mode for m in 'wax'):
-                point(os.readlink(f'/proc/self/fd/{file}') if isinstance(
-                    file, int) else file)
+                point(f'after {name}', os.readlink(f'/proc/self/fd/{file}')
+                      if isinstance(file, int) else file)
             return result
 
         return wrapped
 
-    os.replace = around(os.replace, 1)
-    os.rename = around(os.rename, 1)
-    os.remove = around(os.remove, 0)
-    os.unlink = around(os.unlink, 0)
-    builtins.open = opened(builtins.open)
-    os.fdopen = opened(os.fdopen)
+    def in_save(func):
+
+        def wrapped(*args, **kwargs):
+            saving[0] = True
+            try:
+                return func(*args, **kwargs)
+            finally:
+                saving[0] = False
+
+        return wrapped
+
+    for name in ('replace', 'rename'):
+        setattr(os, name, around(name, getattr(os, name), 1))
+    for name in ('remove', 'unlink'):
+        setattr(os, name, around(name, getattr(os, name), 0))
+    builtins.open = opened('open', builtins.open)
+    os.fdopen = opened('fdopen', os.fdopen)
+    CheckpointHook.after_train_iter = in_save(CheckpointHook.after_train_iter)
 
 
 def _child(request: dict) -> int:

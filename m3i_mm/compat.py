@@ -164,7 +164,8 @@ def _atomic_write(data: Union[bytes, str], filepath: str, mode: str,
     fd, tmp = tempfile.mkstemp(
         dir=directory, prefix=f'.{osp.basename(filepath)}.', suffix='.tmp')
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
+        if hasattr(os, 'fchmod'):  # POSIX
+            os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode, encoding=encoding) as f:
             f.write(data)
             f.flush()

@@ -9,16 +9,23 @@ written to keep the upstream line (mmengine 0.10.7, mmcv 2.1, mmdet 3.3,
 mmseg 1.2.2, mmpretrain 1.2.0) working where a shim is enough.
 """
 import contextlib
+import ctypes
 import difflib
 import functools
 import importlib
 import io
+import logging
 import os
 import os.path as osp
 import pickle
 import re
+import signal
+import sys
 import tempfile
+import threading
+import time
 import warnings
+import zipfile
 from typing import (Any, Callable, Iterable, Iterator, List, Optional, Tuple,
                     Union)
 
@@ -297,14 +304,52 @@ def _patch_checkpoint_loading() -> None:
         load_from_local)
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows."""
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('Umask:'):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(directory: str) -> None:
+    """Make a rename or removal in ``directory`` durable (POSIX)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # file systems without folder fsync
+        pass
+    finally:
+        os.close(fd)
+
+
+# ``_atomic_write``'s temporary files: '.<name>.<8 mkstemp chars>.tmp'.
+_TEMP_NAME = re.compile(r'^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$')
+
+
 def _atomic_write(data: Union[bytes, str], filepath: str, mode: str,
                   encoding: Union[str, None] = None) -> None:
+    """Write ``filepath`` all at once: a temporary file in the same folder,
+    fsync, rename, fsync of the folder. A kill at any moment leaves the old
+    or the new content, never a part. The file gets the umask's mode like
+    any other output (``mkstemp`` alone gives 0600)."""
     filepath = str(filepath)
     directory = osp.dirname(osp.abspath(filepath))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(
         dir=directory, prefix=f'.{osp.basename(filepath)}.', suffix='.tmp')
     try:
+        if hasattr(os, 'fchmod'):  # POSIX
+            os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode, encoding=encoding) as f:
             f.write(data)
             f.flush()
@@ -314,6 +359,35 @@ def _atomic_write(data: Union[bytes, str], filepath: str, mode: str,
         if osp.exists(tmp):
             os.remove(tmp)
         raise
+    _fsync_dir(directory)
+
+
+def remove_stale_temp_files(directory: str) -> List[str]:
+    """Remove the temporary files a killed :func:`_atomic_write` left.
+
+    Call it only where no other process writes into ``directory`` at the
+    same time (the main process of a run, on its work dir).
+
+    Args:
+        directory (str): Folder to clean; a missing one is fine.
+
+    Returns:
+        list[str]: The removed paths.
+    """
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        path = osp.join(directory, name)
+        if _TEMP_NAME.match(name) and osp.isfile(path):
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                continue
+            removed.append(path)
+    return removed
 
 
 def _patch_atomic_local_writes() -> None:
@@ -333,6 +407,241 @@ def _patch_atomic_local_writes() -> None:
 
     LocalBackend.put = put
     LocalBackend.put_text = put_text
+
+
+def _remove_checkpoint(backend: Any, path: str) -> None:
+    if backend.isfile(path):
+        backend.remove(path)
+    elif backend.isdir(path):  # DeepSpeed checkpoints are folders
+        backend.rmtree(path)
+
+
+def _patch_checkpoint_rotation() -> None:
+    """mmengine (onedl-mmengine 0.10.12, mmengine 0.10.7): never lose the
+    last checkpoint.
+
+    ``CheckpointHook._save_checkpoint_with_step`` removes the oldest kept
+    checkpoint *before* writing the new one and writes ``last_checkpoint``
+    with a plain ``open('w')``: with ``max_keep_ckpts=1`` a kill during a
+    save leaves no checkpoint, or an empty ``last_checkpoint``. Here the new
+    checkpoint, then ``last_checkpoint``, are written atomically and
+    durably, and only then is the dropped one removed (likewise the previous
+    best checkpoint of ``save_best``, which ``_save_best_checkpoint``
+    removes first too); temporary files a killed save left are removed at
+    the start of training and after each save.
+    """
+    from mmengine.dist import is_main_process
+    from mmengine.hooks import CheckpointHook
+
+    def _save_checkpoint_with_step(self, runner, step, meta) -> None:
+        dropped = None
+        kept = None
+        if self.max_keep_ckpts > 0 and not (self.keep_ckpt_ids and
+                                            self.keep_ckpt_ids[-1] == step):
+            kept = list(self.keep_ckpt_ids)
+            if len(self.keep_ckpt_ids) == self.max_keep_ckpts:
+                dropped = self.keep_ckpt_ids.popleft()
+            self.keep_ckpt_ids.append(step)
+            runner.message_hub.update_info('keep_ckpt_ids',
+                                           list(self.keep_ckpt_ids))
+        filename = self.filename_tmpl.format(step)
+        self.last_ckpt = self.file_backend.join_path(self.out_dir, filename)
+        runner.message_hub.update_info('last_ckpt', self.last_ckpt)
+        try:
+            runner.save_checkpoint(
+                self.out_dir,
+                filename,
+                self.file_client_args,
+                save_optimizer=self.save_optimizer,
+                save_param_scheduler=self.save_param_scheduler,
+                meta=meta,
+                by_epoch=self.by_epoch,
+                backend_args=self.backend_args,
+                **self.args)
+        except BaseException:
+            if kept is not None:  # nothing was written: keep the old list
+                self.keep_ckpt_ids.clear()
+                self.keep_ckpt_ids.extend(kept)
+                runner.message_hub.update_info('keep_ckpt_ids', kept)
+            raise
+        if not is_main_process():
+            return
+        _atomic_write(self.last_ckpt, osp.join(runner.work_dir,
+                                               'last_checkpoint'), 'w')
+        if dropped is not None:
+            _remove_checkpoint(
+                self.file_backend,
+                self.file_backend.join_path(self.out_dir,
+                                            self.filename_tmpl.format(dropped)))
+        for folder in {runner.work_dir, self.out_dir}:
+            remove_stale_temp_files(folder)
+
+    before_train = CheckpointHook.before_train
+
+    def before_train_cleaning(self, runner) -> None:
+        before_train(self, runner)
+        if is_main_process():
+            for folder in {runner.work_dir, self.out_dir}:
+                for path in remove_stale_temp_files(folder):
+                    runner.logger.info(
+                        f'Removed {path}, left by an interrupted save.')
+
+    save_best = CheckpointHook._save_best_checkpoint
+
+    def _save_best_checkpoint(self, runner, metrics) -> None:
+        # Upstream removes the previous best before saving the new one:
+        # defer every removal until the new checkpoints are written.
+        backend, pending = self.file_backend, []
+        backend.remove = backend.rmtree = pending.append
+        try:
+            save_best(self, runner, metrics)
+        finally:
+            del backend.remove, backend.rmtree
+        kept = {self.last_ckpt, getattr(self, 'best_ckpt_path', None),
+                *getattr(self, 'best_ckpt_path_dict', {}).values()}
+        for path in pending:
+            if path not in kept:
+                _remove_checkpoint(backend, path)
+
+    CheckpointHook._save_checkpoint_with_step = _save_checkpoint_with_step
+    CheckpointHook._save_best_checkpoint = _save_best_checkpoint
+    CheckpointHook.before_train = before_train_cleaning
+
+
+_CKPT_NAME = re.compile(r'^(?:epoch|iter)_(\d+)\.pth$')
+
+
+def _intact_checkpoint(path: str) -> bool:
+    """A folder (DeepSpeed) or a complete zip file (``torch.save``): a
+    truncated file has no zip end record."""
+    return osp.isdir(path) or (osp.isfile(path) and zipfile.is_zipfile(path))
+
+
+def find_resumable_checkpoint(work_dir: str) -> Union[str, None]:
+    """The checkpoint automatic ``--resume`` continues from.
+
+    ``last_checkpoint``'s target when it is intact; otherwise (the file is
+    missing, empty, or names a missing or truncated checkpoint) the newest
+    intact ``epoch_N.pth``/``iter_N.pth`` of ``work_dir`` (by modification
+    time, then N), with a warning naming both.
+
+    Args:
+        work_dir (str): The run's work dir.
+
+    Returns:
+        str | None: Path to resume from; None when there is nothing to
+        resume (training starts from scratch).
+    """
+    from mmengine.logging import print_log
+    record = osp.join(work_dir, 'last_checkpoint')
+    named = ''
+    if osp.isfile(record):
+        with open(record) as f:
+            named = f.read().strip()
+        if '://' in named or (named and _intact_checkpoint(named)):
+            return named  # remote checkpoints are taken as they are
+    candidates = []
+    for name in (os.listdir(work_dir) if osp.isdir(work_dir) else []):
+        found = _CKPT_NAME.match(name)
+        path = osp.join(work_dir, name)
+        if found and _intact_checkpoint(path):
+            candidates.append((os.stat(path).st_mtime_ns,
+                               int(found.group(1)), path))
+    problem = (f'{record} names {named!r}, which is missing or truncated'
+               if named else f'{record} is missing or empty')
+    if not candidates:
+        print_log(f'{problem}, and {work_dir} holds no intact checkpoint: '
+                  'nothing to resume.', logger='current')
+        return None
+    choice = max(candidates)[2]
+    print_log(f'{problem}; resuming from the newest intact checkpoint '
+              f'{choice} instead.', logger='current', level=logging.WARNING)
+    return choice
+
+
+def _patch_find_latest_checkpoint() -> None:
+    """mmengine (onedl-mmengine 0.10.12, mmengine 0.10.7): automatic
+    ``--resume`` trusts ``last_checkpoint`` blindly: an empty one or one
+    naming a deleted checkpoint fails the run. Use
+    :func:`find_resumable_checkpoint` wherever mmengine looks it up."""
+    import mmengine.runner
+    from mmengine.runner import _flexible_runner, checkpoint, runner
+    for module in (mmengine.runner, checkpoint, runner, _flexible_runner):
+        module.find_latest_checkpoint = find_resumable_checkpoint
+
+
+def _set_parent_death_signal() -> bool:
+    """Linux ``prctl(PR_SET_PDEATHSIG, SIGKILL)``; False where unavailable."""
+    if not sys.platform.startswith('linux'):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(1, int(signal.SIGKILL), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(parent_pid: int, interval: float = 1.0) -> None:
+    while True:
+        time.sleep(interval)
+        try:
+            os.kill(parent_pid, 0)
+        except ProcessLookupError:
+            os._exit(1)
+
+
+class ExitWithParent:
+    """``worker_init_fn`` wrapper: a DataLoader worker dies with its trainer.
+
+    PyTorch's workers only notice a dead parent while waiting for work; a
+    worker blocked on a full result queue, as persistent workers of a
+    killed trainer are, lives on forever. On Linux the kernel kills the
+    worker (``PR_SET_PDEATHSIG``) when the thread that started it ends, so
+    build loaders' iterators in a thread that lives as long as they do (the
+    Runner does: its main thread); elsewhere a thread polls the parent PID
+    every second.
+
+    Args:
+        init_fn (callable, optional): The loader's own ``worker_init_fn``,
+            called after.
+    """
+
+    def __init__(self, init_fn: Union[Callable, None] = None) -> None:
+        self.init_fn = init_fn
+        self.parent_pid = os.getpid()
+
+    def __call__(self, worker_id: int) -> None:
+        if os.getppid() == self.parent_pid and _set_parent_death_signal():
+            if os.getppid() != self.parent_pid:  # died before prctl took
+                os._exit(1)
+        else:
+            threading.Thread(
+                target=_watch_parent, args=(self.parent_pid, ),
+                daemon=True).start()
+        if self.init_fn is not None:
+            self.init_fn(worker_id)
+
+
+def _patch_dataloader_workers() -> None:
+    """mmengine (onedl-mmengine 0.10.12, mmengine 0.10.7) with torch 2.x:
+    after ``kill -9`` of a trainer its persistent DataLoader workers live
+    on as orphans. Every loader ``Runner.build_dataloader`` returns gets
+    :class:`ExitWithParent` around its ``worker_init_fn``."""
+    from mmengine.runner import _flexible_runner, runner
+
+    def wrap(build: Callable) -> staticmethod:
+
+        def build_dataloader(*args, **kwargs):
+            loader = build(*args, **kwargs)
+            if (loader.num_workers > 0
+                    and not isinstance(loader.worker_init_fn, ExitWithParent)):
+                loader.worker_init_fn = ExitWithParent(loader.worker_init_fn)
+            return loader
+
+        return staticmethod(build_dataloader)
+
+    for cls in (runner.Runner, _flexible_runner.FlexibleRunner):
+        cls.build_dataloader = wrap(cls.build_dataloader)
 
 
 def _patch_numpy2_aliases() -> None:
@@ -687,6 +996,9 @@ def apply() -> None:
         _patch_transformers_moved_names()
     _patch_checkpoint_loading()
     _patch_atomic_local_writes()
+    _patch_checkpoint_rotation()
+    _patch_find_latest_checkpoint()
+    _patch_dataloader_workers()
     _patch_config_package_scopes()
     _patch_file_loading_errors()
     _patch_empty_dataset_error()

@@ -333,7 +333,7 @@ def _fsync_dir(directory: str) -> None:
 
 
 # ``_atomic_write``'s temporary files: '.<name>.<8 mkstemp chars>.tmp'.
-_TEMP_NAME = re.compile(r'^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$')
+_TEMP_NAME = re.compile(r'^\..+\.[a-z0-9_]{8}\.tmp$')
 
 
 def _atomic_write(data: Union[bytes, str], filepath: str, mode: str,

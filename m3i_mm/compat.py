@@ -874,9 +874,11 @@ def _patch_strict_load_from() -> None:
     ``Runner.load_checkpoint`` without an explicit ``strict`` now follows the
     top-level config key ``load_strict``:
 
-    - ``None`` (default): refuse a checkpoint with unexpected keys or shape
-      mismatches (another architecture); missing keys (a pre-trained
-      backbone for a model with a new head) only warn.
+    - ``None`` (default): refuse a checkpoint of another architecture: one
+      with a shape mismatch, or with more unexpected keys than loaded ones.
+      Missing keys (a pre-trained backbone for a model with a new head) and
+      a few unexpected ones (a converted backbone's final norm the
+      downstream model does not use) only warn.
     - ``True``: refuse any difference (torch's ``strict=True``).
     - ``False``: load what matches, warn about the rest (mmengine's
       behaviour).
@@ -907,12 +909,13 @@ def _patch_strict_load_from() -> None:
             keys = _mismatch_lists(str(err))
             if not any(keys.values()):
                 raise
-            refused = {
-                kind: names
-                for kind, names in keys.items()
-                if names and (mode or kind != 'missing')
-            }
-            if not refused:  # default mode, only missing keys
+            model = self.model.module if hasattr(self.model,
+                                                 'module') else self.model
+            loaded = sum('num_batches_tracked' not in k
+                         for k in model.state_dict()) - len(
+                             keys['missing']) - len(keys['mismatched'])
+            if not mode and not keys['mismatched'] and len(
+                    keys['unexpected']) <= loaded:
                 return load(self, filename, map_location, False, revise_keys)
             summary = '; '.join(
                 f'{len(names)} {kind} key(s): {", ".join(names[:5])}'

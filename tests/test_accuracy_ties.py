@@ -60,6 +60,7 @@ def test_no_ties_equal_upstream():
     want = [100.0 * (top[:, :k] == labels[:, None]).any(1).float().mean()
             for k in (1, 3)]
     got = Accuracy.calculate(scores, labels, topk=(1, 3), thrs=(None, ))
-    assert [float(r[0]) for r in got] == pytest.approx([float(w) for w in want])
+    assert [float(r[0]) for r in got] == pytest.approx(
+        [float(w) for w in want])
     with pytest.raises(ValueError, match='Top-8 accuracy is unavailable'):
         Accuracy.calculate(scores, labels, topk=(8, ))

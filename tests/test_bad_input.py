@@ -141,6 +141,9 @@ def checkpoints(tmp_path_factory):
                      if k.startswith('backbone.')},
         'mismatch': {k: (v[:5] if k.startswith('head.') else v)
                      for k, v in own.items()},
+        # a converted backbone with a final norm the model does not use
+        'extra': dict(own, **{'backbone.ln_final.weight': torch.ones(4),
+                              'backbone.ln_final.bias': torch.zeros(4)}),
         'other': {'backbone.conv1.weight': torch.zeros(8, 3, 7, 7),
                   'backbone.layer1.0.bn1.weight': torch.ones(8),
                   'head.fc.weight': torch.zeros(10, 8)},
@@ -155,6 +158,8 @@ def checkpoints(tmp_path_factory):
     ('same', None, None),
     ('backbone', None, None),
     ('backbone', True, r'\d+ missing key\(s\): head\.'),
+    ('extra', None, None),
+    ('extra', True, r'2 unexpected key\(s\): backbone\.ln_final\.weight'),
     ('mismatch', None, r'2 mismatched key\(s\): head\.fc\.weight, '
      r'head\.fc\.bias'),
     ('other', None, r'2 unexpected key\(s\): backbone\.conv1\.weight, '
@@ -167,7 +172,7 @@ def test_load_from_of_another_architecture_is_refused(
     """``load_from`` a checkpoint of another architecture trained on with
     random weights after a warning. Now refused, naming the file and the
     keys, unless ``load_strict=False``; a backbone for a model with a new
-    head still loads (missing keys only)."""
+    head (missing keys) or with a few extra keys still loads by default."""
     paths, own = checkpoints
     overrides = dict(load_from=paths[name])
     if strict is not None:

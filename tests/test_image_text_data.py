@@ -123,6 +123,14 @@ def test_shard_truncated_at_a_member_header_is_counted(tmp_path, inside):
     assert ds.num_skipped == 1
 
 
+def test_no_shard_is_named(tmp_path):
+    """An empty list or an empty brace range made a stream of no sample."""
+    for shards in ([], '{00005..00003}.tar'):
+        with pytest.raises(ValueError, match=r'no shard in .*00003|no shard'
+                           r' in \[\]'):
+            ImageTextShards(shards, data_root=str(tmp_path))
+
+
 def test_complete_shard_has_no_skips(tmp_path):
     import warnings
     path = tmp_path / '00000.tar'

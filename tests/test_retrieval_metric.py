@@ -81,6 +81,8 @@ def test_no_samples_and_non_finite_are_named():
     with pytest.raises(ValueError, match='no samples'):
         metric.compute_metrics([])
     with pytest.raises(ValueError, match=r'image_embedding of sample a\.jpg'):
-        metric.process(None, [dict(image_embedding=torch.tensor([0., float('nan')]),
-                                   text_embedding=torch.ones(2),
-                                   img_path='a.jpg')])
+        metric.process(None, [
+            dict(image_embedding=torch.tensor([0., float('nan')]),
+                 text_embedding=torch.ones(2),
+                 img_path='a.jpg')
+        ])

@@ -182,6 +182,9 @@ class ImageTextShards(IterableDataset):
                  max_warnings: int = 10) -> None:
         super().__init__()
         self.shards = expand_shards(shards, data_root)
+        if not self.shards:
+            raise ValueError(f'ImageTextShards: no shard in {shards!r} '
+                             f'(data_root={data_root!r})')
         missing = [p for p in self.shards if not osp.isfile(p)]
         if missing:
             raise FileNotFoundError(f'missing shard(s): {missing[:5]}')

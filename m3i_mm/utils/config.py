@@ -58,8 +58,8 @@ def misspelt_top_level_keys(cfg: Config) -> Dict[str, str]:
 
 
 def warn_misspelt_keys(cfg: Config) -> None:
-    """Warn (``UserWarning``) about each key of :func:`misspelt_top_level_keys`,
-    naming it: it would be silently ignored."""
+    """Warn (``UserWarning``) about each misspelt top-level key, naming it
+    and the closest known key: it would be silently ignored."""
     for key, hint in misspelt_top_level_keys(cfg).items():
         warnings.warn(f'config key {key!r} is not read by anything and is '
                       f'ignored{hint}', stacklevel=2)

@@ -81,6 +81,10 @@ class TextTargetEncoder(nn.Module):
         else:
             self.encoder = AutoModel.from_config(
                 AutoConfig.from_pretrained(path))
+        if getattr(self.encoder, 'pooler', None) is not None:
+            # Unused (pooling is ours): DDP with find_unused_parameters=False
+            # needs every parameter to receive a gradient.
+            self.encoder.pooler = None
         hidden = self.encoder.config.hidden_size
         self.proj = nn.Linear(hidden, embed_dims)
         self.pooling = pooling

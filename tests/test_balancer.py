@@ -235,3 +235,44 @@ def test_collectives_only_get_tensors_on_the_model_device(monkeypatch):
         assert 'all_reduce' in seen and 'all_gather' in seen
     finally:
         dist.destroy_process_group()
+
+
+def _resume_rank_main(rank, port, out):
+    from datetime import timedelta
+
+    from mmengine.runner import Runner  # noqa: F401  (registries)
+
+    from m3i_mm.engine import GradientNormSyncHook
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    dist.init_process_group(
+        'gloo', rank=rank, world_size=2, timeout=timedelta(seconds=30))
+
+    class FakeRunner:
+        model = torch.nn.ModuleDict(dict(loss_balancer=GradientNormBalancer()))
+
+    balancer = FakeRunner.model['loss_balancer']
+    x = torch.ones(2, 3, requires_grad=True)
+    uni, multi = balancer.tap(x, 'uni'), balancer.tap(x, 'multi')
+    (uni.sum() + (rank + 1) * multi.sum()).backward()  # ranks differ
+    GradientNormSyncHook().after_train_iter(FakeRunner, 0)
+    saved = {k: v.clone() for k, v in balancer.state_dict().items()}
+    dist.broadcast_object_list(obj := [saved])  # what rank 0 writes
+    uninterrupted = float(balancer.step())
+    resumed = GradientNormBalancer()
+    resumed.load_state_dict(obj[0])
+    out[rank] = (uninterrupted, float(resumed.step()))
+    dist.destroy_process_group()
+
+
+def test_multi_rank_checkpoint_holds_the_mean_of_all_ranks():
+    """Only rank 0 writes the checkpoint, between a backward and the step
+    that folds its measurement: GradientNormSyncHook (in every config's
+    runtime) averages it over the ranks first, so every rank resumes with
+    the λ of the uninterrupted run."""
+    import torch.multiprocessing as mp
+    out = mp.Manager().dict()
+    mp.spawn(_resume_rank_main, args=(_free_port(), out), nprocs=2, join=True)
+    # Squared norms averaged over ranks: uni 6, multi (6 + 24) / 2 = 15.
+    for rank in range(2):
+        assert out[rank][0] == pytest.approx((6 / 15)**0.5)
+        assert out[rank][1] == out[rank][0]

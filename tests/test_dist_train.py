@@ -68,7 +68,8 @@ def write_config(tmp_path, batches, out_dir, virtual_ranks):
 _base_ = [{CONFIG!r}]
 custom_imports = dict(imports=['m3i_mm', 'ddp_probe'],
                       allow_failed_imports=False)
-custom_hooks = [dict(type='DDPProbeHook', batches={str(batches)!r},
+custom_hooks = [dict(type='GradientNormSyncHook'),
+                dict(type='DDPProbeHook', batches={str(batches)!r},
                      out_dir={str(out_dir)!r}, virtual_ranks={virtual_ranks})]
 find_unused_parameters = False
 train_dataloader = dict(batch_size={B}, num_workers=0,

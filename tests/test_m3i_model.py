@@ -180,7 +180,8 @@ def test_lambda_matches_brute_force_separate_backward_passes():
 def test_balancer_state_is_checkpointed():
     balancer = GradientNormBalancer()
     assert set(balancer.state_dict()) == {
-        'ema_norms', 'num_updates', 'weight', 'pending_norms', 'num_skipped'
+        'ema_norms', 'num_updates', 'weight', 'pending_norms',
+        'pending_reduced', 'num_skipped'
     }
 
 

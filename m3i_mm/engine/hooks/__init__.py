@@ -1,1 +1,3 @@
-__all__ = []
+from .gradient_norm_sync import GradientNormSyncHook
+
+__all__ = ['GradientNormSyncHook']

@@ -60,7 +60,10 @@ class GradientNormBalancer(nn.Module):
     carry the same scale, which cancels in the ratio of one step.
 
     Under ``torch.distributed`` every rank all-reduces the squared norms (on
-    the buffers' device, i.e. the model's) in :meth:`step`; a measurement with
+    the buffers' device, i.e. the model's) in :meth:`reduce_pending`, called
+    by :meth:`step` or earlier, after the backward, by
+    :class:`~m3i_mm.engine.GradientNormSyncHook` so that the checkpoint
+    (written by rank 0 alone) holds the mean of all ranks. A measurement with
     an inf/nan on any rank is skipped by all ranks, counted in
     ``num_skipped`` and logged (at the 1st, 2nd, 4th, 8th, ... skip).
 
@@ -86,6 +89,8 @@ class GradientNormBalancer(nn.Module):
         # Squared norms recorded by the taps since the last step (checkpointed:
         # the next step folds them in).
         self.register_buffer('pending_norms', torch.zeros(2))
+        # True once pending_norms holds the mean over ranks.
+        self.register_buffer('pending_reduced', torch.zeros((), dtype=torch.bool))
         self.register_buffer('num_skipped', torch.zeros((), dtype=torch.long))
 
     def tap(self, x: torch.Tensor, group: str) -> torch.Tensor:
@@ -97,18 +102,28 @@ class GradientNormBalancer(nn.Module):
         return _GradNormTap.apply(x, self.pending_norms, GROUPS.index(group))
 
     @torch.no_grad()
+    def reduce_pending(self) -> None:
+        """Average the measurement over all ranks, once per step.
+
+        Every rank must call it (a rank whose batch had no multi-modal target
+        measured 0 and must not skip the collective).
+        """
+        if bool(self.pending_reduced):
+            return
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(self.pending_norms)
+            self.pending_norms /= dist.get_world_size()
+        self.pending_reduced.fill_(True)
+
+    @torch.no_grad()
     def step(self) -> torch.Tensor:
         """Fold the last measured norms into the EMAs; return this step's λ.
 
         Returns:
             Tensor: λ (a 0-dim tensor without gradient).
         """
+        self.reduce_pending()
         pending = self.pending_norms
-        # Every rank reduces (a rank whose batch had no multi-modal target
-        # measured 0 and must not skip the collective).
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(pending)
-            pending /= dist.get_world_size()
         if not bool(torch.isfinite(pending).all()):
             self.num_skipped += 1
             skipped = int(self.num_skipped)
@@ -130,6 +145,7 @@ class GradientNormBalancer(nn.Module):
             self.weight.fill_(self.gamma * float(ema[0]) /
                               max(float(ema[1]), self.eps))
         pending.zero_()
+        self.pending_reduced.fill_(False)
         return self.weight.clone()
 
     def extra_repr(self) -> str:

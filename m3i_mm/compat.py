@@ -237,7 +237,8 @@ def _no_accelerator() -> bool:
 
 
 def _patch_cpu_distributed() -> None:
-    """mmengine (onedl 0.10.12, upstream 0.10.7): ``--launcher pytorch`` on CPU.
+    """mmengine (onedl 0.10.12, upstream 0.10.7): ``--launcher pytorch``
+    on CPU.
 
     - ``mmengine.dist.utils._init_dist_pytorch`` calls
       ``torch.cuda.set_device`` unconditionally ("Found no NVIDIA driver")

@@ -149,8 +149,9 @@ def multisource_batch(n=4, seed=0):
         else:
             sample.set_gt_label(i % 5)
         sample.set_field(mask.view(GRID, GRID), 'mask')
-        sample.set_field(torch.tensor([[0., 0., 16., 16.], [2., 1., 14., 15.]]),
-                         'view_boxes')
+        sample.set_field(
+            torch.tensor([[0., 0., 16., 16.], [2., 1., 14., 15.]]),
+            'view_boxes')
         sample.set_field(torch.tensor([False, False]), 'view_flips')
         samples.append(sample)
     return views, samples

@@ -89,8 +89,8 @@ class BoltzmannPosterior(nn.Module):
                candidates: torch.Tensor,
                bias: Optional[torch.Tensor] = None,
                temperature: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Energies ``ẑ_yᵀ z'_y / τ`` of every prediction and candidate, (N, K),
-        in the dtype of the inputs (see :meth:`forward` for fp32)."""
+        """Energies ``ẑ_yᵀ z'_y / τ`` of every prediction and candidate,
+        (N, K), in the dtype of the inputs (:meth:`forward` passes fp32)."""
         if self.normalize:
             pred = F.normalize(pred, dim=-1)
             candidates = F.normalize(candidates, dim=-1)

@@ -102,7 +102,10 @@ class TextTargetEncoder(nn.Module):
             max_length=self.max_length,
             return_tensors='np')
         # Created on the encoder's device directly, never on a default one.
-        return {k: torch.as_tensor(v, device=device) for k, v in tokens.items()}
+        return {
+            k: torch.as_tensor(v, device=device)
+            for k, v in tokens.items()
+        }
 
     def pool(self, captions: List[str]) -> torch.Tensor:
         """Pooled encoder features (N, hidden), before the projection."""

@@ -90,7 +90,8 @@ class GradientNormBalancer(nn.Module):
         # the next step folds them in).
         self.register_buffer('pending_norms', torch.zeros(2))
         # True once pending_norms holds the mean over ranks.
-        self.register_buffer('pending_reduced', torch.zeros((), dtype=torch.bool))
+        self.register_buffer('pending_reduced',
+                             torch.zeros((), dtype=torch.bool))
         self.register_buffer('num_skipped', torch.zeros((), dtype=torch.long))
 
     def tap(self, x: torch.Tensor, group: str) -> torch.Tensor:

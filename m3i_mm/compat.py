@@ -980,6 +980,86 @@ def _patch_accuracy_ties() -> None:
     Accuracy.calculate = staticmethod(functools.wraps(calculate)(pessimistic))
 
 
+def _no_accelerator() -> bool:
+    from mmengine.device import (is_cuda_available, is_mlu_available,
+                                 is_musa_available, is_npu_available)
+    return not (is_cuda_available() or is_npu_available()
+                or is_mlu_available() or is_musa_available())
+
+
+def _patch_cpu_distributed() -> None:
+    """mmengine (onedl 0.10.12, upstream 0.10.7): ``--launcher pytorch``
+    on CPU.
+
+    - ``mmengine.dist.utils._init_dist_pytorch`` calls
+      ``torch.cuda.set_device`` unconditionally ("Found no NVIDIA driver")
+      and uses the config's backend, ``nccl`` in our runtime. Without an
+      accelerator we skip ``set_device`` and use ``gloo`` (any other backend
+      is kept); on a GPU nothing changes.
+    - ``Runner.wrap_model`` gives DDP ``device_ids=[LOCAL_RANK]`` also for a
+      model on the CPU, which DDP refuses; for a CPU model they are dropped.
+    """
+    from mmengine.dist import utils as dist_utils
+    from mmengine.logging import print_log
+    from mmengine.model.wrappers import MMDistributedDataParallel
+
+    init_on_device = dist_utils._init_dist_pytorch
+
+    def _init_dist_pytorch(backend, init_backend='torch', **kwargs) -> None:
+        if init_backend != 'torch' or not _no_accelerator():
+            return init_on_device(backend, init_backend=init_backend, **kwargs)
+        if backend == 'nccl':
+            print_log('No GPU: torch.distributed uses gloo instead of nccl',
+                      logger='current')
+            backend = 'gloo'
+        torch.distributed.init_process_group(backend=backend, **kwargs)
+
+    dist_utils._init_dist_pytorch = _init_dist_pytorch
+
+    wrap = MMDistributedDataParallel.__init__
+
+    def __init__(self, module, detect_anomalous_params=False, **kwargs):
+        if kwargs.get('device_ids') is not None and all(
+                p.device.type == 'cpu' for p in module.parameters()):
+            kwargs['device_ids'] = None
+        wrap(self, module, detect_anomalous_params, **kwargs)
+
+    MMDistributedDataParallel.__init__ = __init__
+
+
+def _patch_amp_on_cpu() -> None:
+    """mmengine (onedl 0.10.12, upstream 0.10.7): bf16 ``AmpOptimWrapper``
+    on CPU.
+
+    ``AmpOptimWrapper.__init__`` asserts a CUDA/NPU/MLU/MUSA device, although
+    its ``optim_context`` uses mmengine's ``autocast``, which runs
+    ``torch.autocast('cpu', dtype=torch.bfloat16)`` on CPU. Without an
+    accelerator we build it for bf16 with a disabled loss scaler (bf16 has
+    fp32's range) and refuse other dtypes with the remedy; on a GPU nothing
+    changes.
+    """
+    from mmengine.optim import AmpOptimWrapper, OptimWrapper
+
+    init_on_device = AmpOptimWrapper.__init__
+
+    def __init__(self, loss_scale='dynamic', dtype=None, use_fsdp=False,
+                 **kwargs) -> None:
+        if not _no_accelerator():
+            init_on_device(self, loss_scale, dtype, use_fsdp, **kwargs)
+            return
+        if dtype not in ('bfloat16', torch.bfloat16):
+            raise ValueError(
+                f'AmpOptimWrapper(dtype={dtype!r}) without a GPU: CPU '
+                f'autocast runs bfloat16 only; use dtype="bfloat16" '
+                f'(tools/train.py --precision bf16)')
+        OptimWrapper.__init__(self, **kwargs)
+        self._scale_update_param = None
+        self.loss_scaler = torch.amp.GradScaler('cpu', enabled=False)
+        self.cast_dtype = torch.bfloat16
+
+    AmpOptimWrapper.__init__ = __init__
+
+
 def _upstream_mmpretrain() -> bool:
     try:
         from importlib.metadata import distribution
@@ -1008,6 +1088,8 @@ def apply() -> None:
     _patch_optimizer_type_check()
     _patch_strict_load_from()
     _patch_accuracy_ties()
+    _patch_cpu_distributed()
+    _patch_amp_on_cpu()
     warnings.filterwarnings(
         'ignore', message='.*torch.meshgrid.*indexing.*', category=UserWarning)
     _APPLIED = True

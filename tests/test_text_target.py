@@ -39,7 +39,9 @@ def test_bert_base_architecture_from_config():
     cfg = bert.encoder.config
     assert (cfg.num_hidden_layers, cfg.hidden_size) == (12, 768)
     params = sum(p.numel() for p in bert.encoder.parameters())
-    assert 109e6 < params < 110e6  # BERT-base: 109.5M
+    # BERT-base: 109.5M, less its pooler (768 x 768 + 768, unused: the
+    # pooling is ours, and DDP needs every parameter used).
+    assert 108.5e6 < params < 109e6
 
 
 def test_bad_inputs():

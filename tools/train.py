@@ -1,18 +1,26 @@
 """Train a model from an m3i_mm (or any mmpretrain/mmdet/mmseg) config.
 
 Usage:
-    python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp]
-        [--auto-scale-lr] [--cfg-options k=v ...] [--launcher none|pytorch|slurm|mpi]
+    python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]]
+        [--precision fp32|fp16|bf16] [--amp] [--auto-scale-lr]
+        [--cfg-options k=v ...] [--launcher none|pytorch|slurm|mpi]
+
+``--precision`` replaces the config's choice (``configs/_base_/precision``);
+``--amp`` is mixed precision on whatever is there: fp16 on a GPU, bf16 on a
+CPU. On a CPU, ``--launcher pytorch`` (``tools/dist_train.sh``) uses gloo.
 """
 import argparse
 import os
 import os.path as osp
 
 import m3i_mm  # noqa: F401  (compat fixes + registration before anything else)
-from mmengine.config import Config, DictAction
+import torch
+from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.runner import Runner
 
 from m3i_mm.utils import warn_misspelt_keys
+
+PRECISIONS = ('fp32', 'fp16', 'bf16')
 
 
 def parse_args() -> argparse.Namespace:
@@ -27,7 +35,14 @@ def parse_args() -> argparse.Namespace:
         help='resume from the given checkpoint; without a path, from the '
         'latest checkpoint in the work dir')
     parser.add_argument(
-        '--amp', action='store_true', help='mixed precision training (GPU)')
+        '--precision',
+        choices=PRECISIONS,
+        help='fp32, fp16 (dynamic loss scaling, GPU) or bf16 (GPU or CPU) '
+        'instead of the config\'s choice')
+    parser.add_argument(
+        '--amp',
+        action='store_true',
+        help='mixed precision: fp16 on a GPU, bf16 on a CPU')
     parser.add_argument(
         '--no-validate', action='store_true', help='skip validation')
     parser.add_argument(
@@ -50,6 +65,17 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def set_precision(cfg: Config, precision: str) -> None:
+    """Replace the optimizer wrapper's type, dtype and loss scale by those
+    of ``configs/_base_/precision/<precision>.py`` (other keys stay)."""
+    path = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))),
+                    'configs', '_base_', 'precision', f'{precision}.py')
+    wrapper = cfg.optim_wrapper
+    for key in ('type', 'dtype', 'loss_scale'):
+        wrapper.pop(key, None)
+    wrapper.update(ConfigDict(Config.fromfile(path).optim_wrapper))
+
+
 def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
     """Apply the command-line options to the config."""
     cfg.launcher = args.launcher
@@ -59,16 +85,10 @@ def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
         cfg.work_dir = osp.join('./work_dirs',
                                 osp.splitext(osp.basename(args.config))[0])
 
-    if args.amp:
-        import torch
-        if not torch.cuda.is_available():
-            raise SystemExit('--amp needs a CUDA device (mmengine\'s '
-                             'AmpOptimWrapper); none is available here.')
-        if cfg.optim_wrapper.get('type', 'OptimWrapper') == 'AmpOptimWrapper':
-            print('AMP is already enabled in the config.')
-        else:
-            cfg.optim_wrapper.type = 'AmpOptimWrapper'
-            cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+    if args.precision is not None:
+        set_precision(cfg, args.precision)
+    elif args.amp and cfg.optim_wrapper.get('type') != 'AmpOptimWrapper':
+        set_precision(cfg, 'fp16' if torch.cuda.is_available() else 'bf16')
 
     if args.resume == 'auto':
         cfg.resume = True

@@ -13,6 +13,9 @@ default_hooks = dict(
     finite_check=dict(type='FiniteCheckHook'),
 )
 
+# λ's measurement averaged over ranks before a checkpoint (no-op otherwise).
+custom_hooks = [dict(type='GradientNormSyncHook')]
+
 env_cfg = dict(
     cudnn_benchmark=False,
     mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),

@@ -4,6 +4,7 @@
 _base_ = [
     '../_base_/models/m3i_vit-base-p16.py',
     '../_base_/default_runtime.py',
+    '../_base_/precision/fp32.py',  # CPU demo; --amp: bf16 autocast
 ]
 img_size = 32
 patch_size = 4
@@ -68,7 +69,6 @@ train_dataloader = dict(
 
 max_iters = 800
 optim_wrapper = dict(
-    type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=1e-3, betas=(0.9, 0.95),
                    weight_decay=0.05),
     paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0))

@@ -4,13 +4,13 @@ _base_ = [
     '../_base_/models/m3i_vit-base-p16.py',
     '../_base_/datasets/imagenet_m3i.py',
     '../_base_/default_runtime.py',
+    '../_base_/precision/fp16.py',  # the paper's; see README "Precision"
 ]
 
 # AdamW, betas (0.9, 0.95) (Table 7). The peak lr's exponent and the weight
 # decay are illegible in the paper's source text: 1e-3 at batch 4096 and
 # 0.05 are our choices (see README, "Uncertain hyper-parameters").
 optim_wrapper = dict(
-    type='OptimWrapper',
     optimizer=dict(
         type='AdamW', lr=1e-3, betas=(0.9, 0.95), weight_decay=0.05),
     paramwise_cfg=dict(

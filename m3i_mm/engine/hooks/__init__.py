@@ -1,3 +1,4 @@
 from .finite_check_hook import FiniteCheckHook
+from .gradient_norm_sync import GradientNormSyncHook
 
-__all__ = ['FiniteCheckHook']
+__all__ = ['FiniteCheckHook', 'GradientNormSyncHook']

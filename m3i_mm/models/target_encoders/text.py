@@ -104,6 +104,10 @@ class TextTargetEncoder(nn.Module):
         else:
             self.encoder = AutoModel.from_config(
                 AutoConfig.from_pretrained(path))
+        if getattr(self.encoder, 'pooler', None) is not None:
+            # Unused (pooling is ours): DDP with find_unused_parameters=False
+            # needs every parameter to receive a gradient.
+            self.encoder.pooler = None
         hidden = self.encoder.config.hidden_size
         self.proj = nn.Linear(hidden, embed_dims)
         self.pooling = pooling
@@ -119,8 +123,12 @@ class TextTargetEncoder(nn.Module):
             padding=True,
             truncation=True,
             max_length=self.max_length,
-            return_tensors='pt')
-        return {k: v.to(device) for k, v in tokens.items()}
+            return_tensors='np')
+        # Created on the encoder's device directly, never on a default one.
+        return {
+            k: torch.as_tensor(v, device=device)
+            for k, v in tokens.items()
+        }
 
     def pool(self, captions: List[str]) -> torch.Tensor:
         """Pooled encoder features (N, hidden), before the projection."""

@@ -9,6 +9,9 @@ default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='VisualizationHook', enable=False),
+    # Random draws seeded from (seed, rank, iteration / sample position):
+    # a resumed run draws what the uninterrupted one drew (m3i_mm).
+    randomness=dict(type='ResumableRandomnessHook'),
 )
 
 env_cfg = dict(

@@ -1,1 +1,3 @@
-__all__ = []
+from .randomness import ResumableRandomnessHook, SeededSampler
+
+__all__ = ['ResumableRandomnessHook', 'SeededSampler']

@@ -52,8 +52,9 @@ TINY_ARCH = dict(embed_dims=TINY_DIMS, num_layers=TINY_LAYERS,
                  num_heads=TINY_HEADS, feedforward_channels=64)
 
 
-def tiny_m3i(**overrides):
-    """The tiny M3I model with all targets; ``overrides`` replace parts."""
+def tiny_m3i(init: bool = True, **overrides):
+    """The tiny M3I model with all targets; ``overrides`` replace parts;
+    ``init=False`` skips ``init_weights``."""
     from mmpretrain.registry import MODELS
     cfg = dict(
         type='M3I',
@@ -72,7 +73,8 @@ def tiny_m3i(**overrides):
             type='CategoryEmbedding', num_classes=5, embed_dims=TINY_DIMS))
     cfg.update(overrides)
     model = MODELS.build(cfg)
-    model.init_weights()
+    if init:
+        model.init_weights()
     return model
 
 

@@ -179,8 +179,9 @@ def test_lambda_matches_brute_force_separate_backward_passes():
 
 def test_balancer_state_is_checkpointed():
     balancer = GradientNormBalancer()
-    assert set(balancer.state_dict()) == {'ema_norms', 'num_updates',
-                                          'weight'}
+    assert set(balancer.state_dict()) == {
+        'ema_norms', 'num_updates', 'weight', 'pending_norms', 'num_skipped'
+    }
 
 
 def test_a_few_cpu_iterations_reduce_the_loss():

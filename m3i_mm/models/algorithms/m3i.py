@@ -29,7 +29,10 @@ view O (see :class:`~m3i_mm.models.utils.MultiInputMixer`):
      (all-rank) batch with a learned temperature.
 
    A sample may carry a category, a caption or neither (several sources in
-   one run): each global loss covers only the images that have its target.
+   one run): each global loss covers only the images that have its target,
+   averaged over those of all ranks (a rank may have none: its loss is then
+   a zero that still reaches every parameter of the head and the target
+   encoder, so DDP runs with ``find_unused_parameters=False``).
 
    Target positions are the target-patch centres mapped into the input
    view's coordinates (:func:`~m3i_mm.models.utils.target_positions_in_input`).
@@ -52,7 +55,7 @@ from mmpretrain.models import BaseSelfSupervisor
 from mmpretrain.structures import DataSample
 from m3i_mm.registry import MODELS
 from ..target_encoders import backbone_tokens
-from ..utils.distributed import gather_with_grad
+from ..utils.distributed import gather_with_grad, per_rank_share
 from ..utils.view_geometry import patch_centers, target_positions_in_input
 
 
@@ -162,6 +165,12 @@ class M3I(BaseSelfSupervisor):
         self._zero_shot_cache = None
         self.loss_balancer = MODELS.build(loss_balancer) \
             if loss_balancer else None
+        if self.loss_balancer is not None:
+            # Each rank's own measurement, reduced in step(): never replaced
+            # by rank 0's (DDP with broadcast_buffers=True).
+            self._ddp_params_and_buffers_to_ignore = [
+                'loss_balancer.pending_norms'
+            ]
 
     def extract_feat(self, inputs):
         """Backbone features of the (first) view."""
@@ -285,10 +294,11 @@ class M3I(BaseSelfSupervisor):
             images.append((second_idx, mixed.sigma))
         if self.category_head is not None:
             labels, has_label = self._labels(data_samples, device)
+            share = per_rank_share(has_label.sum())
             losses['loss_cls'] = lam * sum(
                 self._category_loss(tokens_multi[has_label[who]],
-                                    idx[has_label[who]], labels[who][
-                                        has_label[who]])
+                                    idx[has_label[who]],
+                                    labels[who][has_label[who]], share)
                 for idx, who in images)
         if self.text_head is not None:
             losses['loss_text'] = lam * self._text_loss(
@@ -360,13 +370,15 @@ class M3I(BaseSelfSupervisor):
         return self.image_posterior(pred, target)
 
     def _category_loss(self, tokens: torch.Tensor, token_idx: torch.Tensor,
-                       labels: torch.Tensor) -> torch.Tensor:
+                       labels: torch.Tensor,
+                       share: torch.Tensor) -> torch.Tensor:
         pred = self.category_head(_gather_tokens(tokens, token_idx))
         return self.category_posterior(
             pred,
             self.category_embedding.weight,
             labels,
-            bias=self.category_embedding.bias)
+            bias=self.category_embedding.bias,
+            avg_factor=share)
 
     def _text_loss(self, tokens: torch.Tensor, images: list,
                    data_samples: List[DataSample],
@@ -375,7 +387,8 @@ class M3I(BaseSelfSupervisor):
 
         Every sample's caption is encoded once (an empty string stands in for
         a missing one and is masked out as a candidate); the candidates are
-        gathered from all ranks with gradients.
+        gathered from all ranks with gradients. Averaged over the captioned
+        images of all ranks.
         """
         captions = [s.get('caption') for s in data_samples]
         has_text = torch.tensor([c is not None for c in captions],
@@ -383,14 +396,16 @@ class M3I(BaseSelfSupervisor):
         texts = self.text_target([c or '' for c in captions])
         candidates, offset = gather_with_grad(texts)
         valid = gather_with_grad(has_text.float())[0] > 0.5
+        share = per_rank_share(has_text.sum())
         temperature = 1.0 / self.text_logit_scale.clamp(max=math.log(100)).exp()
-        loss = texts.sum() * 0.0  # keeps every rank's graph alike
+        loss = 0.0
         for idx, who in images:
             rows = has_text[who]
             pred = self.text_head(_gather_tokens(tokens[rows], idx[rows]))
             loss = loss + self.text_posterior(
                 pred, candidates, who[rows] + offset,
-                temperature=temperature, candidate_mask=valid)
+                temperature=temperature, candidate_mask=valid,
+                avg_factor=share)
         return loss
 
     @staticmethod
@@ -441,4 +456,4 @@ class M3I(BaseSelfSupervisor):
             raise KeyError(f'M3I needs "{key}" in every data sample; add it '
                            f'to PackInputs(algorithm_keys=...) in the '
                            f'pipeline')
-        return torch.stack([torch.as_tensor(v) for v in values]).to(device)
+        return torch.stack([torch.as_tensor(v, device=device) for v in values])

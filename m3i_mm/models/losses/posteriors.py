@@ -7,6 +7,9 @@ loss (paper Sec. 3.1):
 - Boltzmann ``∝ exp(ẑ_yᵀ z_y / τ)`` -> softmax cross-entropy of the
   prediction against a set of candidate target representations (negative
   categories, negative texts or negative samples prevent collapse).
+
+Both compute in fp32 under autocast (mixed precision): the energies, the
+normalisations and the softmax need its range.
 """
 from typing import Optional
 
@@ -15,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from m3i_mm.registry import MODELS
+from ..utils.precision import fp32_region
 
 
 @MODELS.register_module()
@@ -47,10 +51,11 @@ class GaussianPosterior(nn.Module):
         if pred.shape != target.shape:
             raise ValueError(f'prediction {tuple(pred.shape)} and target '
                              f'{tuple(target.shape)} differ in shape')
-        target = target.detach().float()
-        if self.normalize_target:
-            target = F.layer_norm(target, target.shape[-1:], eps=1e-6)
-        return self.loss_weight * F.mse_loss(pred.float(), target)
+        with fp32_region(pred.device):
+            target = target.detach().float()
+            if self.normalize_target:
+                target = F.layer_norm(target, target.shape[-1:], eps=1e-6)
+            return self.loss_weight * F.mse_loss(pred.float(), target)
 
 
 @MODELS.register_module()
@@ -84,7 +89,8 @@ class BoltzmannPosterior(nn.Module):
                candidates: torch.Tensor,
                bias: Optional[torch.Tensor] = None,
                temperature: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Energies ``ẑ_yᵀ z'_y / τ`` of every prediction and candidate."""
+        """Energies ``ẑ_yᵀ z'_y / τ`` of every prediction and candidate, (N, K),
+        in the dtype of the inputs (see :meth:`forward` for fp32)."""
         if self.normalize:
             pred = F.normalize(pred, dim=-1)
             candidates = F.normalize(candidates, dim=-1)
@@ -100,9 +106,10 @@ class BoltzmannPosterior(nn.Module):
                 target_index: torch.Tensor,
                 bias: Optional[torch.Tensor] = None,
                 temperature: Optional[torch.Tensor] = None,
-                candidate_mask: Optional[torch.Tensor] = None
+                candidate_mask: Optional[torch.Tensor] = None,
+                avg_factor: Optional[torch.Tensor] = None
                 ) -> torch.Tensor:
-        """Cross-entropy of the true candidate.
+        """Cross-entropy of the true candidate, computed in fp32.
 
         Args:
             pred (Tensor): (N, D) predictions ẑ_y.
@@ -114,20 +121,35 @@ class BoltzmannPosterior(nn.Module):
             temperature (Tensor, optional): Overrides τ (e.g. learnable).
             candidate_mask (Tensor, optional): (K,) bool, False = not a
                 candidate (e.g. the padding of a sample without text).
+            avg_factor (Tensor, optional): Divide the summed cross-entropy by
+                this instead of N (e.g. a share of a global sample count,
+                see :func:`~m3i_mm.models.utils.per_rank_share`).
 
         Returns:
-            Tensor: Scalar loss; 0 (still differentiable) for N = 0.
+            Tensor: Scalar fp32 loss. For N = 0 it is 0 and still depends on
+            ``pred``, ``candidates``, ``bias`` and ``temperature``, so every
+            parameter behind them receives a (zero) gradient, as DDP with
+            ``find_unused_parameters=False`` requires of every rank.
         """
         if pred.dim() != 2 or candidates.dim() != 2 or \
                 pred.shape[1] != candidates.shape[1]:
             raise ValueError(f'expected (N, D) predictions and (K, D) '
                              f'candidates, got {tuple(pred.shape)} and '
                              f'{tuple(candidates.shape)}')
-        logits = self.logits(pred, candidates, bias, temperature)
-        if candidate_mask is not None:
-            logits = logits.masked_fill(~candidate_mask, float('-inf'))
-        if pred.shape[0] == 0:
-            return pred.sum() * 0.0
-        return self.loss_weight * F.cross_entropy(
-            logits.float(), target_index,
-            label_smoothing=self.label_smoothing)
+        with fp32_region(pred.device):
+            logits = self.logits(
+                pred.float(), candidates.float(),
+                None if bias is None else bias.float(),
+                None if temperature is None else temperature.float())
+            if pred.shape[0] == 0:
+                return logits.sum() * 0.0
+            if candidate_mask is not None:
+                logits = logits.masked_fill(~candidate_mask, float('-inf'))
+            loss = F.cross_entropy(
+                logits,
+                target_index,
+                reduction='mean' if avg_factor is None else 'sum',
+                label_smoothing=self.label_smoothing)
+            if avg_factor is not None:
+                loss = loss / avg_factor
+            return self.loss_weight * loss

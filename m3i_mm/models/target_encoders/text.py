@@ -96,8 +96,9 @@ class TextTargetEncoder(nn.Module):
             padding=True,
             truncation=True,
             max_length=self.max_length,
-            return_tensors='pt')
-        return {k: v.to(device) for k, v in tokens.items()}
+            return_tensors='np')
+        # Created on the encoder's device directly, never on a default one.
+        return {k: torch.as_tensor(v, device=device) for k, v in tokens.items()}
 
     def pool(self, captions: List[str]) -> torch.Tensor:
         """Pooled encoder features (N, hidden), before the projection."""

@@ -1,12 +1,14 @@
-from .distributed import gather_with_grad
+from .distributed import gather_with_grad, per_rank_share
 from .loss_weighting import GradientNormBalancer
 from .mixing import derangement, mix_images, upsample_patch_mask
 from .multi_input import MixedBatch, MultiInputMixer
+from .precision import fp32_region
 from .view_geometry import (patch_centers, sincos_pos_embed,
                             target_positions_in_input)
 
 __all__ = [
     'GradientNormBalancer', 'MixedBatch', 'gather_with_grad', 'MultiInputMixer', 'derangement',
+    'fp32_region', 'per_rank_share',
     'mix_images', 'upsample_patch_mask', 'patch_centers', 'sincos_pos_embed',
     'target_positions_in_input'
 ]

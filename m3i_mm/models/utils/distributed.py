@@ -1,9 +1,18 @@
-"""Gathering target representations across ranks for Boltzmann posteriors."""
+"""Collectives of the M3I losses (candidates and sample counts of all ranks).
+
+Every function here is called by every rank in the same order, and only
+ever hands tensors on the caller's (the model's) device to a collective,
+as NCCL requires.
+"""
 from typing import Tuple
 
 import torch
 import torch.distributed as dist
 from torch.distributed.nn.functional import all_gather
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
 
 
 def gather_with_grad(x: torch.Tensor) -> Tuple[torch.Tensor, int]:
@@ -12,7 +21,9 @@ def gather_with_grad(x: torch.Tensor) -> Tuple[torch.Tensor, int]:
     Uses torch's autograd-aware ``all_gather``: the backward pass sums the
     gradients every rank computed for a slice and hands them to the rank that
     owns it, so the local slice receives exactly the gradient of the global
-    loss (negatives on other ranks included). Without an initialised process
+    loss (negatives on other ranks included). Every rank must therefore use
+    the result in its loss (with zero weight if it has nothing to score), or
+    the backward collective is left waiting. Without an initialised process
     group it returns ``x`` itself.
 
     Args:
@@ -22,8 +33,30 @@ def gather_with_grad(x: torch.Tensor) -> Tuple[torch.Tensor, int]:
         tuple[Tensor, int]: The (world_size * N, ...) concatenation and the
         offset of the local slice in it.
     """
-    if not (dist.is_available() and dist.is_initialized()) or \
-            dist.get_world_size() == 1:
+    if not _distributed():
         return x, 0
     return torch.cat(all_gather(x.contiguous()), dim=0), \
         dist.get_rank() * x.shape[0]
+
+
+def per_rank_share(count: torch.Tensor) -> torch.Tensor:
+    """The divisor that turns a local sum into a share of the global mean.
+
+    With ``L_r = sum_r / per_rank_share(count_r)`` on each of the W ranks,
+    the mean over ranks that DDP applies to the gradients is the gradient of
+    ``sum_all / count_all``: a global loss averaged over the samples that
+    have its target, however they are spread over the ranks (one rank may
+    have none). Without a process group this is ``count`` itself.
+
+    Args:
+        count (Tensor): 0-dim, this rank's number of samples (any dtype), on
+            the model's device.
+
+    Returns:
+        Tensor: 0-dim float ``max(count_all, 1) / W``.
+    """
+    total = count.detach().float().clone()
+    if not _distributed():
+        return total.clamp(min=1)
+    dist.all_reduce(total)
+    return total.clamp(min=1) / dist.get_world_size()

@@ -9,11 +9,18 @@ No extra backward pass is run: the features go to each group of heads
 through an identity "tap" whose backward records the norm of the gradient
 passing through it. λ for a step is computed from the norms measured up to
 the previous step and is a constant for autograd.
+
+All state is in persistent buffers (the measurement waiting for the next
+step included), so it moves with ``model.to(device)`` and a resumed run
+continues with the same λ. A non-finite measurement (an fp16 overflow: the
+loss scaler skips that step) is dropped, not folded into the averages.
 """
+import logging
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from mmengine.logging import print_log
 
 from m3i_mm.registry import MODELS
 
@@ -21,7 +28,8 @@ GROUPS = ('uni', 'multi')
 
 
 class _GradNormTap(torch.autograd.Function):
-    """Identity whose backward adds the gradient's squared norm to a slot."""
+    """Identity whose backward adds the gradient's squared norm (fp32) to a
+    slot of ``store``."""
 
     @staticmethod
     def forward(ctx, x, store, index):
@@ -47,7 +55,14 @@ class GradientNormBalancer(nn.Module):
 
     The EMAs are bias-corrected (as in Adam), so the first measurement is
     used in full; before any measurement λ = γ. The multi-modal norm is
-    measured on ``λ·L_multi`` and divided by the λ in force.
+    measured on ``λ·L_multi`` and divided by the λ in force. Norms are
+    accumulated in fp32 whatever the autocast dtype; under a loss scaler both
+    carry the same scale, which cancels in the ratio of one step.
+
+    Under ``torch.distributed`` every rank all-reduces the squared norms (on
+    the buffers' device, i.e. the model's) in :meth:`step`; a measurement with
+    an inf/nan on any rank is skipped by all ranks, counted in
+    ``num_skipped`` and logged (at the 1st, 2nd, 4th, 8th, ... skip).
 
     Args:
         gamma (float): Gradient ratio γ. Defaults to 1 (Table 13).
@@ -68,8 +83,10 @@ class GradientNormBalancer(nn.Module):
         self.register_buffer('ema_norms', torch.zeros(2))
         self.register_buffer('num_updates', torch.zeros((), dtype=torch.long))
         self.register_buffer('weight', torch.tensor(float(gamma)))
-        # Squared norms recorded by the taps during the last backward.
-        self._pending = torch.zeros(2)
+        # Squared norms recorded by the taps since the last step (checkpointed:
+        # the next step folds them in).
+        self.register_buffer('pending_norms', torch.zeros(2))
+        self.register_buffer('num_skipped', torch.zeros((), dtype=torch.long))
 
     def tap(self, x: torch.Tensor, group: str) -> torch.Tensor:
         """Identity on ``x`` that measures the gradient of ``group``."""
@@ -77,9 +94,7 @@ class GradientNormBalancer(nn.Module):
             raise ValueError(f'group must be one of {GROUPS}, got {group!r}')
         if not (self.training and x.requires_grad):
             return x
-        if self._pending.device != x.device:
-            self._pending = self._pending.to(x.device)
-        return _GradNormTap.apply(x, self._pending, GROUPS.index(group))
+        return _GradNormTap.apply(x, self.pending_norms, GROUPS.index(group))
 
     @torch.no_grad()
     def step(self) -> torch.Tensor:
@@ -88,13 +103,23 @@ class GradientNormBalancer(nn.Module):
         Returns:
             Tensor: λ (a 0-dim tensor without gradient).
         """
-        pending = self._pending
+        pending = self.pending_norms
         # Every rank reduces (a rank whose batch had no multi-modal target
         # measured 0 and must not skip the collective).
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(pending)
             pending /= dist.get_world_size()
-        if bool((pending > 0).all()):
+        if not bool(torch.isfinite(pending).all()):
+            self.num_skipped += 1
+            skipped = int(self.num_skipped)
+            if skipped & (skipped - 1) == 0:
+                print_log(
+                    f'GradientNormBalancer: non-finite gradient norms '
+                    f'{pending.tolist()} (e.g. an fp16 overflow) not used '
+                    f'for λ; {skipped} step(s) skipped so far',
+                    logger='current',
+                    level=logging.WARNING)
+        elif bool((pending > 0).all()):
             norms = pending.to(self.ema_norms).sqrt()
             # Undo the λ scaling: self.weight is still the λ of that step.
             norms[1] = norms[1] / self.weight
@@ -104,7 +129,7 @@ class GradientNormBalancer(nn.Module):
             ema = self.ema_norms / (1 - self.momentum**int(self.num_updates))
             self.weight.fill_(self.gamma * float(ema[0]) /
                               max(float(ema[1]), self.eps))
-        self._pending = torch.zeros_like(pending)
+        pending.zero_()
         return self.weight.clone()
 
     def extra_repr(self) -> str:

@@ -30,8 +30,10 @@ def derangement(n: int,
     """
     if n <= 1:
         return torch.zeros(n, dtype=torch.long, device=device)
-    order = torch.randperm(n, generator=generator).to(device)
-    shift = int(torch.randint(1, n, (1, ), generator=generator))
+    # Drawn on the CPU (its generator): the same σ whatever the device.
+    order = torch.randperm(n, generator=generator, device='cpu').to(device)
+    shift = int(
+        torch.randint(1, n, (1, ), generator=generator, device='cpu'))
     sigma = torch.empty_like(order)
     sigma[order] = order.roll(-shift)
     return sigma

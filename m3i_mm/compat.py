@@ -229,6 +229,45 @@ def _patch_config_package_scopes() -> None:
             break
 
 
+def latest_checkpoint_file(work_dir: str) -> Union[str, None]:
+    """The newest ``iter_N.pth`` (else ``epoch_N.pth``) in ``work_dir``.
+
+    Returns:
+        str | None: Its path, or None when there is none.
+    """
+    for prefix in ('iter_', 'epoch_'):
+        found = [(int(m.group(1)), name) for name in os.listdir(work_dir)
+                 for m in [re.fullmatch(prefix + r'(\d+)\.pth', name)] if m]
+        if found:
+            return osp.join(work_dir, max(found)[1])
+    return None
+
+
+def _patch_find_latest_checkpoint() -> None:
+    """mmengine (all 0.10.x): ``--resume`` after a kill before the first
+    ``last_checkpoint``.
+
+    ``CheckpointHook`` writes ``iter_N.pth`` and then its name to
+    ``last_checkpoint``; ``find_latest_checkpoint`` reads only the latter, so
+    a job killed between the two writes of its first checkpoint restarts
+    from iteration 0 (with a log line, no error). Without the record, the
+    newest checkpoint file of the folder is taken.
+    """
+    from mmengine.runner import runner
+    upstream = runner.find_latest_checkpoint
+    if getattr(upstream, '_m3i_fallback', False):
+        return
+
+    def find_latest_checkpoint(path: str) -> Union[str, None]:
+        recorded = upstream(path)
+        if recorded is None and osp.isdir(path):
+            return latest_checkpoint_file(path)
+        return recorded
+
+    find_latest_checkpoint._m3i_fallback = True
+    runner.find_latest_checkpoint = find_latest_checkpoint
+
+
 def _patch_seeded_fetch() -> None:
     """torch (2.x) ``DataLoader``: seed each sample's transforms from its index.
 
@@ -288,6 +327,7 @@ def apply() -> None:
     _patch_atomic_local_writes()
     _patch_config_package_scopes()
     _patch_seeded_fetch()
+    _patch_find_latest_checkpoint()
     warnings.filterwarnings(
         'ignore', message='.*torch.meshgrid.*indexing.*', category=UserWarning)
     _APPLIED = True

@@ -1060,6 +1060,44 @@ def _patch_amp_on_cpu() -> None:
     AmpOptimWrapper.__init__ = __init__
 
 
+def _patch_seeded_fetch() -> None:
+    """torch (2.x) ``DataLoader``: seed each sample's transforms from its index.
+
+    mmengine (0.10.x) seeds a data worker once, from ``seed + rank *
+    num_workers + worker_id``, so the random transforms of a sample depend on
+    which worker loads it and on what that worker loaded before: a resumed
+    run (onedl-mmengine 0.10.12 fast-forwards the sampler and starts fresh
+    workers) and every new pass with ``persistent_workers=False`` repeat the
+    draws of the first batches. For indices that are
+    :class:`m3i_mm.utils.randomness.SeededIndex` (yielded by
+    :class:`m3i_mm.engine.hooks.SeededSampler`), the map-style fetcher seeds
+    the process's generators with the index's seed before loading the
+    sample; plain indices are fetched as before.
+    """
+    from torch.utils.data._utils import fetch
+
+    from m3i_mm.utils.randomness import SeededIndex, seed_all
+    upstream = fetch._MapDatasetFetcher.fetch
+    if getattr(upstream, '_m3i_seeded', False):
+        return
+
+    def seeded_fetch(self, possibly_batched_index):
+        indices = possibly_batched_index if self.auto_collation else [
+            possibly_batched_index
+        ]
+        if not any(isinstance(i, SeededIndex) for i in indices):
+            return upstream(self, possibly_batched_index)
+        data = []
+        for index in indices:
+            if isinstance(index, SeededIndex):
+                seed_all(index.seed)
+            data.append(self.dataset[index])
+        return self.collate_fn(data if self.auto_collation else data[0])
+
+    seeded_fetch._m3i_seeded = True
+    fetch._MapDatasetFetcher.fetch = seeded_fetch
+
+
 def _upstream_mmpretrain() -> bool:
     try:
         from importlib.metadata import distribution
@@ -1090,6 +1128,7 @@ def apply() -> None:
     _patch_accuracy_ties()
     _patch_cpu_distributed()
     _patch_amp_on_cpu()
+    _patch_seeded_fetch()
     warnings.filterwarnings(
         'ignore', message='.*torch.meshgrid.*indexing.*', category=UserWarning)
     _APPLIED = True

@@ -140,3 +140,63 @@ def test_complete_shard_has_no_skips(tmp_path):
         warnings.simplefilter('error')
         assert len(list(ds)) == 50
     assert ds.num_skipped == 0
+
+
+def one_caption_shards(folder, num_shards: int) -> str:
+    for shard in range(num_shards):
+        write_shard(str(folder / f'{shard:05d}.tar'), [good(shard)])
+    return str(folder / ('{00000..%05d}.tar' % (num_shards - 1)))
+
+
+def test_shard_order_changes_every_pass_and_continues_after_resume(tmp_path):
+    # Workers restarted every pass (persistent_workers=False) iterate a fresh
+    # copy of the dataset: the epoch must come from the main process, where
+    # ResumableRandomnessHook's SeededSampler forwards mmengine's set_epoch.
+    from types import SimpleNamespace
+
+    from mmengine.runner.loops import _InfiniteDataloaderIterator
+
+    from m3i_mm.engine.hooks import ResumableRandomnessHook
+    shards = one_caption_shards(tmp_path, 8)
+
+    def stream():
+        ds = ImageTextShards(shards, seed=0)
+        loader = DataLoader(ds, batch_size=1, num_workers=2,
+                            persistent_workers=False,
+                            collate_fn=lambda b: b[0]['caption'])
+        ResumableRandomnessHook().before_train(SimpleNamespace(
+            train_loop=SimpleNamespace(dataloader=loader), seed=0, iter=0))
+        return _InfiniteDataloaderIterator(loader)
+
+    it = stream()
+    captions = [next(it) for _ in range(24)]
+    passes = [captions[i:i + 8] for i in (0, 8, 16)]
+    assert all(sorted(p) == sorted(passes[0]) for p in passes)
+    assert passes[0] != passes[1] and passes[1] != passes[2]
+    # Resumed after 11 batches (mid-pass 2), as mmengine's loop does.
+    resumed = stream()
+    resumed.skip_iter(11)
+    assert [next(resumed) for _ in range(13)] == captions[11:]
+
+
+def test_multisource_stream_changes_with_the_epoch(tmp_path):
+    from itertools import islice
+
+    from m3i_mm.datasets import MultiSourceDataset
+    stream = MultiSourceDataset(sources=[
+        dict(type='ImageTextShards', shards=one_caption_shards(tmp_path, 8)),
+        dict(type='ImageTextShards', shards=str(tmp_path / '0000[0-3].tar'),
+             shuffle_shards=False)
+    ])
+
+    def take(epoch):
+        stream.set_epoch(epoch)
+        return [s['caption'] for s in islice(iter(stream), 40)]
+
+    assert take(0) == take(0)  # a pure function of the epoch
+    assert take(0) != take(1)
+    # Iterating in the main process advances the epoch, as a new pass.
+    stream.set_epoch(0)
+    first = [s['caption'] for s in islice(iter(stream), 40)]
+    second = [s['caption'] for s in islice(iter(stream), 40)]
+    assert first != second

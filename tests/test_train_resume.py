@@ -101,3 +101,24 @@ def test_train_cli_rejects_missing_resume_file(tmp_path):
     ], env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True)
     assert res.returncode != 0
     assert 'nope.pth' in res.stderr
+
+
+def test_resume_finds_a_checkpoint_without_last_checkpoint(demo_root,
+                                                           tmp_path):
+    # A kill after iter_2.pth was written, before its name reached
+    # last_checkpoint: --resume must not start again from iteration 0.
+    Runner.from_cfg(small_cfg(demo_root, tmp_path, max_iters=2)).train()
+    os.remove(tmp_path / 'last_checkpoint')
+    cfg = small_cfg(demo_root, tmp_path, max_iters=3)
+    cfg.resume = True
+    resumed = Runner.from_cfg(cfg)
+    seen = []
+
+    class RecordIter(Hook):
+
+        def before_train_iter(self, runner, batch_idx, data_batch=None):
+            seen.append(runner.iter)
+
+    resumed.register_hook(RecordIter(), priority='LOWEST')
+    resumed.train()
+    assert seen == [2]

@@ -11,6 +11,9 @@ default_hooks = dict(
     visualization=dict(type='VisualizationHook', enable=False),
     # Stops at a NaN/inf loss or parameter before it reaches a checkpoint.
     finite_check=dict(type='FiniteCheckHook'),
+    # Random draws seeded from (seed, rank, iteration / sample position):
+    # a resumed run draws what the uninterrupted one drew (m3i_mm).
+    randomness=dict(type='ResumableRandomnessHook'),
 )
 
 # λ's measurement averaged over ranks before a checkpoint (no-op otherwise).

@@ -28,6 +28,7 @@ from mmengine.dist import get_dist_info
 from torch.utils.data import IterableDataset, get_worker_info
 
 from m3i_mm.registry import DATASETS
+from m3i_mm.utils.randomness import derive_seed, seed_all
 
 IMAGE_EXTS = ('jpg', 'jpeg', 'png', 'webp', 'bmp')
 TEXT_EXTS = ('txt', 'caption', 'json')
@@ -157,9 +158,20 @@ def worker_slot() -> tuple:
 class ImageTextShards(IterableDataset):
     """Stream image-caption pairs from WebDataset-style tar shards.
 
-    Each worker of each rank reads its own shards (shard ``i`` goes to global
-    worker ``i % (world_size * num_workers)``), sequentially and without
-    unpacking. Use it with ``sampler=None`` in the dataloader config.
+    Each worker of each rank reads its own shards (shard ``i`` of the pass's
+    order goes to global worker ``i % (world_size * num_workers)``),
+    sequentially and without unpacking. Use it with ``sampler=None`` in the
+    dataloader config.
+
+    Pass ``e`` reads the shards in the order ``permutation(seed, e)``, and the
+    ``k``-th sample a worker yields in it goes through the pipeline with the
+    global generators seeded from ``(seed, e, worker slot, k)``, so a pass is
+    a pure function of its epoch. Dataloader workers iterate a copy of the
+    dataset, so the epoch is set in the main process with :meth:`set_epoch`
+    before each pass (m3i_mm's ``ResumableRandomnessHook`` does it under the
+    Runner, from the loop's counters, which checkpoints hold); iterating in
+    the main process (``num_workers=0``) or in persistent workers also
+    advances it by one per pass.
 
     Args:
         shards (str | Sequence[str]): Shard paths, globs or brace ranges
@@ -195,12 +207,15 @@ class ImageTextShards(IterableDataset):
         self.num_skipped = 0
         self.epoch = 0
 
-    def _my_shards(self) -> List[str]:
+    def set_epoch(self, epoch: int) -> None:
+        """Set the pass that the next iteration reads (shard order, seeds)."""
+        self.epoch = int(epoch)
+
+    def _my_shards(self, slot: int, num_slots: int) -> List[str]:
         order = list(self.shards)
         if self.shuffle_shards:
-            rng = np.random.default_rng(self.seed + self.epoch)
+            rng = np.random.default_rng([self.seed, self.epoch])
             order = [order[i] for i in rng.permutation(len(order))]
-        slot, num_slots = worker_slot()
         return order[slot::num_slots]
 
     def _skip(self, what: str) -> None:
@@ -210,13 +225,17 @@ class ImageTextShards(IterableDataset):
                           f'({self.num_skipped} skipped so far)')
 
     def __iter__(self) -> Iterator[dict]:
-        shards = self._my_shards()
+        slot, num_slots = worker_slot()
+        epoch, position = self.epoch, 0
+        shards = self._my_shards(slot, num_slots)
         self.epoch += 1
         for shard in shards:
             for key, files in self._samples(shard):
                 sample = self._decode(shard, key, files)
                 if sample is None:
                     continue
+                seed_all(derive_seed(self.seed, epoch, slot, position))
+                position += 1
                 out = self.pipeline(sample)
                 if out is not None:
                     yield out

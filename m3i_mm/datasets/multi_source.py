@@ -1,10 +1,12 @@
 """Several pre-training sources in one stage, drawn at configurable ratios."""
+import itertools
 from typing import Iterator, List, Optional, Sequence
 
 import numpy as np
 from torch.utils.data import IterableDataset
 
 from m3i_mm.registry import DATASETS
+from m3i_mm.utils.randomness import derive_seed, seed_all
 from .image_text import worker_slot
 
 
@@ -20,6 +22,14 @@ class MultiSourceDataset(IterableDataset):
     keeps the targets its source has (``gt_label`` or ``caption``), and M3I
     computes each global loss only for the images that have its target. Use
     with ``sampler=None`` and an iteration-based loop.
+
+    The stream is a pure function of ``(seed, epoch, worker slot)``: the
+    draws, the orders of the map-style sources, and the generators seeded
+    before each draw from ``(seed, epoch, slot, k)`` for the ``k``-th
+    sample's transforms; an iterable source is started at its epoch 0, 1, 2,
+    ... on each restart. Workers iterate a copy, so the epoch is set in the
+    main process with :meth:`set_epoch` (iterating in the main process or in
+    persistent workers also advances it by one).
 
     Args:
         sources (Sequence[dict]): Dataset configs (each with its pipeline).
@@ -46,11 +56,19 @@ class MultiSourceDataset(IterableDataset):
         ]
         self.probs = np.asarray(ratios, dtype=np.float64) / sum(ratios)
         self.seed = seed
+        self.epoch = 0
 
-    def _stream(self, source, rng: np.random.Generator) -> Iterator[dict]:
-        slot, slots = worker_slot()
-        while True:
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch of the next iteration (draws, orders, seeds)."""
+        self.epoch = int(epoch)
+
+    @staticmethod
+    def _stream(source, rng: np.random.Generator, slot: int,
+                slots: int) -> Iterator[dict]:
+        for restart in itertools.count():
             if isinstance(source, IterableDataset):
+                if hasattr(source, 'set_epoch'):
+                    source.set_epoch(restart)
                 yield from source
                 continue
             if len(source) < slots:
@@ -60,11 +78,15 @@ class MultiSourceDataset(IterableDataset):
                 yield source[int(index)]
 
     def __iter__(self) -> Iterator[dict]:
-        slot, _ = worker_slot()
-        rng = np.random.default_rng([self.seed, slot])
+        slot, slots = worker_slot()
+        epoch = self.epoch
+        self.epoch += 1
+        rng = np.random.default_rng([self.seed, epoch, slot])
         streams: List[Iterator[dict]] = [
-            self._stream(s, np.random.default_rng([self.seed, i]))
-            for i, s in enumerate(self.sources)
+            self._stream(s, np.random.default_rng([self.seed, epoch, i]),
+                         slot, slots) for i, s in enumerate(self.sources)
         ]
-        while True:
-            yield next(streams[rng.choice(len(streams), p=self.probs)])
+        for position in itertools.count():
+            source = rng.choice(len(streams), p=self.probs)
+            seed_all(derive_seed(self.seed, epoch, slot, position))
+            yield next(streams[source])

@@ -1,4 +1,8 @@
 from .finite_check_hook import FiniteCheckHook
 from .gradient_norm_sync import GradientNormSyncHook
+from .randomness import ResumableRandomnessHook, SeededSampler
 
-__all__ = ['FiniteCheckHook', 'GradientNormSyncHook']
+__all__ = [
+    'FiniteCheckHook', 'GradientNormSyncHook', 'ResumableRandomnessHook',
+    'SeededSampler'
+]

@@ -25,6 +25,13 @@ def read_version() -> str:
     return scope['__version__']
 
 
+def parse_requirements(name: str) -> list:
+    """Requirement lines of ``requirements/<name>.txt`` (no comments)."""
+    with open(osp.join(ROOT, 'requirements', f'{name}.txt')) as f:
+        lines = (line.split('#', 1)[0].strip() for line in f)
+        return [line for line in lines if line]
+
+
 def add_mim_extension() -> None:
     """Copy configs/ and tools/ into m3i_mm/.mim for a regular install.
 
@@ -76,8 +83,17 @@ if __name__ == '__main__':
         include_package_data=True,
         package_data={'m3i_mm': ['.mim/configs/**/*.py', '.mim/tools/*',
                                  '.mim/tools/**/*', 'ops/**/src/*']},
-        install_requires=[],  # the environment comes from requirements/env.txt
-        extras_require={'tests': ['pytest']},
+        # Names shared by the OneDL and the upstream OpenMMLab line; the
+        # OpenMMLab packages come with an extra: m3i_mm[onedl] (= mim's
+        # [mminstall]) or m3i_mm[upstream].
+        install_requires=parse_requirements('runtime'),
+        extras_require={
+            'onedl': parse_requirements('mminstall'),
+            'mminstall': parse_requirements('mminstall'),
+            'upstream': parse_requirements('mminstall_upstream'),
+            'demo': parse_requirements('demo'),
+            'tests': parse_requirements('tests'),
+        },
         ext_modules=ext_modules,
         cmdclass=cmdclass,
         zip_safe=False,

@@ -5,6 +5,9 @@ A regular install copies ``configs/`` and ``tools/`` into ``m3i_mm/.mim``, so
 configs; with ``pip install -e .`` mim uses the repository itself.
 The DCNv3 CUDA extension is built only where CUDA is available or
 ``M3I_FORCE_CUDA=1`` (see ``m3i_mm/ops/dcnv3/build.py``).
+Requirements: ``requirements/runtime.txt`` (names shared by the OneDL and the
+upstream OpenMMLab line) plus an extra for the OpenMMLab packages,
+``m3i_mm[onedl]`` or ``m3i_mm[upstream]``.
 """
 import importlib.util
 import os

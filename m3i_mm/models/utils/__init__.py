@@ -8,7 +8,8 @@ from .view_geometry import (patch_centers, sincos_pos_embed,
                             target_positions_in_input)
 
 __all__ = [
-    'M3IDataPreprocessor', 'build_batch_augment', 'GradientNormBalancer', 'MixedBatch', 'gather_with_grad', 'MultiInputMixer', 'derangement',
+    'M3IDataPreprocessor', 'build_batch_augment', 'GradientNormBalancer',
+    'MixedBatch', 'gather_with_grad', 'MultiInputMixer', 'derangement',
     'mix_images', 'upsample_patch_mask', 'patch_centers', 'sincos_pos_embed',
     'target_positions_in_input'
 ]

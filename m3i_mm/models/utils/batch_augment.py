@@ -32,7 +32,8 @@ def _translate(cfg: dict, prob: float, bgr_weights: bool) -> nn.Module:
         return K.ColorJitter(**cfg, p=prob)
     if kind == 'RandomGrayscale':
         if not cfg.get('keep_channels', False):
-            raise ValueError('batched RandomGrayscale needs keep_channels=True')
+            raise ValueError(
+                'batched RandomGrayscale needs keep_channels=True')
         weights = torch.tensor(cfg.get('channel_weights', (1., 1., 1.)))
         weights = weights / weights.sum()
         # mmcv's weights follow the loaded (BGR) order; views here are RGB.

@@ -5,6 +5,9 @@ A regular install copies ``configs/`` and ``tools/`` into ``m3i_mm/.mim``, so
 configs; with ``pip install -e .`` mim uses the repository itself.
 The DCNv3 CUDA extension is built only where CUDA is available or
 ``M3I_FORCE_CUDA=1`` (see ``m3i_mm/ops/dcnv3/build.py``).
+Requirements: ``requirements/runtime.txt`` (names shared by the OneDL and the
+upstream OpenMMLab line) plus an extra for the OpenMMLab packages,
+``m3i_mm[onedl]`` or ``m3i_mm[upstream]``.
 """
 import importlib.util
 import os
@@ -23,6 +26,13 @@ def read_version() -> str:
     with open(osp.join(ROOT, 'm3i_mm', 'version.py')) as f:
         exec(f.read(), scope)
     return scope['__version__']
+
+
+def parse_requirements(name: str) -> list:
+    """Requirement lines of ``requirements/<name>.txt`` (no comments)."""
+    with open(osp.join(ROOT, 'requirements', f'{name}.txt')) as f:
+        lines = (line.split('#', 1)[0].strip() for line in f)
+        return [line for line in lines if line]
 
 
 def add_mim_extension() -> None:
@@ -76,8 +86,17 @@ if __name__ == '__main__':
         include_package_data=True,
         package_data={'m3i_mm': ['.mim/configs/**/*.py', '.mim/tools/*',
                                  '.mim/tools/**/*', 'ops/**/src/*']},
-        install_requires=[],  # the environment comes from requirements/env.txt
-        extras_require={'tests': ['pytest']},
+        # Names shared by the OneDL and the upstream OpenMMLab line; the
+        # OpenMMLab packages come with an extra: m3i_mm[onedl] (= mim's
+        # [mminstall]) or m3i_mm[upstream].
+        install_requires=parse_requirements('runtime'),
+        extras_require={
+            'onedl': parse_requirements('mminstall'),
+            'mminstall': parse_requirements('mminstall'),
+            'upstream': parse_requirements('mminstall_upstream'),
+            'demo': parse_requirements('demo'),
+            'tests': parse_requirements('tests'),
+        },
         ext_modules=ext_modules,
         cmdclass=cmdclass,
         zip_safe=False,

@@ -8,19 +8,25 @@ Prints, measured in one run on one device:
 - share of the step spent on the dynamic loss weight λ: the balancer's
   per-step update timed inside the step (goal <= 3%), and the step time
   with / without λ (the gradient taps included).
+- FLOPs of the M3I step and of the backbone-only step
+  (``torch.utils.flop_counter``: matmuls, convolutions, attention; forward
+  and backward) and the FLOP-normalised overhead
+  (M3I time / backbone time) / (M3I FLOPs / backbone FLOPs), goal <= 1.05:
+  how much slower than its backbone M3I runs per FLOP.
 
 Steps are timed in turns (interleaved) and medians reported, so that load
 from other processes affects every variant alike.
 
 Usage:
     python benchmarks/m3i_step.py [--arch deit-small] [--batch 8] [--img 224]
-        [--steps 5] [--device cpu|cuda]
+        [--steps 5] [--device cpu|cuda] [--threads N]
 """
 import argparse
 import statistics
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 import m3i_mm  # noqa: F401
 from mmengine.logging import MessageHub
@@ -96,6 +102,13 @@ def interleaved_medians(fns: dict, steps: int, device: str) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def count_flops(fn) -> int:
+    """FLOPs of one call of ``fn`` (forward and backward)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
 def train_step(model, optimizer, *loss_args):
     """One optimisation step of ``model.loss``."""
 
@@ -117,7 +130,10 @@ def main() -> None:
     parser.add_argument('--steps', type=int, default=5)
     parser.add_argument(
         '--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--threads', type=int, help='torch CPU threads')
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     MessageHub.get_current_instance().update_info('max_iters', 10**6)
     dev = args.device
@@ -156,13 +172,13 @@ def main() -> None:
 
     mae_samples = [DataSample() for _ in range(args.batch)]
 
-    t = interleaved_medians(
-        dict(
-            m3i=train_step(m3i, m3i_opt, views, samples),
-            base=backbone_only,
-            fixed=train_step(fixed, fixed_opt, views, samples),
-            mae=train_step(mae, mae_opt, views[0], mae_samples)), args.steps,
-        dev)
+    steps = dict(
+        m3i=train_step(m3i, m3i_opt, views, samples),
+        base=backbone_only,
+        fixed=train_step(fixed, fixed_opt, views, samples),
+        mae=train_step(mae, mae_opt, views[0], mae_samples))
+    flops = {name: count_flops(steps[name]) for name in ('m3i', 'base')}
+    t = interleaved_medians(steps, args.steps, dev)
     t_m3i, t_base, t_fixed, t_mae = t['m3i'], t['base'], t['fixed'], t['mae']
     t_lambda = statistics.median(lambda_time[1:])
 
@@ -176,6 +192,14 @@ def main() -> None:
     print(f'M3I / MAE step ratio:               {t_m3i / t_mae:8.3f}')
     print(f'lambda update share (goal <= 3%):   {100 * t_lambda / t_m3i:8.3f} %')
     print(f'step with / without lambda:         {t_m3i / t_fixed:8.3f}')
+    flop_ratio = flops['m3i'] / flops['base']
+    print(f'GFLOPs M3I step / backbone step:    {flops["m3i"] / 1e9:8.2f} / '
+          f'{flops["base"] / 1e9:.2f} (ratio {flop_ratio:.3f})')
+    print(f'GFLOP/s M3I / backbone:             '
+          f'{flops["m3i"] / t_m3i / 1e9:8.1f} / '
+          f'{flops["base"] / t_base / 1e9:.1f}')
+    print('FLOP-normalised overhead (<= 1.05): '
+          f'{t_m3i / t_base / flop_ratio:8.3f}')
 
 
 if __name__ == '__main__':

@@ -1098,6 +1098,41 @@ def _patch_seeded_fetch() -> None:
     fetch._MapDatasetFetcher.fetch = seeded_fetch
 
 
+def _quiet_print_log(print_log):
+    """Wrap mmengine's ``print_log`` so that debug messages without a logger
+    go to :mod:`logging` (hidden by default) instead of ``print``."""
+
+    @functools.wraps(print_log)
+    def wrapper(msg, logger=None, level=logging.INFO) -> None:
+        if logger is None and level < logging.INFO:
+            logging.getLogger(__name__).log(level, msg)
+            return
+        print_log(msg, logger=logger, level=level)
+
+    wrapper.__wrapped_by_m3i__ = True
+    return wrapper
+
+
+def _patch_debug_print_log() -> None:
+    """mmengine 0.10.x ``print_log(msg, level=DEBUG)`` prints unconditionally.
+
+    With no ``logger`` it calls ``print`` and ignores ``level``, so the
+    debug messages of onedl-mmdetection 3.5.1 (``mmdet.datasets`` and
+    ``.transforms``), onedl-mmsegmentation 1.4.2 and onedl-mmpretrain 1.3.6
+    (``datasets/__init__.py``: "Could not import OneDL", printed when the
+    optional ``onedl`` package is absent) appear on every run. Those modules
+    look ``print_log`` up in ``mmengine.logging`` when they are imported, so
+    this must run before them: ``import m3i_mm`` applies it first.
+    """
+    from mmengine import logging as mm_logging
+    from mmengine.logging import logger as mm_logger
+    if getattr(mm_logging.print_log, '__wrapped_by_m3i__', False):
+        return
+    quiet = _quiet_print_log(mm_logging.print_log)
+    mm_logging.print_log = quiet
+    mm_logger.print_log = quiet
+
+
 def _upstream_mmpretrain() -> bool:
     try:
         from importlib.metadata import distribution
@@ -1112,6 +1147,7 @@ def apply() -> None:
     global _APPLIED
     if _APPLIED:
         return
+    _patch_debug_print_log()
     _patch_numpy2_aliases()
     if _upstream_mmpretrain():
         _patch_transformers_moved_names()

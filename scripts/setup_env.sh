@@ -59,9 +59,10 @@ if ! ls "$WHEELS"/*.whl >/dev/null 2>&1; then
   # the ops are silently skipped.
   MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" pip_public "$PY" -m pip wheel -v --no-deps --no-cache-dir \
       --no-build-isolation -w "$TMPW" "$MMCV_DIST==$MMCV_VERSION" 2>&1 \
-    | grep --line-buffered -E '^\[[0-9]+/[0-9]+\]|error:|Successfully built' \
-    | sed -u 's/^\(\[[0-9]*\/[0-9]*\]\).* \(-c \)\?\([^ ]*\.cpp\).*/\1 \3/' >&2 || true
-  ls "$TMPW"/*.whl >/dev/null 2>&1 || { log "mmcv build failed (no wheel in $TMPW)"; exit 1; }
+    | "$PYTHON" -u "$ROOT/scripts/build_progress.py" "$TMPW/build.log" || true
+  ls "$TMPW"/*.whl >/dev/null 2>&1 || {
+    tail -n 40 "$TMPW/build.log" >&2
+    log "mmcv build failed (no wheel; full log: $TMPW/build.log)"; exit 1; }
   mv "$TMPW"/*.whl "$WHEELS"/ && rm -rf "$TMPW"
 else
   log "reusing compiled mmcv wheel from $WHEELS"

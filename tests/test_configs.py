@@ -59,7 +59,8 @@ def test_pretrain_pipeline_runs_on_a_real_image(path, demo_root):
     steps = sources[0].pipeline
     path = osp.join(demo_root, 'train', 'zero', 'digit_00000.png')
     results = dict(img_path=path)
-    if steps[0]['type'] != 'LoadImageFromFile':  # streamed: decoded image
+    # M3IViews decodes img_path itself (the batched-augmentation pipelines).
+    if steps[0]['type'] not in ('LoadImageFromFile', 'M3IViews'):  # streamed
         import mmcv
         img = mmcv.imread(path)
         results = dict(img=img, img_shape=img.shape[:2], caption='a zero')
@@ -73,3 +74,24 @@ def test_pretrain_pipeline_runs_on_a_real_image(path, demo_root):
     mask = sample.mask
     assert tuple(mask.shape) == (size // cfg.model.mixer.patch_size, ) * 2
     assert sample.view_boxes.shape == (2, 4)
+
+
+@pytest.mark.parametrize(
+    'path', PIPELINE_CONFIGS,
+    ids=[osp.relpath(p, REPO) for p in PIPELINE_CONFIGS])
+def test_views_are_colour_augmented_once(path):
+    """Per image in the workers or batched on the device, never both."""
+    cfg = Config.fromfile(path)
+    batched = (cfg.model.get('data_preprocessor') or {}).get(
+        'view_transforms') is not None
+    dataset = cfg.train_dataloader.dataset
+    sources = dataset.get('sources') or dataset.get('datasets') or [dataset]
+    for source in sources:
+        for step in source.pipeline:
+            if step['type'] == 'M3IViews':
+                per_image = step.get('target_view_transforms') or step.get(
+                    'other_view_transforms')
+                assert not (batched and per_image), (
+                    f'{osp.basename(path)}: M3IViews has per-image '
+                    'photometric transforms and the data preprocessor '
+                    'view_transforms')

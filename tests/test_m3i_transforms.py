@@ -319,10 +319,12 @@ def write_config(tmp_path, pipeline: str) -> str:
     return str(cfg)
 
 
-def test_visualize_views_main_writes_pngs(tmp_path):
+# M3IViews after LoadImageFromFile, or decoding the file itself.
+@pytest.mark.parametrize('load', ['dict(type="LoadImageFromFile"), ', ''])
+def test_visualize_views_main_writes_pngs(tmp_path, load):
     tool = load_tool()
     cfg = write_config(
-        tmp_path, '[dict(type="LoadImageFromFile"), '
+        tmp_path, f'[{load}'
         'dict(type="M3IViews", size=32), '
         'dict(type="BlockwiseMaskGenerator", input_size=32, patch_size=4), '
         'dict(type="PackInputs", algorithm_keys=["view_boxes"])]')

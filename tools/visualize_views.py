@@ -27,6 +27,7 @@ import matplotlib
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
+import mmcv  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
@@ -111,7 +112,9 @@ def collect_sample(dataset, idx: int) -> Dict:
         if 'data_samples' in out:  # packing: stop before it
             break
         if 'view_boxes' in out and not had_boxes:
-            original = before
+            # M3IViews decodes img_path itself when nothing loaded it.
+            original = before if before is not None else mmcv.imread(
+                results['img_path'])
         results = out
     if original is None:
         raise KeyError('no transform of the pipeline added "view_boxes"; '

@@ -31,16 +31,15 @@ model = dict(
         num_heads=16),
     category_embedding=dict(num_classes=21841, embed_dims=768))
 
+# M3IViews decodes the file; the photometric augmentation of the views runs
+# batched on the GPU (model.data_preprocessor.view_transforms of m3i_vitb.py).
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
     dict(
         type='M3IViews',
         size=img_size,
         crop_scale=(0.2, 1.0),
         flip_prob=0.5,
-        interpolation='bicubic',
-        target_view_transforms={{_base_.target_view_aug}},
-        other_view_transforms={{_base_.other_view_aug}}),
+        interpolation='bicubic'),
     dict(
         type='BlockwiseMaskGenerator',
         input_size=img_size,

@@ -20,15 +20,15 @@ model = dict(
     zero_shot=dict(classes='imagenet', templates=['a photo of a {}.']))
 
 # The same views and mask for every source; captions and labels both kept.
+# M3IViews decodes image files itself (img_path) or takes the decoded shard
+# images; photometric augmentation runs batched on the GPU (m3i_vitb.py).
 image_text_pipeline = [
     dict(
         type='M3IViews',
         size=192,
         crop_scale=(0.2, 1.0),
         flip_prob=0.5,
-        interpolation='bicubic',
-        target_view_transforms={{_base_.target_view_aug}},
-        other_view_transforms={{_base_.other_view_aug}}),
+        interpolation='bicubic'),
     dict(
         type='BlockwiseMaskGenerator',
         input_size=192,
@@ -40,8 +40,6 @@ image_text_pipeline = [
         algorithm_keys=['view_boxes', 'view_flips'],
         meta_keys=['caption']),
 ]
-image_category_pipeline = [dict(type='LoadImageFromFile')
-                           ] + image_text_pipeline
 
 train_dataloader = dict(
     batch_size=64,
@@ -59,7 +57,7 @@ train_dataloader = dict(
             dict(type='ImageTextShards', data_root='data/cc12m',
                  shards='{00000..01242}.tar', pipeline=image_text_pipeline),
             dict(type='ImageNet21k', data_root='data/imagenet21k',
-                 split='train', pipeline=image_category_pipeline),
+                 split='train', pipeline=image_text_pipeline),
         ]))
 
 # 30 epochs of 441M samples at a total batch of 4096 (64 per GPU x 64 GPUs).

@@ -7,6 +7,12 @@ _base_ = [
     '../_base_/precision/fp16.py',  # the paper's; see README "Precision"
 ]
 
+# Photometric augmentation of the views batched on the GPU (Table 7).
+model = dict(
+    data_preprocessor=dict(
+        type='M3IDataPreprocessor',
+        view_transforms={{_base_.view_transforms}}))
+
 # AdamW, betas (0.9, 0.95) (Table 7). The peak lr's exponent and the weight
 # decay are illegible in the paper's source text: 1e-3 at batch 4096 and
 # 0.05 are our choices (see README, "Uncertain hyper-parameters").

@@ -31,9 +31,7 @@ train_pipeline = [
         size=224,
         crop_scale=(0.2, 1.0),
         flip_prob=0.5,
-        interpolation='bicubic',
-        target_view_transforms={{_base_.target_view_aug}},
-        other_view_transforms={{_base_.other_view_aug}}),
+        interpolation='bicubic'),  # photometric: batched on the GPU
     dict(
         type='BlockwiseMaskGenerator',
         input_size=224,

@@ -1,6 +1,15 @@
 # ImageNet-1k for M3I pre-training: two views per image (target view and
 # another view, each with its crop box and flip) and a 50% blockwise mask
 # (Table 7). The other view gets the stronger photometric augmentation.
+#
+# The data workers only decode (at reduced JPEG scale where both crops allow
+# it), crop, flip and mask: M3IViews reads the file itself. The photometric
+# augmentation of each view (view_transforms, one list per view) runs batched
+# on the training device in M3IDataPreprocessor; a config using this file
+# sets model.data_preprocessor.view_transforms={{_base_.view_transforms}}.
+# The per-image path (photometric augmentation in the workers) is
+# per_image_pipeline with the plain SelfSupDataPreprocessor (see
+# configs/pretrain/m3i_vitb_per-image-aug.py).
 dataset_type = 'ImageNet'
 data_root = 'data/imagenet/'
 img_size = 224
@@ -38,16 +47,14 @@ other_view_aug = color_aug + [
     dict(type='Solarize', thr=128, prob=0.2),
 ]
 
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(
-        type='M3IViews',
-        size=img_size,
-        crop_scale=(0.2, 1.0),
-        flip_prob=0.5,
-        interpolation='bicubic',
-        target_view_transforms=target_view_aug,
-        other_view_transforms=other_view_aug),
+view_transforms = [target_view_aug, other_view_aug]
+views = dict(
+    type='M3IViews',
+    size=img_size,
+    crop_scale=(0.2, 1.0),
+    flip_prob=0.5,
+    interpolation='bicubic')
+mask_and_pack = [
     dict(
         type='BlockwiseMaskGenerator',
         input_size=img_size,
@@ -58,6 +65,14 @@ train_pipeline = [
         algorithm_keys=['view_boxes', 'view_flips'],
         meta_keys=['img_path']),
 ]
+train_pipeline = [views] + mask_and_pack
+per_image_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(
+        views,
+        target_view_transforms=target_view_aug,
+        other_view_transforms=other_view_aug),
+] + mask_and_pack
 
 train_dataloader = dict(
     batch_size=512,  # x 8 GPUs = 4096 (Table 7)

@@ -1,16 +1,49 @@
 """Two augmented views per image with their geometry (M3I, Sec. 3.4)."""
+import io
+import math
+from types import SimpleNamespace
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import mmcv
 import numpy as np
 from mmcv.transforms import BaseTransform, Compose
+from mmengine import fileio
 from mmengine.registry import DefaultScope
+from PIL import Image
 from mmpretrain.datasets.transforms import RandomResizedCrop
 
 from m3i_mm.registry import TRANSFORMS
 from .masking import _to_pair
 
 Transform = Union[dict, Callable[[dict], dict]]
+Box = Tuple[int, int, int, int]  # top, left, height, width
+
+# JPEG can be decoded at 1/2, 1/4 or 1/8 scale (libjpeg DCT scaling).
+DECODE_REDUCTIONS = (8, 4, 2)
+PIL_INTERPOLATION = {
+    'nearest': Image.NEAREST,
+    'bilinear': Image.BILINEAR,
+    'bicubic': Image.BICUBIC,
+    'box': Image.BOX,
+    'lanczos': Image.LANCZOS,
+    'hamming': Image.HAMMING,
+}
+
+
+def decode_reduction(crops: Sequence[Box], size: Tuple[int, int]) -> int:
+    """Largest JPEG decode reduction that keeps every crop >= the view size.
+
+    Args:
+        crops (Sequence[tuple]): ``(top, left, h, w)`` crop boxes in pixels
+            of the full-resolution image.
+        size (tuple): View size ``(h, w)``.
+
+    Returns:
+        int: 8, 4, 2 or 1; decoding at ``1 / r`` scale then only skips pixels
+        the resize to ``size`` would average away anyway.
+    """
+    room = min(min(h / size[0], w / size[1]) for _, _, h, w in crops)
+    return next((r for r in DECODE_REDUCTIONS if r <= room), 1)
 
 
 def _build_pipeline(transforms: Optional[Sequence[Transform]],
@@ -66,11 +99,23 @@ class M3IViews(BaseTransform):
     :func:`m3i_mm.models.utils.view_geometry.target_positions_in_input`.
 
     The photometric pipelines must not change the geometry (no crops,
-    resizes or flips); a change of the view shape raises an error.
+    resizes or flips); a change of the view shape raises an error. With no
+    photometric pipelines the views are left for the batched photometric
+    augmentation on the training device (:class:`M3IDataPreprocessor`).
+
+    **Decoding here.** Without ``img`` but with ``img_path`` (no
+    ``LoadImageFromFile`` before it) the transform decodes the file itself
+    with Pillow, like ``LoadImageFromFile`` to a BGR ``uint8`` array of 3
+    channels: it samples both crops from the image size first, decodes a JPEG
+    at 1/2, 1/4 or 1/8 scale when both crops stay at least ``size`` there
+    (:func:`decode_reduction`), and crops and resizes each view in one
+    Pillow call (``Image.resize(box=...)``), without copying the whole
+    image. Needs ``backend='pillow'``.
 
     **Required Keys:**
 
-    - img (np.ndarray): ``(H, W)`` or ``(H, W, C)`` image.
+    - img (np.ndarray): ``(H, W)`` or ``(H, W, C)`` image, or
+    - img_path (str): the image file (decoded here, see above).
 
     **Modified Keys:**
 
@@ -79,6 +124,8 @@ class M3IViews(BaseTransform):
     - img_shape: ``(size, size)``.
 
     **Added Keys:**
+
+    - ori_shape (tuple): ``(H, W)`` of the file, when decoded here.
 
     - view_boxes (np.ndarray): ``float32`` ``(2, 4)``, crop boxes
       ``(x0, y0, x1, y1)`` in original pixel coordinates, ``x1``/``y1``
@@ -107,6 +154,8 @@ class M3IViews(BaseTransform):
             Defaults to ``'bicubic'``.
         backend (str): Resize backend, ``'cv2'`` or ``'pillow'``. Defaults to
             ``'pillow'`` (as torchvision's ``RandomResizedCrop``).
+        backend_args (dict, optional): File backend arguments for decoding
+            here (see :func:`mmengine.fileio.get`). Defaults to None.
     """
 
     def __init__(self,
@@ -118,7 +167,8 @@ class M3IViews(BaseTransform):
                  other_view_transforms: Optional[List[Transform]] = None,
                  max_attempts: int = 10,
                  interpolation: str = 'bicubic',
-                 backend: str = 'pillow') -> None:
+                 backend: str = 'pillow',
+                 backend_args: Optional[dict] = None) -> None:
         self.size = _to_pair(size, 'size')
         if not (len(crop_scale) == 2 and 0 < crop_scale[0] <= crop_scale[1]
                 <= 1):
@@ -133,6 +183,7 @@ class M3IViews(BaseTransform):
             raise ValueError(
                 f"backend must be 'cv2' or 'pillow', got {backend!r}")
         self.flip_prob = float(flip_prob)
+        self.backend_args = backend_args
         # Only its crop sampling is used; cropping is done here so that the
         # crop box can be recorded.
         self.cropper = RandomResizedCrop(
@@ -147,71 +198,107 @@ class M3IViews(BaseTransform):
         self.other_pipeline = _build_pipeline(other_view_transforms,
                                               'other_view_transforms')
 
-    def _make_view(self, img: np.ndarray, pipeline: Optional[Compose],
-                   name: str) -> Tuple[np.ndarray, np.ndarray, bool]:
-        """Crop, resize, flip and colour-augment one view.
+    def _photometric(self, view: np.ndarray, pipeline: Optional[Compose],
+                     name: str) -> np.ndarray:
+        """Run one view's photometric pipeline (if any) on it."""
+        if pipeline is None:
+            return view
+        out = pipeline(dict(img=view, img_shape=view.shape[:2]))
+        if out is None:
+            raise RuntimeError(f'the {name} pipeline dropped the sample '
+                               '(a transform returned None)')
+        if out['img'].shape != view.shape:
+            raise ValueError(
+                f'the {name} pipeline changed the view shape from '
+                f"{view.shape} to {out['img'].shape}; only photometric "
+                'transforms are allowed there')
+        return out['img']
 
-        Args:
-            img (np.ndarray): Original image.
-            pipeline (Compose, optional): Photometric transforms of the view.
-            name (str): View name used in error messages.
-
-        Returns:
-            tuple: The view, its box ``(x0, y0, x1, y1)`` (float32) and
-            whether it was flipped.
-        """
-        top, left, crop_h, crop_w = self.cropper.rand_crop_params(img)
+    def _crop_array(self, img: np.ndarray, crop: Box) -> np.ndarray:
+        """Crop and resize one view of a decoded array."""
+        top, left, crop_h, crop_w = crop
         # mmcv boxes are inclusive: pixels left..left + crop_w - 1.
         view = mmcv.imcrop(
             img,
             np.array([left, top, left + crop_w - 1, top + crop_h - 1]))
-        view = mmcv.imresize(
+        return mmcv.imresize(
             view, (self.size[1], self.size[0]),
             interpolation=self.cropper.interpolation,
             backend=self.cropper.backend)
-        flip = bool(np.random.rand() < self.flip_prob)
-        if flip:
-            view = mmcv.imflip(view, direction='horizontal')
-        if pipeline is not None:
-            out = pipeline(dict(img=view, img_shape=view.shape[:2]))
-            if out is None:
-                raise RuntimeError(f'the {name} pipeline dropped the sample '
-                                   '(a transform returned None)')
-            if out['img'].shape != view.shape:
-                raise ValueError(
-                    f'the {name} pipeline changed the view shape from '
-                    f"{view.shape} to {out['img'].shape}; only photometric "
-                    'transforms are allowed there')
-            view = out['img']
-        box = np.array([left, top, left + crop_w, top + crop_h],
-                       dtype=np.float32)
-        return view, box, flip
+
+    def _decode_views(self, results: dict) -> Tuple[List[np.ndarray],
+                                                    List[Box]]:
+        """Decode ``img_path`` and crop both views (see the class doc)."""
+        if self.cropper.backend != 'pillow':
+            raise ValueError("M3IViews decodes img_path only with "
+                             f"backend='pillow', got {self.cropper.backend!r}")
+        path = results['img_path']
+        try:
+            img = Image.open(io.BytesIO(fileio.get(path, self.backend_args)))
+            width, height = img.size
+            crops = [
+                self.cropper.rand_crop_params(
+                    SimpleNamespace(shape=(height, width))) for _ in range(2)
+            ]
+            reduction = decode_reduction(crops, self.size)
+            if reduction > 1 and img.format == 'JPEG':
+                img.draft('RGB', (math.ceil(width / reduction),
+                                  math.ceil(height / reduction)))
+            img = img.convert('RGB')
+        except (OSError, ValueError) as err:
+            raise OSError(f'M3IViews cannot decode {path}: {err}') from err
+        sx, sy = width / img.size[0], height / img.size[1]
+        resample = PIL_INTERPOLATION[self.cropper.interpolation]
+        views = []
+        for top, left, crop_h, crop_w in crops:
+            box = (left / sx, top / sy, (left + crop_w) / sx,
+                   (top + crop_h) / sy)
+            view = img.resize((self.size[1], self.size[0]), resample, box=box)
+            views.append(np.asarray(view)[..., ::-1])  # RGB -> BGR
+        results['ori_shape'] = (height, width)
+        return views, crops
 
     def transform(self, results: dict) -> dict:
         """Make the two views.
 
         Args:
-            results (dict): Result dict with ``img``.
+            results (dict): Result dict with ``img`` or ``img_path``.
 
         Returns:
             dict: ``results`` with ``img`` as ``[target_view, other_view]``
             and ``img_shape``, ``view_boxes``, ``view_flips`` added.
+
+        Raises:
+            OSError: ``img_path`` cannot be decoded (the message names it).
         """
         img = results.get('img')
-        if not isinstance(img, np.ndarray):
-            raise TypeError("M3IViews needs results['img'] to be an "
-                            f'np.ndarray, got {type(img).__name__}')
-        if img.ndim not in (2, 3) or img.shape[0] < 1 or img.shape[1] < 1:
-            raise ValueError("M3IViews needs results['img'] of shape (H, W) "
-                             f'or (H, W, C), got {img.shape}')
-        target, box_t, flip_t = self._make_view(img, self.target_pipeline,
-                                                'target_view_transforms')
-        other, box_o, flip_o = self._make_view(img, self.other_pipeline,
-                                               'other_view_transforms')
-        results['img'] = [target, other]
+        if img is None and 'img_path' in results:
+            views, crops = self._decode_views(results)
+        else:
+            if not isinstance(img, np.ndarray):
+                raise TypeError("M3IViews needs results['img'] to be an "
+                                f'np.ndarray, got {type(img).__name__}')
+            if img.ndim not in (2, 3) or img.shape[0] < 1 or \
+                    img.shape[1] < 1:
+                raise ValueError("M3IViews needs results['img'] of shape "
+                                 f'(H, W) or (H, W, C), got {img.shape}')
+            crops = [self.cropper.rand_crop_params(img) for _ in range(2)]
+            views = [self._crop_array(img, crop) for crop in crops]
+        pipelines = ((self.target_pipeline, 'target_view_transforms'),
+                     (self.other_pipeline, 'other_view_transforms'))
+        out, flips = [], []
+        for view, (pipeline, name) in zip(views, pipelines):
+            flips.append(bool(np.random.rand() < self.flip_prob))
+            if flips[-1]:
+                view = view[:, ::-1]
+            out.append(
+                self._photometric(np.ascontiguousarray(view), pipeline, name))
+        results['img'] = out
         results['img_shape'] = self.size
-        results['view_boxes'] = np.stack([box_t, box_o])
-        results['view_flips'] = np.array([flip_t, flip_o], dtype=np.bool_)
+        results['view_boxes'] = np.array(
+            [[left, top, left + w, top + h] for top, left, h, w in crops],
+            dtype=np.float32)
+        results['view_flips'] = np.array(flips, dtype=np.bool_)
         return results
 
     def __repr__(self) -> str:

@@ -1,3 +1,5 @@
+from .batch_augment import build_batch_augment
+from .data_preprocessor import M3IDataPreprocessor
 from .distributed import gather_with_grad, per_rank_share
 from .loss_weighting import GradientNormBalancer
 from .mixing import derangement, mix_images, upsample_patch_mask
@@ -7,8 +9,8 @@ from .view_geometry import (patch_centers, sincos_pos_embed,
                             target_positions_in_input)
 
 __all__ = [
-    'GradientNormBalancer', 'MixedBatch', 'gather_with_grad', 'MultiInputMixer', 'derangement',
-    'fp32_region', 'per_rank_share',
-    'mix_images', 'upsample_patch_mask', 'patch_centers', 'sincos_pos_embed',
-    'target_positions_in_input'
+    'M3IDataPreprocessor', 'build_batch_augment', 'GradientNormBalancer',
+    'MixedBatch', 'gather_with_grad', 'MultiInputMixer', 'derangement',
+    'fp32_region', 'per_rank_share', 'mix_images', 'upsample_patch_mask',
+    'patch_centers', 'sincos_pos_embed', 'target_positions_in_input'
 ]

@@ -1,0 +1,86 @@
+"""Data preprocessor that augments the M3I views batched on the device."""
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+from mmpretrain.models.utils.data_preprocessor import SelfSupDataPreprocessor
+
+from m3i_mm.registry import MODELS
+from .batch_augment import build_batch_augment
+
+
+@MODELS.register_module()
+class M3IDataPreprocessor(SelfSupDataPreprocessor):
+    """``SelfSupDataPreprocessor`` plus per-view batched photometric
+    augmentation during training.
+
+    Each view of the batch (``inputs[k]``, ``(N, 3, H, W)``) gets its own
+    photometric pipeline ``view_transforms[k]``, written as mmpretrain
+    transform configs (the same lists that ``M3IViews`` takes for per-image
+    augmentation) and run as kornia augmentations on the device, with random
+    parameters drawn per sample (:func:`build_batch_augment`). The order is:
+    BGR -> RGB (``to_rgb``), scale to ``[0, 1]``, augment, back to 0-255,
+    normalise with ``mean``/``std``. Evaluation (``training=False``) skips the
+    augmentation.
+
+    Args:
+        view_transforms (Sequence[list | None], optional): One list of
+            photometric configs per view (``None``: leave that view alone),
+            e.g. ``[target_view_aug, other_view_aug]``. ``None`` makes this
+            exactly ``SelfSupDataPreprocessor``.
+        **kwargs: ``SelfSupDataPreprocessor`` arguments (``mean``, ``std``,
+            ``to_rgb``, ...).
+
+    Raises:
+        ValueError: A batch has a different number of views than
+            ``view_transforms``, or a config has no batched version.
+    """
+
+    def __init__(self,
+                 view_transforms: Optional[Sequence[Optional[list]]] = None,
+                 **kwargs) -> None:
+        super().__init__(**kwargs)
+        if view_transforms is not None and (
+                isinstance(view_transforms, dict)
+                or not isinstance(view_transforms, Sequence)):
+            raise TypeError('view_transforms must be a list with one list of '
+                            'configs (or None) per view, got '
+                            f'{type(view_transforms).__name__}')
+        self.view_augments = None if view_transforms is None else \
+            nn.ModuleList(
+                nn.Identity() if t is None else build_batch_augment(
+                    t, bgr_weights=self._channel_conversion)
+                for t in view_transforms)
+
+    def forward(self, data: dict, training: bool = False) -> dict:
+        """Cast, convert and normalise as the parent; augment if training.
+
+        Args:
+            data (dict): ``inputs`` (list of ``(N, 3, H, W)`` uint8 views)
+                and ``data_samples`` from ``default_collate``.
+            training (bool): Augment only when true.
+
+        Returns:
+            dict: ``inputs`` (list of float ``(N, 3, H, W)``) and
+            ``data_samples``.
+        """
+        if not training or self.view_augments is None:
+            return super().forward(data, training)
+        inputs, data_samples = self.cast_data(
+            [data['inputs'], data.get('data_samples')])
+        if not isinstance(inputs, list) or len(inputs) != len(
+                self.view_augments):
+            count = len(inputs) if isinstance(inputs, list) else 1
+            raise ValueError(
+                f'M3IDataPreprocessor has view_transforms for '
+                f'{len(self.view_augments)} views but the batch has {count}')
+        views = []
+        for view, augment in zip(inputs, self.view_augments):
+            if self._channel_conversion:
+                view = view[:, [2, 1, 0], ...]
+            with torch.autocast(view.device.type, enabled=False):
+                view = augment(view.float() / 255.) * 255.
+            if self._enable_normalize:
+                view = (view - self.mean) / self.std
+            views.append(view)
+        return {'inputs': views, 'data_samples': data_samples}

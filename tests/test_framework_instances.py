@@ -16,7 +16,8 @@ from mmengine.optim import OptimWrapper
 from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
 
-from conftest import REPO, TINY_ARCH, TINY_DIMS, TINY_PATCH, TINY_SIZE
+from conftest import (REPO, TINY_ARCH, TINY_DIMS, TINY_PATCH, TINY_SIZE,
+                      config_path)
 
 GRID = TINY_SIZE // TINY_PATCH
 # A one-layer, 32-wide BERT at random init with MiniLM's (BERT uncased)
@@ -46,7 +47,7 @@ def tiny_model_cfg(model: dict, img_size: int = TINY_SIZE,
     target = cfg.get('image_target')
     if target and target['type'] == 'PixelTarget':
         target['patch_size'] = TINY_PATCH
-    if target and target['type'] == 'FrozenImageTarget':
+    if target and target['type'] == 'FrozenImageTarget' and checkpoint:
         target['checkpoint'] = checkpoint
     decoder = cfg.get('image_decoder')
     if decoder and decoder['type'] == 'ImageTargetDecoder':
@@ -331,6 +332,9 @@ def test_frozen_teacher_loads_lazily_and_names_the_file(teacher_ckpt,
     assert torch.equal(model.image_target.encoder.pos_embed,
                        source.backbone.pos_embed)
     cfg['image_target']['prefix'] = 'teacher.'
+    with pytest.raises(ValueError, match='checkpoint'):
+        MODELS.build(dict(cfg, image_target=dict(cfg['image_target'],
+                                                 checkpoint=None)))
     with pytest.raises(KeyError, match=r'iter_1\.pth.*teacher\.'):
         build(cfg)
     cfg['image_target'].update(
@@ -418,3 +422,52 @@ def test_instance_discrimination_candidates_are_gathered(monkeypatch):
         candidates, dim=-1).t() / 0.2
     assert torch.allclose(loss, F.cross_entropy(logits, torch.arange(4) + 3),
                           atol=1e-5)
+
+
+def demo_run(demo_root, work_dir, model: dict) -> torch.nn.Module:
+    """One training iteration of ``model`` (shrunk, 32x32 demo views) on
+    the demo digits with mmengine's Runner, as tools/train.py runs it."""
+    from mmengine.runner import Runner
+    cfg = Config.fromfile(config_path('pretrain', 'm3i_vit-tiny_demo.py'))
+    data_preprocessor = cfg.model.data_preprocessor
+    cfg.model = tiny_model_cfg(model, img_size=32)
+    cfg.model['data_preprocessor'] = data_preprocessor
+    if model.get('category_embedding'):  # the demo's 10 digits
+        cfg.model['category_embedding']['num_classes'] = 10
+    cfg.work_dir = str(work_dir)
+    cfg.train_dataloader.update(batch_size=8, num_workers=0,
+                                persistent_workers=False)
+    cfg.train_dataloader.dataset.data_root = demo_root
+    cfg.train_cfg.max_iters = 1
+    cfg.param_scheduler = [dict(type='ConstantLR', factor=1.0,
+                                by_epoch=False)]
+    cfg.default_hooks.checkpoint.interval = 1
+    cfg.log_level = 'WARNING'
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    return runner.model
+
+
+def test_demo_checkpoint_as_frozen_teacher_through_the_runner(
+        demo_root, tmp_path):
+    """A checkpoint the demo produces is the fixed f_φ of a FD-like run."""
+    demo = Config.fromfile(config_path('pretrain', 'm3i_vit-tiny_demo.py'))
+    demo_run(demo_root, tmp_path / 'demo', demo.model.to_dict())
+    ckpt = str(tmp_path / 'demo' / 'iter_1.pth')
+    saved = torch.load(ckpt, map_location='cpu', weights_only=False)
+    teacher = {k[len('backbone.'):]: v for k, v in saved['state_dict'].items()
+               if k.startswith('backbone.')}
+
+    frozen = Config.fromfile(osp.join(
+        REPO, 'configs', 'pretrain', 'table5',
+        'dense-distillation_frozen-teacher_vitb.py')).model.to_dict()
+    frozen['image_target']['checkpoint'] = ckpt
+    model = demo_run(demo_root, tmp_path / 'fd', frozen)
+    after = torch.load(tmp_path / 'fd' / 'iter_1.pth', map_location='cpu',
+                       weights_only=False)['state_dict']
+    for name, value in teacher.items():
+        assert torch.equal(after[f'image_target.encoder.{name}'], value), name
+    assert bool(after['image_target.loaded'])
+    weight = 'patch_embed.projection.weight'
+    assert not torch.equal(after[f'backbone.{weight}'], teacher[weight])
+    assert not model.image_target.encoder.training

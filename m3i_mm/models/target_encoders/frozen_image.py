@@ -69,6 +69,7 @@ class FrozenImageTarget(BaseModule):
         output (str): ``'dense'`` (N, L, C) or ``'global'`` (N, C) targets.
 
     Raises:
+        ValueError: ``checkpoint`` is not a file name.
         KeyError / ValueError: At loading, naming the file: no weights under
             ``prefix``, or missing, unexpected or mis-shaped weights.
     """
@@ -80,6 +81,9 @@ class FrozenImageTarget(BaseModule):
                  prefix: str = 'backbone.',
                  output: str = 'dense') -> None:
         super().__init__()
+        if not isinstance(checkpoint, str) or not checkpoint:
+            raise ValueError(f'FrozenImageTarget needs a checkpoint file, '
+                             f'got {checkpoint!r}')
         self.encoder = MODELS.build(encoder) if encoder is not None \
             else copy.deepcopy(backbone)
         self.encoder.requires_grad_(False)

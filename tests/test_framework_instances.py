@@ -237,6 +237,20 @@ def test_dense_boltzmann_posterior_by_hand():
         DenseBoltzmannPosterior()(pred[0], cands[0], index[0])
 
 
+def test_dense_boltzmann_posterior_is_fp32_under_autocast():
+    from m3i_mm.models.losses import DenseBoltzmannPosterior
+    gen = torch.Generator().manual_seed(0)
+    pred, cands = torch.randn(2, 5, 16, generator=gen), torch.randn(
+        2, 7, 16, generator=gen)
+    index = torch.randint(0, 7, (2, 5), generator=gen)
+    posterior = DenseBoltzmannPosterior(temperature=0.05, normalize=True)
+    want = posterior(pred, cands, index)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        got = posterior(pred, cands, index)
+    assert got.dtype == torch.float32
+    assert torch.allclose(got, want, atol=1e-6)
+
+
 @pytest.mark.parametrize('views', [('different', 'different'),
                                    ('same', 'same')])
 def test_dense_instance_discrimination_negatives_are_positions(views):

@@ -223,30 +223,27 @@ def test_byol_like_global_target_is_regressed():
 
 def test_dense_boltzmann_posterior_by_hand():
     from m3i_mm.models.losses import DenseBoltzmannPosterior
-    pred = torch.tensor([[[1., 0.], [0., 2.]]])  # N=1, Q=2
-    cands = torch.tensor([[[1., 0.], [0., 1.], [1., 1.]]])  # K=3
-    index = torch.tensor([[0, 2]])
-    loss = DenseBoltzmannPosterior(temperature=0.5)(pred, cands, index)
-    # Row 0 energies (1, 0, 1)/0.5, row 1 (0, 2, 2)/0.5.
-    row0 = -torch.log(torch.exp(torch.tensor(2.)) /
-                      (2 * torch.exp(torch.tensor(2.)) + 1))
-    row1 = -torch.log(torch.exp(torch.tensor(4.)) /
-                      (2 * torch.exp(torch.tensor(4.)) + 1))
-    assert torch.allclose(loss, (row0 + row1) / 2)
+    pred = torch.tensor([[[1., 0.], [0., 2.], [1., 1.]]])  # N=1, Q=3
+    target = torch.tensor([[[1., 0.], [1., 1.], [0., 1.]]])
+    loss = DenseBoltzmannPosterior(temperature=0.5)(pred, target)
+    # Energies / 0.5: row 0 (2, 2, 0), row 1 (0, 4, 4), row 2 (2, 4, 2);
+    # the positive of row q is column q.
+    e = torch.exp(torch.tensor([[2., 2., 0.], [0., 4., 4.], [2., 4., 2.]]))
+    want = -torch.log(e.diagonal() / e.sum(1)).mean()
+    assert torch.allclose(loss, want)
     with pytest.raises(ValueError, match=r'\(N, Q, D\)'):
-        DenseBoltzmannPosterior()(pred[0], cands[0], index[0])
+        DenseBoltzmannPosterior()(pred[0], target[0])
 
 
 def test_dense_boltzmann_posterior_is_fp32_under_autocast():
     from m3i_mm.models.losses import DenseBoltzmannPosterior
     gen = torch.Generator().manual_seed(0)
-    pred, cands = torch.randn(2, 5, 16, generator=gen), torch.randn(
-        2, 7, 16, generator=gen)
-    index = torch.randint(0, 7, (2, 5), generator=gen)
+    pred, target = torch.randn(2, 5, 16, generator=gen), torch.randn(
+        2, 5, 16, generator=gen)
     posterior = DenseBoltzmannPosterior(temperature=0.05, normalize=True)
-    want = posterior(pred, cands, index)
+    want = posterior(pred, target)
     with torch.autocast('cpu', dtype=torch.bfloat16):
-        got = posterior(pred, cands, index)
+        got = posterior(pred, target)
     assert got.dtype == torch.float32
     assert torch.allclose(got, want, atol=1e-6)
 
@@ -254,8 +251,9 @@ def test_dense_boltzmann_posterior_is_fp32_under_autocast():
 @pytest.mark.parametrize('views', [('different', 'different'),
                                    ('same', 'same')])
 def test_dense_instance_discrimination_negatives_are_positions(views):
-    """Each prediction picks its target patch among all L positions of its
-    own target image; 'same' views score the hidden patches only."""
+    """Each prediction picks its target patch among the predicted positions
+    of its own target image: all L for another view (Table 2 (h)), the
+    hidden ones for the same view."""
     cfg = table5_cfg('dense-instance-discrimination_vitb.py')
     cfg['mixer'].update(mode='mask', target_views=views)
     model = build(cfg)
@@ -264,15 +262,15 @@ def test_dense_instance_discrimination_negatives_are_positions(views):
     inputs, samples = raw_inputs()
     loss = model.loss(inputs, samples)['loss_img_first']
     targets = model.image_target(inputs[0])  # (N, L, D)
+    if views[0] == 'same':
+        masks = torch.stack([s.mask.flatten() for s in samples])
+        hidden = torch.stack([m.nonzero().squeeze(1) for m in masks])
+        targets = torch.stack([t[h] for t, h in zip(targets, hidden)])
+    assert preds[0].shape == targets.shape
     logits = torch.einsum('nqd,nkd->nqk', F.normalize(preds[0], dim=-1),
                           F.normalize(targets, dim=-1)) / 0.2
-    if views[0] == 'different':
-        index = torch.arange(GRID * GRID).expand(4, -1)
-    else:
-        masks = torch.stack([s.mask.flatten() for s in samples])
-        index = torch.stack([m.nonzero().squeeze(1) for m in masks])
-    assert logits.shape[1] == index.shape[1]
-    want = F.cross_entropy(logits.flatten(0, 1), index.flatten())
+    positives = torch.arange(targets.shape[1]).repeat(4)
+    want = F.cross_entropy(logits.flatten(0, 1), positives)
     assert torch.allclose(loss, want, atol=1e-5)
 
 

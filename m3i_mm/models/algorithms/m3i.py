@@ -330,8 +330,10 @@ class M3I(BaseSelfSupervisor):
                                         has_label[who]])
                 for idx, who in images)
         if self.text_head is not None:
+            # text_symmetric: _text_loss sums both directions; their mean.
+            directions = 2 if self.text_symmetric else 1
             losses['loss_text'] = lam * self._text_loss(
-                tokens_multi, images, data_samples, device)
+                tokens_multi, images, data_samples, device) / directions
         if self.category_head is not None or self.text_head is not None:
             losses['lambda_sp'] = lam
         return losses
@@ -352,6 +354,11 @@ class M3I(BaseSelfSupervisor):
                 f'dense image targets {tuple(targets.shape)} need a dense '
                 f'decoder (e.g. ImageTargetDecoder), not AttentionPoolingHead'
                 f" (or set the target encoder's output='global')")
+        if isinstance(self.image_posterior, BoltzmannPosterior) and \
+                not isinstance(self.image_posterior, DenseBoltzmannPosterior):
+            raise ValueError('dense image targets with a Boltzmann posterior '
+                             'need DenseBoltzmannPosterior (negatives = the '
+                             'other positions of the image)')
         boxes = self._stack(data_samples, 'view_boxes', device).float()
         flips = self._stack(data_samples, 'view_flips', device).bool()
         masked_input = self.mixer.mode != 'full'
@@ -369,6 +376,91 @@ class M3I(BaseSelfSupervisor):
                 tokens, second_idx, mixed.sigma, mixed.second_view,
                 first_idx, targets, boxes, flips, grid)
         return losses
+
+    def _dense_loss(self, tokens: torch.Tensor, token_idx: torch.Tensor,
+                    image_idx: torch.Tensor, input_view: int,
+                    hidden_idx: torch.Tensor, targets: torch.Tensor,
+                    boxes: torch.Tensor, flips: torch.Tensor,
+                    grid: Tuple[int, int]) -> torch.Tensor:
+        """Decode one image of each mixed input and score its prediction.
+
+        Args:
+            tokens (Tensor): (N, L, C) encoder tokens of the mixed inputs.
+            token_idx (Tensor): (N, Lc) tokens belonging to this image.
+            image_idx (Tensor): (N,) which image of the batch it is.
+            input_view (int): The view it entered with (0 = its target view).
+            hidden_idx (Tensor): (N, Lh) grid positions it did not see; the
+                loss covers these when ``input_view`` is its target view and
+                all target patches otherwise.
+            targets (Tensor): (N, L, D) target features of every image.
+            boxes (Tensor): (N, 2, 4) view crop boxes; flips (N, 2).
+            grid (tuple): Patch grid (h, w).
+
+        Returns:
+            Tensor: Posterior loss.
+        """
+        centers = patch_centers(grid, device=tokens.device)
+        token_pos = centers[token_idx]
+        query_pos = target_positions_in_input(
+            boxes[image_idx, 0], flips[image_idx, 0], boxes[image_idx,
+                                                            input_view],
+            flips[image_idx, input_view], grid)
+        target = targets[image_idx]
+        if input_view == 0:  # same view: predict what was hidden
+            query_pos = _gather_tokens(query_pos, hidden_idx)
+            target = _gather_tokens(target, hidden_idx)
+        pred = self.image_decoder(
+            _gather_tokens(tokens, token_idx), token_pos, query_pos)
+        return self.image_posterior(pred, target)
+
+    def _category_loss(self, tokens: torch.Tensor, token_idx: torch.Tensor,
+                       labels: torch.Tensor) -> torch.Tensor:
+        pred = self.category_head(_gather_tokens(tokens, token_idx))
+        return self.category_posterior(
+            pred,
+            self.category_embedding.weight,
+            labels,
+            bias=self.category_embedding.bias)
+
+    def _text_loss(self, tokens: torch.Tensor, images: list,
+                   data_samples: List[DataSample],
+                   device: torch.device) -> torch.Tensor:
+        """Each image predicts its own paired text among all texts.
+
+        Every sample's caption is encoded once (an empty string stands in for
+        a missing one and is masked out as a candidate); the candidates are
+        gathered from all ranks with gradients.
+        """
+        captions = [s.get('caption') for s in data_samples]
+        has_text = torch.tensor([c is not None for c in captions],
+                                device=device)
+        texts = self.text_target([c or '' for c in captions])
+        candidates, offset = gather_with_grad(texts)
+        valid = gather_with_grad(has_text.float())[0] > 0.5
+        temperature = 1.0 / self.text_logit_scale.clamp(max=math.log(100)).exp()
+        loss = texts.sum() * 0.0  # keeps every rank's graph alike
+        for idx, who in images:
+            rows = has_text[who]
+            pred = self.text_head(_gather_tokens(tokens[rows], idx[rows]))
+            if self.text_symmetric:
+                loss = loss + self._text_to_image_loss(
+                    pred, rows, who, texts, temperature)
+            loss = loss + self.text_posterior(
+                pred, candidates, who[rows] + offset,
+                temperature=temperature, candidate_mask=valid)
+        return loss
+
+    @staticmethod
+    def _labels(data_samples: List[DataSample], device: torch.device
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(N,) labels (0 where absent) and (N,) bool "has a label"."""
+        labels, present = [], []
+        for sample in data_samples:
+            label = sample.get('gt_label')
+            present.append(label is not None and len(label) > 0)
+            labels.append(int(label[0]) if present[-1] else 0)
+        return (torch.tensor(labels, device=device),
+                torch.tensor(present, device=device))
 
     def _global_image_losses(self, tokens: torch.Tensor,
                              targets: torch.Tensor, mixed,
@@ -423,89 +515,6 @@ class M3I(BaseSelfSupervisor):
                 self.image_posterior(pred, targets[who])
         return losses
 
-    def _dense_loss(self, tokens: torch.Tensor, token_idx: torch.Tensor,
-                    image_idx: torch.Tensor, input_view: int,
-                    hidden_idx: torch.Tensor, targets: torch.Tensor,
-                    boxes: torch.Tensor, flips: torch.Tensor,
-                    grid: Tuple[int, int]) -> torch.Tensor:
-        """Decode one image of each mixed input and score its prediction.
-
-        Args:
-            tokens (Tensor): (N, L, C) encoder tokens of the mixed inputs.
-            token_idx (Tensor): (N, Lc) tokens belonging to this image.
-            image_idx (Tensor): (N,) which image of the batch it is.
-            input_view (int): The view it entered with (0 = its target view).
-            hidden_idx (Tensor): (N, Lh) grid positions it did not see; the
-                loss covers these when ``input_view`` is its target view and
-                all target patches otherwise.
-            targets (Tensor): (N, L, D) target features of every image.
-            boxes (Tensor): (N, 2, 4) view crop boxes; flips (N, 2).
-            grid (tuple): Patch grid (h, w).
-
-        Returns:
-            Tensor: Posterior loss.
-        """
-        centers = patch_centers(grid, device=tokens.device)
-        token_pos = centers[token_idx]
-        query_pos = target_positions_in_input(
-            boxes[image_idx, 0], flips[image_idx, 0], boxes[image_idx,
-                                                            input_view],
-            flips[image_idx, input_view], grid)
-        target = targets[image_idx]
-        # Grid index of each query's target patch.
-        query_idx = torch.arange(
-            target.shape[1], device=tokens.device).expand(len(target), -1)
-        if input_view == 0:  # same view: predict what was hidden
-            query_pos = _gather_tokens(query_pos, hidden_idx)
-            query_idx = hidden_idx
-        pred = self.image_decoder(
-            _gather_tokens(tokens, token_idx), token_pos, query_pos)
-        if isinstance(self.image_posterior, DenseBoltzmannPosterior):
-            # Negatives: the target features at the image's other positions.
-            return self.image_posterior(pred, target, query_idx)
-        if isinstance(self.image_posterior, BoltzmannPosterior):
-            raise ValueError('dense image targets with a Boltzmann posterior '
-                             'need DenseBoltzmannPosterior (negatives = the '
-                             'other positions of the image)')
-        return self.image_posterior(pred, _gather_tokens(target, query_idx))
-
-    def _category_loss(self, tokens: torch.Tensor, token_idx: torch.Tensor,
-                       labels: torch.Tensor) -> torch.Tensor:
-        pred = self.category_head(_gather_tokens(tokens, token_idx))
-        return self.category_posterior(
-            pred,
-            self.category_embedding.weight,
-            labels,
-            bias=self.category_embedding.bias)
-
-    def _text_loss(self, tokens: torch.Tensor, images: list,
-                   data_samples: List[DataSample],
-                   device: torch.device) -> torch.Tensor:
-        """Each image predicts its own paired text among all texts.
-
-        Every sample's caption is encoded once (an empty string stands in for
-        a missing one and is masked out as a candidate); the candidates are
-        gathered from all ranks with gradients.
-        """
-        captions = [s.get('caption') for s in data_samples]
-        has_text = torch.tensor([c is not None for c in captions],
-                                device=device)
-        texts = self.text_target([c or '' for c in captions])
-        candidates, offset = gather_with_grad(texts)
-        valid = gather_with_grad(has_text.float())[0] > 0.5
-        temperature = 1.0 / self.text_logit_scale.clamp(max=math.log(100)).exp()
-        loss = texts.sum() * 0.0  # keeps every rank's graph alike
-        for idx, who in images:
-            rows = has_text[who]
-            pred = self.text_head(_gather_tokens(tokens[rows], idx[rows]))
-            loss = loss + self.text_posterior(
-                pred, candidates, who[rows] + offset,
-                temperature=temperature, candidate_mask=valid)
-            if self.text_symmetric:
-                loss = loss + self._text_to_image_loss(
-                    pred, rows, who, texts, temperature)
-        return loss / 2 if self.text_symmetric else loss
-
     def _text_to_image_loss(self, pred: torch.Tensor, rows: torch.Tensor,
                             who: torch.Tensor, texts: torch.Tensor,
                             temperature: torch.Tensor) -> torch.Tensor:
@@ -531,18 +540,6 @@ class M3I(BaseSelfSupervisor):
         return self.text_posterior(
             texts[who[positions]], candidates, positions + offset,
             temperature=temperature, candidate_mask=valid)
-
-    @staticmethod
-    def _labels(data_samples: List[DataSample], device: torch.device
-                ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(N,) labels (0 where absent) and (N,) bool "has a label"."""
-        labels, present = [], []
-        for sample in data_samples:
-            label = sample.get('gt_label')
-            present.append(label is not None and len(label) > 0)
-            labels.append(int(label[0]) if present[-1] else 0)
-        return (torch.tensor(labels, device=device),
-                torch.tensor(present, device=device))
 
     def _split_tokens(self, mask: torch.Tensor, device: torch.device
                       ) -> Tuple[torch.Tensor, torch.Tensor]:

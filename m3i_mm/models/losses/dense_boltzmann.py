@@ -8,49 +8,47 @@ from .posteriors import BoltzmannPosterior
 
 @MODELS.register_module()
 class DenseBoltzmannPosterior(BoltzmannPosterior):
-    """``-log softmax_k(ẑ_qᵀ z_k / τ)`` at the true position, per image.
+    """``-log softmax_k(ẑ_qᵀ z_k / τ)`` at ``k = q``, per image.
 
     Dense instance discrimination (DenseCL-like, paper Table 2 (h) and
     Table 5): the prediction for target patch q of an image must pick that
-    patch's feature among the features of all positions of the same target
-    image; the other positions are the negative samples that prevent
-    collapse. Same arguments as :class:`BoltzmannPosterior` (use
+    patch's feature among the target features of all predicted positions of
+    the same image (every position of the other view in Table 2 (h)); the
+    other positions are the negative samples that prevent collapse. Called
+    like :class:`GaussianPosterior`, with matched (N, Q, D) predictions and
+    targets. Same arguments as :class:`BoltzmannPosterior` (use
     ``normalize=True`` and a temperature such as 0.2 for cosine energies).
-    Computed in fp32.
+    Computed in fp32, also under autocast.
     """
 
-    def forward(self, pred: torch.Tensor, candidates: torch.Tensor,
-                target_index: torch.Tensor) -> torch.Tensor:
+    def forward(self, pred: torch.Tensor,
+                target: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy over all predicted positions.
 
         Args:
             pred (Tensor): (N, Q, D) predictions at Q target positions.
-            candidates (Tensor): (N, K, D) the target features at all K
-                positions of each image (no gradient needed).
-            target_index (Tensor): (N, Q) long, the position in ``[0, K)``
-                of each prediction's true target.
+            target (Tensor): (N, Q, D) the target features at the same
+                positions (no gradient needed): row q is the positive of
+                prediction q, the other rows its negatives.
 
         Returns:
             Tensor: Scalar loss.
 
         Raises:
-            ValueError: Shapes that do not match as above.
+            ValueError: Shapes other than two equal (N, Q, D).
         """
-        if pred.dim() != 3 or candidates.dim() != 3 or \
-                pred.shape[0] != candidates.shape[0] or \
-                pred.shape[2] != candidates.shape[2] or \
-                target_index.shape != pred.shape[:2]:
+        if pred.dim() != 3 or pred.shape != target.shape:
             raise ValueError(
-                f'expected (N, Q, D) predictions, (N, K, D) candidates and '
-                f'(N, Q) indices, got {tuple(pred.shape)}, '
-                f'{tuple(candidates.shape)} and {tuple(target_index.shape)}')
+                f'expected (N, Q, D) predictions and targets of the same '
+                f'shape, got {tuple(pred.shape)} and {tuple(target.shape)}')
         with torch.autocast(pred.device.type, enabled=False):
-            pred, candidates = pred.float(), candidates.detach().float()
+            pred, target = pred.float(), target.detach().float()
             if self.normalize:
                 pred = F.normalize(pred, dim=-1)
-                candidates = F.normalize(candidates, dim=-1)
-            logits = pred @ candidates.transpose(1, 2) / self.temperature
+                target = F.normalize(target, dim=-1)
+            logits = pred @ target.transpose(1, 2) / self.temperature
+            positives = torch.arange(
+                pred.shape[1], device=pred.device).repeat(pred.shape[0])
             return self.loss_weight * F.cross_entropy(
-                logits.flatten(0, 1),
-                target_index.flatten(),
+                logits.flatten(0, 1), positives,
                 label_smoothing=self.label_smoothing)

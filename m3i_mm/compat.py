@@ -9,14 +9,25 @@ written to keep the upstream line (mmengine 0.10.7, mmcv 2.1, mmdet 3.3,
 mmseg 1.2.2, mmpretrain 1.2.0) working where a shim is enough.
 """
 import contextlib
+import ctypes
+import difflib
+import functools
+import importlib
 import io
+import logging
 import os
 import os.path as osp
 import pickle
 import re
+import signal
+import sys
 import tempfile
+import threading
+import time
 import warnings
-from typing import Any, Iterator, List, Tuple, Union
+import zipfile
+from typing import (Any, Callable, Iterable, Iterator, List, Optional, Tuple,
+                    Union)
 
 import numpy as np
 import torch
@@ -293,14 +304,52 @@ def _patch_checkpoint_loading() -> None:
         load_from_local)
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows."""
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('Umask:'):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(directory: str) -> None:
+    """Make a rename or removal in ``directory`` durable (POSIX)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # file systems without folder fsync
+        pass
+    finally:
+        os.close(fd)
+
+
+# ``_atomic_write``'s temporary files: '.<name>.<8 mkstemp chars>.tmp'.
+_TEMP_NAME = re.compile(r'^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$')
+
+
 def _atomic_write(data: Union[bytes, str], filepath: str, mode: str,
                   encoding: Union[str, None] = None) -> None:
+    """Write ``filepath`` all at once: a temporary file in the same folder,
+    fsync, rename, fsync of the folder. A kill at any moment leaves the old
+    or the new content, never a part. The file gets the umask's mode like
+    any other output (``mkstemp`` alone gives 0600)."""
     filepath = str(filepath)
     directory = osp.dirname(osp.abspath(filepath))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(
         dir=directory, prefix=f'.{osp.basename(filepath)}.', suffix='.tmp')
     try:
+        if hasattr(os, 'fchmod'):  # POSIX
+            os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode, encoding=encoding) as f:
             f.write(data)
             f.flush()
@@ -310,6 +359,35 @@ def _atomic_write(data: Union[bytes, str], filepath: str, mode: str,
         if osp.exists(tmp):
             os.remove(tmp)
         raise
+    _fsync_dir(directory)
+
+
+def remove_stale_temp_files(directory: str) -> List[str]:
+    """Remove the temporary files a killed :func:`_atomic_write` left.
+
+    Call it only where no other process writes into ``directory`` at the
+    same time (the main process of a run, on its work dir).
+
+    Args:
+        directory (str): Folder to clean; a missing one is fine.
+
+    Returns:
+        list[str]: The removed paths.
+    """
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        path = osp.join(directory, name)
+        if _TEMP_NAME.match(name) and osp.isfile(path):
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                continue
+            removed.append(path)
+    return removed
 
 
 def _patch_atomic_local_writes() -> None:
@@ -329,6 +407,241 @@ def _patch_atomic_local_writes() -> None:
 
     LocalBackend.put = put
     LocalBackend.put_text = put_text
+
+
+def _remove_checkpoint(backend: Any, path: str) -> None:
+    if backend.isfile(path):
+        backend.remove(path)
+    elif backend.isdir(path):  # DeepSpeed checkpoints are folders
+        backend.rmtree(path)
+
+
+def _patch_checkpoint_rotation() -> None:
+    """mmengine (onedl-mmengine 0.10.12, mmengine 0.10.7): never lose the
+    last checkpoint.
+
+    ``CheckpointHook._save_checkpoint_with_step`` removes the oldest kept
+    checkpoint *before* writing the new one and writes ``last_checkpoint``
+    with a plain ``open('w')``: with ``max_keep_ckpts=1`` a kill during a
+    save leaves no checkpoint, or an empty ``last_checkpoint``. Here the new
+    checkpoint, then ``last_checkpoint``, are written atomically and
+    durably, and only then is the dropped one removed (likewise the previous
+    best checkpoint of ``save_best``, which ``_save_best_checkpoint``
+    removes first too); temporary files a killed save left are removed at
+    the start of training and after each save.
+    """
+    from mmengine.dist import is_main_process
+    from mmengine.hooks import CheckpointHook
+
+    def _save_checkpoint_with_step(self, runner, step, meta) -> None:
+        dropped = None
+        kept = None
+        if self.max_keep_ckpts > 0 and not (self.keep_ckpt_ids and
+                                            self.keep_ckpt_ids[-1] == step):
+            kept = list(self.keep_ckpt_ids)
+            if len(self.keep_ckpt_ids) == self.max_keep_ckpts:
+                dropped = self.keep_ckpt_ids.popleft()
+            self.keep_ckpt_ids.append(step)
+            runner.message_hub.update_info('keep_ckpt_ids',
+                                           list(self.keep_ckpt_ids))
+        filename = self.filename_tmpl.format(step)
+        self.last_ckpt = self.file_backend.join_path(self.out_dir, filename)
+        runner.message_hub.update_info('last_ckpt', self.last_ckpt)
+        try:
+            runner.save_checkpoint(
+                self.out_dir,
+                filename,
+                self.file_client_args,
+                save_optimizer=self.save_optimizer,
+                save_param_scheduler=self.save_param_scheduler,
+                meta=meta,
+                by_epoch=self.by_epoch,
+                backend_args=self.backend_args,
+                **self.args)
+        except BaseException:
+            if kept is not None:  # nothing was written: keep the old list
+                self.keep_ckpt_ids.clear()
+                self.keep_ckpt_ids.extend(kept)
+                runner.message_hub.update_info('keep_ckpt_ids', kept)
+            raise
+        if not is_main_process():
+            return
+        _atomic_write(self.last_ckpt, osp.join(runner.work_dir,
+                                               'last_checkpoint'), 'w')
+        if dropped is not None:
+            _remove_checkpoint(
+                self.file_backend,
+                self.file_backend.join_path(self.out_dir,
+                                            self.filename_tmpl.format(dropped)))
+        for folder in {runner.work_dir, self.out_dir}:
+            remove_stale_temp_files(folder)
+
+    before_train = CheckpointHook.before_train
+
+    def before_train_cleaning(self, runner) -> None:
+        before_train(self, runner)
+        if is_main_process():
+            for folder in {runner.work_dir, self.out_dir}:
+                for path in remove_stale_temp_files(folder):
+                    runner.logger.info(
+                        f'Removed {path}, left by an interrupted save.')
+
+    save_best = CheckpointHook._save_best_checkpoint
+
+    def _save_best_checkpoint(self, runner, metrics) -> None:
+        # Upstream removes the previous best before saving the new one:
+        # defer every removal until the new checkpoints are written.
+        backend, pending = self.file_backend, []
+        backend.remove = backend.rmtree = pending.append
+        try:
+            save_best(self, runner, metrics)
+        finally:
+            del backend.remove, backend.rmtree
+        kept = {self.last_ckpt, getattr(self, 'best_ckpt_path', None),
+                *getattr(self, 'best_ckpt_path_dict', {}).values()}
+        for path in pending:
+            if path not in kept:
+                _remove_checkpoint(backend, path)
+
+    CheckpointHook._save_checkpoint_with_step = _save_checkpoint_with_step
+    CheckpointHook._save_best_checkpoint = _save_best_checkpoint
+    CheckpointHook.before_train = before_train_cleaning
+
+
+_CKPT_NAME = re.compile(r'^(?:epoch|iter)_(\d+)\.pth$')
+
+
+def _intact_checkpoint(path: str) -> bool:
+    """A folder (DeepSpeed) or a complete zip file (``torch.save``): a
+    truncated file has no zip end record."""
+    return osp.isdir(path) or (osp.isfile(path) and zipfile.is_zipfile(path))
+
+
+def find_resumable_checkpoint(work_dir: str) -> Union[str, None]:
+    """The checkpoint automatic ``--resume`` continues from.
+
+    ``last_checkpoint``'s target when it is intact; otherwise (the file is
+    missing, empty, or names a missing or truncated checkpoint) the newest
+    intact ``epoch_N.pth``/``iter_N.pth`` of ``work_dir`` (by modification
+    time, then N), with a warning naming both.
+
+    Args:
+        work_dir (str): The run's work dir.
+
+    Returns:
+        str | None: Path to resume from; None when there is nothing to
+        resume (training starts from scratch).
+    """
+    from mmengine.logging import print_log
+    record = osp.join(work_dir, 'last_checkpoint')
+    named = ''
+    if osp.isfile(record):
+        with open(record) as f:
+            named = f.read().strip()
+        if '://' in named or (named and _intact_checkpoint(named)):
+            return named  # remote checkpoints are taken as they are
+    candidates = []
+    for name in (os.listdir(work_dir) if osp.isdir(work_dir) else []):
+        found = _CKPT_NAME.match(name)
+        path = osp.join(work_dir, name)
+        if found and _intact_checkpoint(path):
+            candidates.append((os.stat(path).st_mtime_ns,
+                               int(found.group(1)), path))
+    problem = (f'{record} names {named!r}, which is missing or truncated'
+               if named else f'{record} is missing or empty')
+    if not candidates:
+        print_log(f'{problem}, and {work_dir} holds no intact checkpoint: '
+                  'nothing to resume.', logger='current')
+        return None
+    choice = max(candidates)[2]
+    print_log(f'{problem}; resuming from the newest intact checkpoint '
+              f'{choice} instead.', logger='current', level=logging.WARNING)
+    return choice
+
+
+def _patch_find_latest_checkpoint() -> None:
+    """mmengine (onedl-mmengine 0.10.12, mmengine 0.10.7): automatic
+    ``--resume`` trusts ``last_checkpoint`` blindly: an empty one or one
+    naming a deleted checkpoint fails the run. Use
+    :func:`find_resumable_checkpoint` wherever mmengine looks it up."""
+    import mmengine.runner
+    from mmengine.runner import _flexible_runner, checkpoint, runner
+    for module in (mmengine.runner, checkpoint, runner, _flexible_runner):
+        module.find_latest_checkpoint = find_resumable_checkpoint
+
+
+def _set_parent_death_signal() -> bool:
+    """Linux ``prctl(PR_SET_PDEATHSIG, SIGKILL)``; False where unavailable."""
+    if not sys.platform.startswith('linux'):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(1, int(signal.SIGKILL), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(parent_pid: int, interval: float = 1.0) -> None:
+    while True:
+        time.sleep(interval)
+        try:
+            os.kill(parent_pid, 0)
+        except ProcessLookupError:
+            os._exit(1)
+
+
+class ExitWithParent:
+    """``worker_init_fn`` wrapper: a DataLoader worker dies with its trainer.
+
+    PyTorch's workers only notice a dead parent while waiting for work; a
+    worker blocked on a full result queue, as persistent workers of a
+    killed trainer are, lives on forever. On Linux the kernel kills the
+    worker (``PR_SET_PDEATHSIG``) when the thread that started it ends, so
+    build loaders' iterators in a thread that lives as long as they do (the
+    Runner does: its main thread); elsewhere a thread polls the parent PID
+    every second.
+
+    Args:
+        init_fn (callable, optional): The loader's own ``worker_init_fn``,
+            called after.
+    """
+
+    def __init__(self, init_fn: Union[Callable, None] = None) -> None:
+        self.init_fn = init_fn
+        self.parent_pid = os.getpid()
+
+    def __call__(self, worker_id: int) -> None:
+        if os.getppid() == self.parent_pid and _set_parent_death_signal():
+            if os.getppid() != self.parent_pid:  # died before prctl took
+                os._exit(1)
+        else:
+            threading.Thread(
+                target=_watch_parent, args=(self.parent_pid, ),
+                daemon=True).start()
+        if self.init_fn is not None:
+            self.init_fn(worker_id)
+
+
+def _patch_dataloader_workers() -> None:
+    """mmengine (onedl-mmengine 0.10.12, mmengine 0.10.7) with torch 2.x:
+    after ``kill -9`` of a trainer its persistent DataLoader workers live
+    on as orphans. Every loader ``Runner.build_dataloader`` returns gets
+    :class:`ExitWithParent` around its ``worker_init_fn``."""
+    from mmengine.runner import _flexible_runner, runner
+
+    def wrap(build: Callable) -> staticmethod:
+
+        def build_dataloader(*args, **kwargs):
+            loader = build(*args, **kwargs)
+            if (loader.num_workers > 0
+                    and not isinstance(loader.worker_init_fn, ExitWithParent)):
+                loader.worker_init_fn = ExitWithParent(loader.worker_init_fn)
+            return loader
+
+        return staticmethod(build_dataloader)
+
+    for cls in (runner.Runner, _flexible_runner.FlexibleRunner):
+        cls.build_dataloader = wrap(cls.build_dataloader)
 
 
 def _patch_numpy2_aliases() -> None:
@@ -409,6 +722,261 @@ def _patch_config_package_scopes() -> None:
             break
 
 
+def close_matches(value: str, known: Iterable[str],
+                  cutoff: float = 0.6) -> str:
+    """`` (did you mean 'a', 'b'?)`` for the known names close to ``value``
+    (``difflib`` ratio >= ``cutoff``), else an empty string."""
+    found = difflib.get_close_matches(
+        value, sorted(set(known)), n=3, cutoff=cutoff)
+    return f' (did you mean {", ".join(map(repr, found))}?)' if found else ''
+
+
+def _name_file_on_error(method: Callable, path_key: str) -> Callable:
+    """Wrap a loading method ``(self, results)`` so that its errors name the
+    file ``results[path_key]`` (and say when it is empty)."""
+
+    @functools.wraps(method)
+    def wrapper(self, results: dict, *args, **kwargs):
+        try:
+            return method(self, results, *args, **kwargs)
+        except Exception as err:
+            path = results.get(path_key)
+            if path is None or str(path) in str(err):
+                raise
+            empty = osp.isfile(path) and osp.getsize(path) == 0
+            what = 'the file is empty (0 bytes)' if empty else (
+                f'{type(err).__name__}: {err}')
+            raise ValueError(f'{type(self).__name__} cannot read '
+                             f'{path_key} {path}: {what}') from err
+
+    wrapper._m3i_names_file = True
+    return wrapper
+
+
+def _patch_file_loading_errors() -> None:
+    """mmcv 2.1-2.3.6, mmdet 3.3-3.5.1, mmseg 1.2-1.4.2: errors of image and
+    segmentation-map loading do not name the file.
+
+    A zero-byte image raised cv2's ``(-215:Assertion failed) !buf.empty()``
+    from ``LoadImageFromFile``; the same from every ``LoadAnnotations``
+    for a zero-byte map. We re-raise such errors as ``ValueError`` naming the
+    file (errors that already name it, e.g. a missing file, pass unchanged).
+    """
+    from mmcv.transforms import loading
+    targets = [(loading.LoadImageFromFile, 'transform', 'img_path'),
+               (loading.LoadAnnotations, '_load_seg_map', 'seg_map_path')]
+    for module in ('mmdet.datasets.transforms.loading',
+                   'mmseg.datasets.transforms.loading'):
+        try:
+            cls = importlib.import_module(module).LoadAnnotations
+        except Exception:  # optional downstream packages
+            continue
+        targets.append((cls, '_load_seg_map', 'seg_map_path'))
+    for cls, name, key in targets:
+        method = cls.__dict__.get(name)
+        if method is not None and not hasattr(method, '_m3i_names_file'):
+            setattr(cls, name, _name_file_on_error(method, key))
+
+
+def _patch_empty_dataset_error() -> None:
+    """mmengine (all 0.10.x): an empty dataset fails with numpy's ``need at
+    least one array to concatenate`` (``BaseDataset._serialize_data``), or
+    later in the sampler, naming nothing. We raise naming the dataset's
+    annotation file, root, prefix and filter."""
+    from mmengine.dataset import BaseDataset
+
+    def check(dataset) -> None:
+        if len(dataset.data_list) == 0:
+            raise ValueError(
+                f'{type(dataset).__name__} has no samples: ann_file='
+                f'{dataset.ann_file!r}, data_root={dataset.data_root!r}, '
+                f'data_prefix={dict(dataset.data_prefix)}, filter_cfg='
+                f'{dataset.filter_cfg}, indices={dataset._indices}')
+
+    serialize, full_init = BaseDataset._serialize_data, BaseDataset.full_init
+    if hasattr(full_init, '_m3i_checks_empty'):
+        return
+
+    def _serialize_data(self):
+        check(self)
+        return serialize(self)
+
+    def checked_full_init(self) -> None:
+        full_init(self)
+        if not self.serialize_data:
+            check(self)
+
+    checked_full_init._m3i_checks_empty = True
+    BaseDataset._serialize_data = _serialize_data
+    BaseDataset.full_init = functools.wraps(full_init)(checked_full_init)
+
+
+def _registry_names(registry) -> List[str]:
+    """Names registered in ``registry`` and its ancestors."""
+    names = []
+    while registry is not None:
+        names.extend(registry.module_dict)
+        registry = registry.parent
+    return names
+
+
+def _patch_optimizer_type_check() -> None:
+    """mmengine (all 0.10.x): an unknown ``optim_wrapper.optimizer.type``
+    (e.g. ``AdamWW``) fails in ``DefaultOptimWrapperConstructor.__call__``
+    with ``None is not a callable object``. We check the type when the
+    constructor is built and raise ``KeyError`` naming it and close names.
+    """
+    from mmengine.optim import DefaultOptimWrapperConstructor
+    from mmengine.registry import OPTIMIZERS
+    init = DefaultOptimWrapperConstructor.__init__
+    if hasattr(init, '_m3i_checks_type'):
+        return
+
+    @functools.wraps(init)
+    def checked_init(self, optim_wrapper_cfg: dict, *args, **kwargs):
+        init(self, optim_wrapper_cfg, *args, **kwargs)
+        name = self.optimizer_cfg.get('type')
+        if not isinstance(name, str):
+            return
+        with OPTIMIZERS.switch_scope_and_registry(None) as registry:
+            if registry.get(name) is None:
+                raise KeyError(
+                    f'optim_wrapper.optimizer.type={name!r} is not in the '
+                    f'{registry.scope}::optimizer registry'
+                    f'{close_matches(name, _registry_names(registry))}')
+
+    checked_init._m3i_checks_type = True
+    DefaultOptimWrapperConstructor.__init__ = checked_init
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint given by ``load_from`` does not fit the model."""
+
+
+def _mismatch_lists(message: str) -> dict:
+    """Keys named in mmengine's ``load_state_dict`` strict error message."""
+    lists = {}
+    for kind, pattern in (('unexpected', r'unexpected key in source '
+                           r'state_dict: ([^\n]*)'),
+                          ('missing', r'missing keys in source '
+                           r'state_dict: ([^\n]*)')):
+        found = re.search(pattern, message)
+        lists[kind] = found.group(1).split(', ') if found else []
+    lists['mismatched'] = re.findall(r'size mismatch for ([^:]+):', message)
+    return lists
+
+
+def _patch_strict_load_from() -> None:
+    """mmengine (all 0.10.x): ``load_from`` (and ``tools/test.py``'s
+    checkpoint) loads non-strictly; a checkpoint of another architecture
+    only logs a warning and the run goes on with random weights.
+
+    ``Runner.load_checkpoint`` without an explicit ``strict`` now follows the
+    top-level config key ``load_strict``:
+
+    - ``None`` (default): refuse a checkpoint with unexpected keys or shape
+      mismatches (another architecture); missing keys (a pre-trained
+      backbone for a model with a new head) only warn.
+    - ``True``: refuse any difference (torch's ``strict=True``).
+    - ``False``: load what matches, warn about the rest (mmengine's
+      behaviour).
+
+    The refusal (:class:`CheckpointMismatchError`) names the file and the
+    keys. Only rank 0 detects it (mmengine's check), which ends the job.
+    """
+    from mmengine.runner import Runner
+    load = Runner.load_checkpoint
+    if hasattr(load, '_m3i_strict'):
+        return
+
+    @functools.wraps(load)
+    def load_checkpoint(self, filename: str, map_location='cpu',
+                        strict: Optional[bool] = None,
+                        revise_keys: list = [(r'^module.', '')]):
+        if strict is not None:
+            return load(self, filename, map_location, strict, revise_keys)
+        mode = self.cfg.get('load_strict', None)
+        if mode not in (None, True, False):
+            raise ValueError(f'load_strict must be None, True or False, got '
+                             f'{mode!r}')
+        if mode is False:
+            return load(self, filename, map_location, False, revise_keys)
+        try:
+            return load(self, filename, map_location, True, revise_keys)
+        except RuntimeError as err:
+            keys = _mismatch_lists(str(err))
+            if not any(keys.values()):
+                raise
+            refused = {
+                kind: names
+                for kind, names in keys.items()
+                if names and (mode or kind != 'missing')
+            }
+            if not refused:  # default mode, only missing keys
+                return load(self, filename, map_location, False, revise_keys)
+            summary = '; '.join(
+                f'{len(names)} {kind} key(s): {", ".join(names[:5])}'
+                f'{", ..." if len(names) > 5 else ""}'
+                for kind, names in keys.items() if names)
+            raise CheckpointMismatchError(
+                f'Checkpoint {filename} does not fit the model '
+                f'{type(self.model).__name__} ({summary}). Set '
+                'load_strict=False (e.g. --cfg-options load_strict=False) to '
+                'load the matching weights anyway.') from None
+
+    load_checkpoint._m3i_strict = True
+    Runner.load_checkpoint = load_checkpoint
+
+
+def _patch_accuracy_ties() -> None:
+    """mmpretrain 1.2.0 / onedl-mmpretrain 1.3.6 ``Accuracy.calculate``:
+    tied scores count as correct when ``topk`` happens to put the true class
+    first (constant scores give the share of the lowest class index, not
+    0), and a NaN score of the true class can count as correct.
+
+    For scores ``(N, C)`` we rank pessimistically: sample ``i`` is correct at
+    ``k`` iff fewer than ``k`` other classes score at least as high as its
+    true class (NaN scores rank above everything; a NaN true score is
+    wrong), and, as upstream, its true score is above the threshold. Without
+    ties or NaN this equals upstream. Labels ``(N,)`` are unchanged.
+    """
+    try:
+        from mmpretrain.evaluation.metrics import Accuracy
+        from mmpretrain.evaluation.metrics.single_label import to_tensor
+    except ImportError:
+        return
+    calculate = Accuracy.calculate
+    if hasattr(calculate, '_m3i_ties'):
+        return
+
+    def pessimistic(pred, target, topk=(1, ), thrs=(0., )):
+        scores = to_tensor(pred)
+        if scores.ndim == 1 or max(topk) > scores.size(1):
+            return calculate(pred, target, topk, thrs)  # its errors
+        scores = scores.float()
+        target = to_tensor(target).to(torch.int64)
+        if scores.size(0) != target.size(0):
+            return calculate(pred, target, topk, thrs)
+        true = scores.gather(1, target.view(-1, 1))
+        rank = ((scores >= true) | scores.isnan()).sum(1) - 1
+        true = true.view(-1)
+        rank[true.isnan()] = scores.size(1)
+        results = []
+        for k in topk:
+            row = []
+            for thr in thrs:
+                hit = rank < k
+                if thr is not None:
+                    hit &= true > thr
+                row.append(hit.float().sum(0, keepdim=True).mul_(
+                    100. / scores.size(0)))
+            results.append(row)
+        return results
+
+    pessimistic._m3i_ties = True
+    Accuracy.calculate = staticmethod(functools.wraps(calculate)(pessimistic))
+
+
 def _upstream_mmpretrain() -> bool:
     try:
         from importlib.metadata import distribution
@@ -428,7 +996,15 @@ def apply() -> None:
         _patch_transformers_moved_names()
     _patch_checkpoint_loading()
     _patch_atomic_local_writes()
+    _patch_checkpoint_rotation()
+    _patch_find_latest_checkpoint()
+    _patch_dataloader_workers()
     _patch_config_package_scopes()
+    _patch_file_loading_errors()
+    _patch_empty_dataset_error()
+    _patch_optimizer_type_check()
+    _patch_strict_load_from()
+    _patch_accuracy_ties()
     warnings.filterwarnings(
         'ignore', message='.*torch.meshgrid.*indexing.*', category=UserWarning)
     _APPLIED = True

@@ -94,3 +94,12 @@ def mmpretrain_default_scope():
     from mmengine.registry import DefaultScope
     with DefaultScope.overwrite_default_scope('mmpretrain'):
         yield
+
+
+@pytest.fixture(scope='session')
+def zygote():
+    """Starts tools/train.py runs as forks of one process (train_zygote.py)."""
+    from train_zygote import Zygote
+    client = Zygote()
+    yield client
+    client.close()

@@ -155,6 +155,125 @@ def test_matches_grid_sample_formulation_with_gradients():
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-3)
 
 
+
+def reference_dcnv3(input, offset, mask, kernel, pad, group, group_channels):
+    """Stride 1, dilation 1, scale 1, one output pixel and point at a time,
+    in torch ops so that autograd gives the reference gradients.
+
+    Follows the CUDA kernels: a point counts only inside ``(-1, H) x (-1, W)``
+    (``loc == -1`` gives 0), the bilinear fraction is ``loc - floor(loc)``
+    (at an integer location the derivative is the right-hand one), corners
+    outside the image are zero.
+    """
+    n, height, width, _ = input.shape
+    (kh, kw), (ph, pw) = kernel, pad
+    out_h, out_w = height + 2 * ph - kh + 1, width + 2 * pw - kw + 1
+    points = [(i, j) for i in range(kw) for j in range(kh)]  # x-major
+    rows = []
+    for b, oy, ox in itertools.product(range(n), range(out_h), range(out_w)):
+        pixel = []
+        for g in range(group):
+            acc = input.new_zeros(group_channels)
+            for p, (i, j) in enumerate(points):
+                k = g * len(points) + p
+                lx = ox - pw + i + offset[b, oy, ox, 2 * k]
+                ly = oy - ph + j + offset[b, oy, ox, 2 * k + 1]
+                if not (-1 < ly < height and -1 < lx < width):
+                    continue
+                y0, x0 = math.floor(ly.item()), math.floor(lx.item())
+                fy, fx = ly - y0, lx - x0
+                for yy, xx, w in ((y0, x0, (1 - fy) * (1 - fx)),
+                                  (y0, x0 + 1, (1 - fy) * fx),
+                                  (y0 + 1, x0, fy * (1 - fx)),
+                                  (y0 + 1, x0 + 1, fy * fx)):
+                    if 0 <= yy < height and 0 <= xx < width:
+                        value = input[b, yy, xx, g * group_channels:
+                                      (g + 1) * group_channels]
+                        acc = acc + mask[b, oy, ox, k] * w * value
+            pixel.append(acc)
+        rows.append(torch.cat(pixel))
+    return torch.stack(rows).view(n, out_h, out_w, -1)
+
+
+# (input shape, kernel, pad, group): maps smaller than the padded kernel
+SMALL_MAPS = {
+    '1x2_k3': ((1, 1, 2, 1), 3, 1, 1),
+    '1x1x2ch_k3': ((1, 1, 1, 2), 3, 1, 1),
+    '1x1_4ch_k3': ((1, 1, 1, 4), 3, 1, 1),
+    '3x3_k5_g2': ((1, 3, 3, 8), 5, 2, 2),
+}
+
+
+@pytest.mark.parametrize('name', list(SMALL_MAPS))
+@pytest.mark.parametrize('offsets', ['zero', 'random'])
+def test_small_maps_gradients_match_reference(name, offsets):
+    """Backward on maps smaller than the padded kernel (it raised
+    ``shape '[1, 36]' is invalid for input of size 25``): gradients of the
+    reference formula, and gradcheck where no point is on a kink."""
+    shape, kernel, pad, group = SMALL_MAPS[name]
+    points = kernel * kernel
+    gen = torch.Generator().manual_seed(0)
+    input = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    side = shape[:3] + (group * points, )
+    mask = torch.full(side, 1 / points, dtype=torch.float64)
+    offset = torch.zeros(side[:3] + (2 * side[3], ), dtype=torch.float64)
+    if offsets == 'random':
+        offset = torch.rand(offset.shape, generator=gen,
+                            dtype=torch.float64) * 0.8 + 0.1  # off the grid
+        mask = torch.rand(side, generator=gen, dtype=torch.float64)
+    args = (kernel, kernel, 1, 1, pad, pad, 1, 1, group, shape[3] // group,
+            1.0)
+    ours = [t.clone().requires_grad_() for t in (input, offset, mask)]
+    ref = [t.clone().requires_grad_() for t in (input, offset, mask)]
+    out = dcnv3_core_pytorch(*ours, *args)
+    expected = reference_dcnv3(*ref, (kernel, kernel), (pad, pad), group,
+                               shape[3] // group)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    grad = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    out.backward(grad)
+    expected.backward(grad)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-10)
+    if offsets == 'random':
+        assert torch.autograd.gradcheck(
+            lambda *t: dcnv3_core_pytorch(*t, *args),
+            [t.detach().requires_grad_() for t in ours])
+
+
+@pytest.mark.parametrize('kwargs,size', [
+    (dict(channels=4, group=1), 1),
+    (dict(channels=8, kernel_size=5, pad=2, group=2), 3),
+])
+def test_module_backward_on_small_maps(kwargs, size):
+    module = DCNv3(**kwargs).double()
+    x = torch.randn(1, size, size, kwargs['channels'], dtype=torch.float64)
+    module(x.requires_grad_()).square().sum().backward()
+    assert x.grad.shape == x.shape
+    assert module.offset.weight.grad is not None
+
+
+def test_location_on_the_top_left_padding_edge_has_zero_gradient():
+    """Zero offsets on a 3x3 map: output (1, 0), kernel point (dx=-1, dy=0)
+    samples at x == -1 exactly; the CUDA kernels (bounds test ``loc > -1``)
+    give it zero value and zero gradients. The PyTorch path gave the offset
+    gradient input[1, 0] = +4.0."""
+    input = torch.arange(1., 10., dtype=torch.float64).view(1, 3, 3, 1)
+    offset = torch.zeros(1, 3, 3, 18, dtype=torch.float64, requires_grad=True)
+    mask = torch.ones(1, 3, 3, 9, dtype=torch.float64, requires_grad=True)
+    out = dcnv3_core_pytorch(input, offset, mask, 3, 3, 1, 1, 1, 1, 1, 1, 1,
+                             1, 1.0)
+    grad = torch.zeros_like(out)
+    grad[0, 1, 0] = 1
+    out.backward(grad)
+    point = 0 * 3 + 1  # x-major: kernel column i=0 (dx=-1), row j=1 (dy=0)
+    assert offset.grad[0, 1, 0, 2 * point].item() == 0.0
+    assert mask.grad[0, 1, 0, point].item() == 0.0
+    # its neighbour to the right (dx=0, dy=0) samples input[1, 0] = 4 and
+    # has the one-sided derivative input[1, 1] - input[1, 0] = 1
+    centre = 1 * 3 + 1
+    assert offset.grad[0, 1, 0, 2 * centre].item() == 1.0
+    assert mask.grad[0, 1, 0, centre].item() == 4.0
+
 def test_points_outside_have_zero_gradients():
     case = CASES['k3']
     input, offset, mask = make_inputs(case, n=1, height=4, width=4)

@@ -48,12 +48,16 @@ def test_truncated_shard_keeps_what_was_read(tmp_path):
     path = tmp_path / '00000.tar'
     write_shard(str(path), [good(i) for i in range(4)])
     data = path.read_bytes()
-    path.write_bytes(data[:len(data) // 2])  # cut in the middle
+    # cut in the middle: at the header of 00002.txt (512-byte blocks)
+    path.write_bytes(data[:len(data) // 2])
     ds = ImageTextShards(str(path), shuffle_shards=False)
-    with pytest.warns(UserWarning, match='00000.tar'):
+    with pytest.warns(UserWarning, match='00000.tar') as record:
         samples = list(ds)
-    assert 1 <= len(samples) < 4
-    assert ds.num_skipped == 1
+    assert len(samples) == 2
+    # the truncation, and sample 00002 whose caption was cut off
+    assert ds.num_skipped == 2
+    assert 'truncated' in str(record[0].message)
+    assert '00002' in str(record[1].message)
 
 
 def test_shards_are_split_over_workers(tmp_path):
@@ -96,3 +100,35 @@ def test_annotation_files(tmp_path):
     (tmp_path / 'bad.jsonl').write_text(json.dumps({'image': 'a.png'}) + '\n')
     with pytest.raises(KeyError, match=r'bad.jsonl, line 1.*caption'):
         ImageTextDataset(ann_file='bad.jsonl', data_root=str(tmp_path))
+
+
+def member_header_offsets(path):
+    import tarfile
+    with tarfile.open(path) as tar:
+        return [m.offset for m in tar.getmembers()]
+
+
+@pytest.mark.parametrize('inside', [0, 100])
+def test_shard_truncated_at_a_member_header_is_counted(tmp_path, inside):
+    """Cut exactly at (or 100 bytes into) the header of sample 30's first
+    member: tarfile saw a clean end, 30 of 50 samples and no warning."""
+    path = tmp_path / '00007.tar'
+    write_shard(str(path), [good(i) for i in range(50)])
+    cut = member_header_offsets(path)[30 * 2] + inside  # 2 members a sample
+    path.write_bytes(path.read_bytes()[:cut])
+    ds = ImageTextShards(str(path), shuffle_shards=False)
+    with pytest.warns(UserWarning, match=r'00007\.tar.*truncated'):
+        samples = list(ds)
+    assert len(samples) == 30
+    assert ds.num_skipped == 1
+
+
+def test_complete_shard_has_no_skips(tmp_path):
+    import warnings
+    path = tmp_path / '00000.tar'
+    write_shard(str(path), [good(i) for i in range(50)])
+    ds = ImageTextShards(str(path), shuffle_shards=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        assert len(list(ds)) == 50
+    assert ds.num_skipped == 0

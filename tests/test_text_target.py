@@ -47,3 +47,40 @@ def test_bad_inputs():
         resolve_model_path('packaged:not_a_package')
     with pytest.raises(ValueError, match='pooling'):
         TextTargetEncoder(MINILM, embed_dims=8, pooling='max')
+
+
+# Small configs of encoder families transformers builds offline; their
+# forwards take different inputs (DistilBERT has no token_type_ids).
+SMALL_CONFIGS = {
+    'bert': dict(num_hidden_layers=1, hidden_size=32, intermediate_size=64,
+                 num_attention_heads=2),
+    'distilbert': dict(n_layers=1, dim=32, hidden_dim=64, n_heads=2),
+    'roberta': dict(num_hidden_layers=1, hidden_size=32,
+                    intermediate_size=64, num_attention_heads=2),
+    'albert': dict(num_hidden_layers=1, hidden_size=32, embedding_size=16,
+                   intermediate_size=64, num_attention_heads=2),
+    'electra': dict(num_hidden_layers=1, hidden_size=32, embedding_size=16,
+                    intermediate_size=64, num_attention_heads=2),
+}
+
+
+@pytest.mark.parametrize('model_type', list(SMALL_CONFIGS))
+def test_encoder_gets_only_the_inputs_it_accepts(model_type):
+    """The MiniLM (BERT) tokenizer returns token_type_ids; a DistilBERT
+    encoder built from ``config`` raised ``unexpected keyword argument
+    'token_type_ids'``."""
+    torch.manual_seed(0)
+    encoder = TextTargetEncoder(
+        MINILM,
+        embed_dims=16,
+        config=dict(model_type=model_type, **SMALL_CONFIGS[model_type]))
+    out = encoder(['a', 'b c'])
+    assert out.shape == (2, 16)
+    assert torch.isfinite(out).all()
+    # padding does not change a caption's embedding: the attention mask
+    # still reaches the encoder
+    encoder.eval()
+    with torch.no_grad():
+        alone = encoder(['a'])
+        padded = encoder(['a', 'b c d e f'])[:1]
+    torch.testing.assert_close(alone, padded, rtol=1e-5, atol=1e-5)

@@ -12,6 +12,8 @@ import m3i_mm  # noqa: F401
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
+from m3i_mm.utils import warn_misspelt_keys
+
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Test (and eval) a model')
@@ -52,6 +54,7 @@ def main() -> None:
         cfg.work_dir = osp.join('./work_dirs',
                                 osp.splitext(osp.basename(args.config))[0])
     cfg.load_from = args.checkpoint
+    warn_misspelt_keys(cfg)
     runner = Runner.from_cfg(cfg)
     metrics = runner.test()
     if args.out:

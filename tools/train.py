@@ -12,6 +12,8 @@ import m3i_mm  # noqa: F401  (compat fixes + registration before anything else)
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
+from m3i_mm.utils import warn_misspelt_keys
+
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Train a model')
@@ -94,6 +96,7 @@ def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
 def main() -> None:
     args = parse_args()
     cfg = merge_args(Config.fromfile(args.config), args)
+    warn_misspelt_keys(cfg)
     runner = Runner.from_cfg(cfg)
     runner.train()
 

@@ -9,6 +9,8 @@ default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='VisualizationHook', enable=False),
+    # Stops at a NaN/inf loss or parameter before it reaches a checkpoint.
+    finite_check=dict(type='FiniteCheckHook'),
 )
 
 env_cfg = dict(

@@ -125,6 +125,24 @@ def expand_shards(shards: Union[str, Sequence[str]],
     return paths
 
 
+class _EndCheckedTarInfo(tarfile.TarInfo):
+    """Member header that fails on a short read.
+
+    ``tarfile`` (CPython 3.8-3.13, ``TarFile.next``) ends the archive
+    silently when the file stops at, or inside, a member header; a complete
+    archive ends with a zero block instead. A shard cut at a header would
+    lose its remaining samples without a trace.
+    """
+
+    @classmethod
+    def frombuf(cls, buf, encoding, errors):
+        if len(buf) != tarfile.BLOCKSIZE:
+            raise tarfile.ReadError(
+                f'truncated: {len(buf)} of {tarfile.BLOCKSIZE} bytes of a '
+                'member header, no end-of-archive block')
+        return super().frombuf(buf, encoding, errors)
+
+
 def worker_slot() -> tuple:
     """(global index, number) of the data-loading workers over all ranks:
     this process's slot for splitting a stream."""
@@ -204,7 +222,8 @@ class ImageTextShards(IterableDataset):
         """(key, {extension: bytes}) of each sample, in stream order."""
         key, files = None, {}
         try:
-            with tarfile.open(shard, mode='r|*') as tar:
+            with tarfile.open(
+                    shard, mode='r|*', tarinfo=_EndCheckedTarInfo) as tar:
                 for member in tar:
                     if not member.isfile():
                         continue
@@ -219,8 +238,7 @@ class ImageTextShards(IterableDataset):
         except (tarfile.TarError, OSError, EOFError) as err:
             self._skip(f'the rest of shard {shard} after sample {key} '
                        f'(unreadable: {err})')
-            return
-        if files:
+        if files:  # its members were read whole
             yield key, files
 
     def _decode(self, shard: str, key: str,

@@ -1,1 +1,6 @@
-__all__ = []
+from .config import (known_top_level_keys, misspelt_top_level_keys,
+                     warn_misspelt_keys)
+
+__all__ = [
+    'known_top_level_keys', 'misspelt_top_level_keys', 'warn_misspelt_keys'
+]

@@ -140,6 +140,8 @@ default_hooks = dict(
         by_epoch=False,
         interval=2000,
         max_keep_ckpts=1,
-        save_best='mIoU'))
+        save_best='mIoU'),
+    # Stops at a NaN/inf loss or parameter (see default_runtime.py).
+    finite_check=dict(type='mmpretrain.FiniteCheckHook'))
 # 16 GPUs x 1 image.
 auto_scale_lr = dict(enable=False, base_batch_size=16)

@@ -128,7 +128,9 @@ default_hooks = dict(
         type='CheckpointHook', by_epoch=False, interval=16000,
         max_keep_ckpts=3),
     sampler_seed=dict(type='DistSamplerSeedHook'),
-    visualization=dict(type='SegVisualizationHook'))
+    visualization=dict(type='SegVisualizationHook'),
+    # Stops at a NaN/inf loss or parameter (see default_runtime.py).
+    finite_check=dict(type='mmpretrain.FiniteCheckHook'))
 env_cfg = dict(
     cudnn_benchmark=True,
     mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),

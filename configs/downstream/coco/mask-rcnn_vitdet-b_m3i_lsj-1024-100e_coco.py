@@ -282,7 +282,9 @@ default_hooks = dict(
         type='CheckpointHook', by_epoch=False, interval=18438,
         max_keep_ckpts=2),
     sampler_seed=dict(type='DistSamplerSeedHook'),
-    visualization=dict(type='DetVisualizationHook'))
+    visualization=dict(type='DetVisualizationHook'),
+    # Stops at a NaN/inf loss or parameter (see default_runtime.py).
+    finite_check=dict(type='mmpretrain.FiniteCheckHook'))
 env_cfg = dict(
     cudnn_benchmark=False,
     mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),

@@ -1,1 +1,3 @@
-__all__ = []
+from .finite_check_hook import FiniteCheckHook
+
+__all__ = ['FiniteCheckHook']

@@ -1,5 +1,6 @@
 """Text target encoder f_φ: a ``transformers`` encoder for paired captions."""
 import importlib.util
+import inspect
 import os.path as osp
 from typing import List, Optional
 
@@ -36,6 +37,28 @@ def resolve_model_path(model: str) -> str:
     if not osp.isfile(osp.join(path, 'config.json')):
         raise FileNotFoundError(f'{model}: no model config.json in {path}')
     return path
+
+
+def encoder_inputs(encoder: nn.Module, tokens: dict) -> dict:
+    """The tokenizer outputs ``encoder.forward`` accepts.
+
+    A tokenizer may return inputs its paired model does not take, e.g. a BERT
+    tokenizer's ``token_type_ids`` for a DistilBERT encoder built from
+    ``config``; passing them raises ``TypeError``.
+
+    Args:
+        encoder (nn.Module): The model the tokens are for.
+        tokens (dict): Tokenizer outputs by name.
+
+    Returns:
+        dict: ``tokens`` without the names ``forward`` does not accept (all
+        of them if it takes ``**kwargs``).
+    """
+    params = inspect.signature(encoder.forward).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return tokens
+    names = {p.name for p in params}
+    return {k: v for k, v in tokens.items() if k in names}
 
 
 @MODELS.register_module()
@@ -102,7 +125,8 @@ class TextTargetEncoder(nn.Module):
     def pool(self, captions: List[str]) -> torch.Tensor:
         """Pooled encoder features (N, hidden), before the projection."""
         tokens = self.tokenize(captions)
-        hidden = self.encoder(**tokens).last_hidden_state
+        hidden = self.encoder(
+            **encoder_inputs(self.encoder, tokens)).last_hidden_state
         if self.pooling == 'cls':
             return hidden[:, 0]
         keep = tokens['attention_mask'].unsqueeze(-1).to(hidden.dtype)

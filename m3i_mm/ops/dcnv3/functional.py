@@ -108,10 +108,11 @@ def _opmath_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-# Zero border of the padded input table. Sampling locations are clamped to
-# [-2, size]: a clamped point lies at least one pixel outside the image, all
-# four of its bilinear corners fall in the border, and it contributes zero, as
-# the official kernels' bounds check demands, with zero gradients.
+# Zero border of the padded input table. A location outside (-1, size) on
+# either axis (the official kernels' bounds check ``loc > -1 && loc < size``,
+# also ``loc == -1`` exactly, and NaN) is moved to -2, or clamped to ``size``:
+# all four of its bilinear corners fall in the border, and it contributes zero
+# with zero gradients, as in the CUDA kernels.
 _BORDER = 2
 
 
@@ -161,7 +162,8 @@ def _sampling_plan(offset: Tensor, in_shape: Tuple[int, ...],
         start = start.view((1, -1, 1, 1, 1) if axis else (1, 1, -1, 1, 1))
         grid = start + (ky if axis else kx) * offset_scale
         loc = torch.add(grid, offset[..., axis], alpha=offset_scale)
-        loc = loc.clamp_(0, size + _BORDER).view(batch, points)
+        loc = torch.where(loc > _BORDER - 1, loc, 0)
+        loc = loc.clamp_(max=size + _BORDER).view(batch, points)
         cell = loc.floor()
         return cell, loc.sub_(cell)
 
@@ -201,11 +203,13 @@ def _corner_dots(grad_out: Tensor, table: Tensor, index: Tensor) -> Tensor:
     """``dots[b, j] = <grad_out[b], table[index[b, j]]>``, (B, J).
 
     On CPU this is one sampled dense-dense matmul over the CSR pattern of
-    ``index``; elsewhere it is the per-sample-weight gradient of
+    ``index``; elsewhere, and where a row of ``index`` is longer than the
+    table (tiny maps: torch 2.13's ``sampled_addmm`` then returns a wrong
+    number of values), it is the per-sample-weight gradient of
     ``embedding_bag``.
     """
     batch, width = index.shape
-    if index.device.type == 'cpu':
+    if index.device.type == 'cpu' and width <= table.shape[0]:
         crow = torch.arange(0, batch * width + 1, width, dtype=index.dtype)
         with warnings.catch_warnings():
             # 'Sparse CSR tensor support is in beta state'

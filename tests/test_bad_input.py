@@ -1,0 +1,210 @@
+"""Bad input fails with an error (or warning) naming the file, key or value.
+
+Zero-byte images and maps, empty datasets, unknown optimizer types,
+misspelt top-level config keys, and ``load_from`` checkpoints of another
+architecture, through the transforms, datasets, Runner and tools/train.py.
+"""
+import os
+import os.path as osp
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.runner import Runner
+
+from conftest import REPO, config_path
+from m3i_mm.compat import CheckpointMismatchError
+from m3i_mm.utils import misspelt_top_level_keys
+
+DEMO_CFG = config_path('demo', 'vit-tiny_sup_demo.py')
+
+
+@pytest.fixture(scope='module')
+def bad_root(demo_root, tmp_path_factory):
+    """A copy of the demo digits whose first train image has zero bytes."""
+    root = str(tmp_path_factory.mktemp('bad') / 'digits')
+    shutil.copytree(demo_root, root)
+    first = open(osp.join(root, 'meta', 'train.txt')).readline().split()[0]
+    open(osp.join(root, first), 'wb').close()
+    return root, osp.join(root, first)
+
+
+def test_zero_byte_image_names_the_file(bad_root):
+    """It raised cv2's ``(-215:Assertion failed) !buf.empty()``."""
+    from m3i_mm.datasets import DemoDigits
+    root, image = bad_root
+    dataset = DemoDigits(
+        data_root=root, split='train',
+        pipeline=[dict(type='LoadImageFromFile'), dict(type='PackInputs')])
+    with pytest.raises(ValueError, match=rf'{image}.*empty \(0 bytes\)'):
+        dataset[0]
+    assert dataset[1]['inputs'].shape == (3, 32, 32)
+
+
+def test_zero_byte_segmentation_map_names_the_file(tmp_path):
+    from mmseg.datasets.transforms import LoadAnnotations
+    seg_map = tmp_path / 'map.png'
+    seg_map.write_bytes(b'')
+    with pytest.raises(ValueError, match=rf'{seg_map}.*empty'):
+        LoadAnnotations()(dict(seg_map_path=str(seg_map), seg_fields=[],
+                               reduce_zero_label=False))
+
+
+def test_missing_image_error_unchanged(tmp_path):
+    from mmcv.transforms import LoadImageFromFile
+    with pytest.raises(FileNotFoundError, match='nothing.png'):
+        LoadImageFromFile()(dict(img_path=str(tmp_path / 'nothing.png')))
+
+
+@pytest.mark.parametrize('serialize', [True, False])
+@pytest.mark.parametrize('dataset', ['ImageTextDataset', 'CustomDataset'])
+def test_empty_dataset_names_its_annotation_file(tmp_path, dataset,
+                                                 serialize):
+    """It raised numpy's ``need at least one array to concatenate`` (or,
+    unserialised, failed later in the sampler)."""
+    from mmpretrain.registry import DATASETS
+    ann = tmp_path / ('train.jsonl'
+                      if dataset == 'ImageTextDataset' else 'train.txt')
+    ann.write_text('')
+    with pytest.raises(ValueError, match=rf'{dataset} has no samples: '
+                       rf"ann_file='{ann}'"):
+        DATASETS.build(dict(type=dataset, data_root=str(tmp_path),
+                            ann_file=ann.name, serialize_data=serialize))
+
+
+def test_unknown_optimizer_type_is_named():
+    """It raised ``None is not a callable object``."""
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import DefaultScope
+    model = torch.nn.Linear(2, 2)
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        with pytest.raises(KeyError, match=r"AdamWW.*did you mean 'AdamW'"):
+            build_optim_wrapper(
+                model, dict(optimizer=dict(type='AdamWW', lr=1e-3)))
+        wrapper = build_optim_wrapper(
+            model, dict(optimizer=dict(type='AdamW', lr=1e-3)))
+    assert type(wrapper.optimizer).__name__ == 'AdamW'
+
+
+def test_misspelt_top_level_keys_are_named():
+    cfg = Config(dict(train_dataloaders=dict(batch_size=4), optim_wraper={},
+                      load_form='x.pth', train_dataloader={}, data_root='d',
+                      norm_cfg={}, val_pipeline=[]))
+    assert misspelt_top_level_keys(cfg) == {
+        'train_dataloaders': " (did you mean 'train_dataloader'?)",
+        'optim_wraper': " (did you mean 'optim_wrapper'?)",
+        'load_form': " (did you mean 'load_from'?)",
+    }
+
+
+def test_shipped_configs_have_no_misspelt_keys():
+    import glob
+    found = {}
+    for path in sorted(glob.glob(config_path('**', '*.py'), recursive=True)):
+        if '_base_' not in path:
+            found.update(misspelt_top_level_keys(Config.fromfile(path)))
+    assert found == {}
+
+
+def small_cfg(demo_root, work_dir, **overrides):
+    cfg = Config.fromfile(DEMO_CFG)
+    cfg.work_dir = str(work_dir)
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        cfg[loader].dataset.data_root = demo_root
+        cfg[loader].num_workers = 0
+        cfg[loader].persistent_workers = False
+    cfg.log_level = 'WARNING'
+    cfg.merge_from_dict(overrides)
+    return cfg
+
+
+@pytest.fixture(scope='module')
+def checkpoints(tmp_path_factory):
+    """State dicts for the demo ViT: its own (``same``), its backbone only,
+    one whose head is for 5 classes (shape mismatch) and one of another
+    architecture (a ResNet-like set of keys)."""
+    root = tmp_path_factory.mktemp('ckpts')
+    runner_cfg = Config.fromfile(DEMO_CFG)
+    from mmpretrain.registry import MODELS
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        model = MODELS.build(runner_cfg.model)
+    own = model.state_dict()
+    paths = {}
+    variants = {
+        'same': own,
+        'backbone': {k: v for k, v in own.items()
+                     if k.startswith('backbone.')},
+        'mismatch': {k: (v[:5] if k.startswith('head.') else v)
+                     for k, v in own.items()},
+        'other': {'backbone.conv1.weight': torch.zeros(8, 3, 7, 7),
+                  'backbone.layer1.0.bn1.weight': torch.ones(8),
+                  'head.fc.weight': torch.zeros(10, 8)},
+    }
+    for name, state in variants.items():
+        paths[name] = str(root / f'{name}.pth')
+        torch.save(dict(state_dict=state, meta={}), paths[name])
+    return paths, own
+
+
+@pytest.mark.parametrize('name,strict,refused', [
+    ('same', None, None),
+    ('backbone', None, None),
+    ('backbone', True, r'\d+ missing key\(s\): head\.'),
+    ('mismatch', None, r'2 mismatched key\(s\): head\.fc\.weight, '
+     r'head\.fc\.bias'),
+    ('other', None, r'2 unexpected key\(s\): backbone\.conv1\.weight, '
+     r'backbone\.layer1\.0\.bn1\.weight; \d+ missing key\(s\): '
+     r'backbone\.cls_token.*1 mismatched key\(s\): head\.fc\.weight'),
+    ('other', False, None),
+])
+def test_load_from_of_another_architecture_is_refused(
+        demo_root, tmp_path, checkpoints, name, strict, refused):
+    """``load_from`` a checkpoint of another architecture trained on with
+    random weights after a warning. Now refused, naming the file and the
+    keys, unless ``load_strict=False``; a backbone for a model with a new
+    head still loads (missing keys only)."""
+    paths, own = checkpoints
+    overrides = dict(load_from=paths[name])
+    if strict is not None:
+        overrides['load_strict'] = strict
+    runner = Runner.from_cfg(small_cfg(demo_root, tmp_path, **overrides))
+    if refused:
+        with pytest.raises(CheckpointMismatchError,
+                           match=rf'{paths[name]}.*{refused}.*load_strict'):
+            runner.load_or_resume()
+        return
+    runner.load_or_resume()
+    loaded = runner.model.state_dict()
+    key = 'backbone.patch_embed.projection.weight'
+    assert torch.equal(loaded[key], own[key]) == (name != 'other')
+
+
+def test_train_cli_names_bad_keys_and_checkpoint(demo_root, tmp_path,
+                                                 checkpoints):
+    """The user's command: a misspelt key warns, a checkpoint of another
+    architecture stops the run with exit code 1 before any iteration."""
+    paths, _ = checkpoints
+    args = [
+        sys.executable, osp.join(REPO, 'tools', 'train.py'), DEMO_CFG,
+        '--work-dir', str(tmp_path), '--cfg-options',
+        f'train_dataloader.dataset.data_root={demo_root}',
+        f'val_dataloader.dataset.data_root={demo_root}',
+        'train_dataloader.num_workers=0', 'val_dataloader.num_workers=0',
+        'train_dataloader.persistent_workers=False',
+        'val_dataloader.persistent_workers=False',
+        'train_dataloaders.batch_size=8', f'load_from={paths["other"]}',
+        'train_cfg.max_iters=1'
+    ]
+    res = subprocess.run(args, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=REPO), timeout=300)
+    assert res.returncode == 1
+    assert ("config key 'train_dataloaders' is not read by anything and is "
+            "ignored (did you mean 'train_dataloader'?)") in res.stderr
+    assert (f'CheckpointMismatchError: Checkpoint {paths["other"]} does not '
+            'fit the model') in res.stderr
+    assert not [p for p in os.listdir(tmp_path) if p.endswith('.pth')]

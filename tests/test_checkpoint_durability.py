@@ -1,0 +1,260 @@
+"""kill -9 of tools/train.py at any moment of a checkpoint save loses nothing;
+a non-finite loss or parameter stops training before it reaches a checkpoint.
+
+Every run but the last test's is a real ``tools/train.py`` process (forked
+from tests/train_zygote.py, which imported the stack once), killed with
+SIGKILL.
+"""
+import os
+import os.path as osp
+import random
+import re
+import signal
+import time
+import zipfile
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.evaluator import BaseMetric
+from mmengine.runner import Runner
+
+from conftest import config_path
+from train_zygote import UMASK
+
+DEMO_CFG = config_path('demo', 'vit-tiny_sup_demo.py')
+
+
+def train_args(demo_root, work_dir, max_iters, *options, workers=0):
+    return [
+        DEMO_CFG, '--work-dir', str(work_dir), '--no-validate',
+        '--cfg-options', f'train_dataloader.dataset.data_root={demo_root}',
+        f'train_dataloader.num_workers={workers}',
+        f'train_dataloader.persistent_workers={workers > 0}',
+        'train_dataloader.batch_size=2', 'model.backbone.arch.num_layers=1',
+        f'train_cfg.max_iters={max_iters}',
+        'default_hooks.checkpoint.interval=1',
+        'default_hooks.checkpoint.max_keep_ckpts=1',
+        'default_hooks.logger.interval=1', *options
+    ]
+
+
+def recorded_checkpoint(work_dir) -> str:
+    """The checkpoint ``last_checkpoint`` names, asserted complete."""
+    record = osp.join(work_dir, 'last_checkpoint')
+    assert osp.isfile(record), f'no last_checkpoint: {os.listdir(work_dir)}'
+    with open(record) as f:
+        named = f.read().strip()
+    assert named, 'last_checkpoint is empty'
+    assert osp.isfile(named), (f'last_checkpoint names missing {named}; '
+                               f'work dir: {sorted(os.listdir(work_dir))}')
+    assert zipfile.is_zipfile(named), f'{named} is truncated'
+    return named
+
+
+def saved_iter(path: str) -> int:
+    return torch.load(path, map_location='cpu',
+                      weights_only=False)['meta']['iter']
+
+
+def resumed_iter(log: str) -> int:
+    found = re.search(r'resumed epoch: \d+, iter: (\d+)', log)
+    assert found, log[-3000:]
+    return int(found.group(1))
+
+
+def children(pid: int):
+    """PIDs whose parent is ``pid`` (from /proc)."""
+    found = []
+    for entry in os.listdir('/proc'):
+        if entry.isdigit():
+            try:
+                with open(f'/proc/{entry}/stat') as f:
+                    fields = f.read().rsplit(')', 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting for its reaper)."""
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except OSError:
+        return False
+
+
+def wait_for(predicate, timeout: float, step: float = 0.05) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
+
+
+def test_kill9_during_saves_never_loses_the_checkpoint(
+        zygote, demo_root, tmp_path):
+    work = tmp_path / 'work'
+    status, log = zygote.run(train_args(demo_root, work, 1), tmp_path / '0')
+    assert status == 0, log[-3000:]
+    done = saved_iter(recorded_checkpoint(work))
+    points = []
+    # Each resumed run rotates at its first save (max_keep_ckpts=1): kill
+    # it at the n-th file event of that save, i.e. just before/after each
+    # create, rename and removal; 8 covers a whole save. The next run
+    # resumes where the last complete save was.
+    for n in range(1, 9):
+        args = train_args(demo_root, work, 100) + ['--resume']
+        status, log = zygote.run(args, tmp_path / f'{n}', kill_at=n)
+        assert status == -signal.SIGKILL, f'kill point {n}: {log[-3000:]}'
+        point = re.search(r'fault injection: SIGKILL at event \d+, (.*)', log)
+        assert point, log[-3000:]
+        points.append(point.group(1))
+        assert resumed_iter(log) == done
+        done = saved_iter(recorded_checkpoint(work))
+        assert done in (resumed_iter(log), resumed_iter(log) + 1), points
+    # The kills hit the writes of the checkpoint and of last_checkpoint and
+    # the removal of the old checkpoint.
+    assert any('iter_' in p and '.tmp' in p for p in points), points
+    assert any('last_checkpoint' in p for p in points), points
+    assert any(p.startswith('before remove') for p in points), points
+
+
+def test_kill9_of_trainer_takes_its_dataloader_workers(
+        zygote, demo_root, tmp_path):
+    # Batches of 64 as in the demo: a worker then blocks on the full result
+    # pipe and, without the fix, lives on for good (parent PID 1, 660 MB).
+    log = tmp_path / 'run.log'
+    pid = zygote.start(
+        train_args(demo_root, tmp_path, 100, 'train_dataloader.batch_size=64',
+                   workers=2), log)
+    assert wait_for(lambda: log.is_file() and 'Saving checkpoint at 2'
+                    in log.read_text(), 120)
+    time.sleep(random.Random(0).uniform(0, 0.05))  # a moment of the save
+    workers = children(pid)
+    os.kill(pid, signal.SIGKILL)
+    assert zygote.wait(pid) == -signal.SIGKILL
+    assert len(workers) >= 2, workers  # the two workers (and any helper)
+    assert wait_for(lambda: not any(map(alive, workers)), 3), (
+        f'data-loader workers {[w for w in workers if alive(w)]} outlived '
+        'their killed trainer')
+    assert saved_iter(recorded_checkpoint(tmp_path)) in (1, 2)
+
+
+def test_next_run_removes_temp_files_and_outputs_follow_umask(
+        zygote, demo_root, tmp_path):
+    # Killed right after the first checkpoint's temporary file was created.
+    status, log = zygote.run(train_args(demo_root, tmp_path, 1),
+                             tmp_path / 'killed.log', kill_at=1)
+    assert status == -signal.SIGKILL, log[-3000:]
+    assert [n for n in os.listdir(tmp_path) if n.endswith('.tmp')]
+    status, log = zygote.run(train_args(demo_root, tmp_path, 1),
+                             tmp_path / 'next.log')
+    assert status == 0, log[-3000:]
+    left = sorted(os.listdir(tmp_path))
+    assert not [name for name in left if name.endswith('.tmp')], left
+    for name in ('iter_1.pth', 'last_checkpoint'):
+        mode = os.stat(tmp_path / name).st_mode & 0o777
+        assert mode == 0o666 & ~UMASK, f'{name}: {oct(mode)}'
+
+
+def test_resume_falls_back_when_last_checkpoint_is_broken(
+        zygote, demo_root, tmp_path):
+    status, log = zygote.run(train_args(demo_root, tmp_path, 2),
+                             tmp_path / 'first.log')
+    assert status == 0, log[-3000:]
+    # Files a kill left with the old code: an empty last_checkpoint, a
+    # truncated newer checkpoint.
+    (tmp_path / 'last_checkpoint').write_text('')
+    (tmp_path / 'iter_3.pth').write_bytes(
+        (tmp_path / 'iter_2.pth').read_bytes()[:1000])
+    status, log = zygote.run(
+        train_args(demo_root, tmp_path, 3) + ['--resume'],
+        tmp_path / 'second.log')
+    assert status == 0, log[-3000:]
+    assert 'is missing or empty; resuming from the newest intact ' \
+           f'checkpoint {tmp_path / "iter_2.pth"}' in log
+    assert resumed_iter(log) == 2
+
+
+def all_finite(path: str) -> bool:
+    ckpt = torch.load(path, map_location='cpu', weights_only=False)
+    tensors = list(ckpt['state_dict'].values()) + [
+        t for state in ckpt['optimizer']['state'].values()
+        for t in state.values() if isinstance(t, torch.Tensor)
+    ]
+    return all(torch.isfinite(t).all() for t in tensors)
+
+
+@pytest.mark.parametrize(
+    'option, fault_iter',
+    [('optim_wrapper.optimizer.lr=1e9', 2),
+     ('data_preprocessor.std=[0,0,0]', 1)])
+def test_non_finite_loss_stops_training_before_a_checkpoint(
+        zygote, demo_root, tmp_path, option, fault_iter):
+    status, log = zygote.run(train_args(demo_root, tmp_path, 6, option),
+                             tmp_path / 'run.log')
+    assert status not in (0, -signal.SIGKILL), log[-3000:]
+    assert (f'FloatingPointError: Non-finite loss at iteration {fault_iter}: '
+            'loss=nan') in log, log[-3000:]
+    saved = sorted(n for n in os.listdir(tmp_path) if n.endswith('.pth'))
+    assert saved == [f'iter_{i}.pth' for i in range(1, fault_iter)][-1:]
+    if saved:  # the last good one is kept and still the one to resume
+        good = recorded_checkpoint(tmp_path)
+        assert osp.basename(good) == saved[0] and all_finite(good)
+        assert f'the last checkpoint is {good}' in log
+    else:
+        assert not osp.exists(tmp_path / 'last_checkpoint')
+
+
+class EvaluationCount(BaseMetric):
+    """A score that improves at every evaluation (test-only metric)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def process(self, data_batch, data_samples):
+        self.results.append(0)
+
+    def compute_metrics(self, results):
+        self.calls += 1
+        return dict(count=self.calls)
+
+
+def test_failed_save_keeps_the_previous_best_checkpoint(demo_root, tmp_path):
+    # In-process: the new best checkpoint's save fails (disk full, kill);
+    # the previous best must still be there.
+    cfg = Config.fromfile(DEMO_CFG)
+    cfg.work_dir = str(tmp_path)
+    cfg.model.backbone.arch.num_layers = 1
+    for split in ('train', 'val'):
+        cfg[f'{split}_dataloader'].update(
+            num_workers=0, persistent_workers=False, batch_size=2)
+        cfg[f'{split}_dataloader'].dataset.data_root = demo_root
+    cfg.val_dataloader.dataset.indices = 2
+    cfg.val_evaluator = dict(type=EvaluationCount)
+    cfg.train_cfg = dict(
+        type='IterBasedTrainLoop', max_iters=3, val_interval=1)
+    cfg.default_hooks.checkpoint = dict(
+        type='CheckpointHook', by_epoch=False, interval=1, max_keep_ckpts=1,
+        save_best='count', rule='greater')
+    cfg.log_level = 'WARNING'
+    runner = Runner.from_cfg(cfg)
+    save = runner.save_checkpoint
+
+    def failing_save(out_dir, filename, *args, **kwargs):
+        if filename == 'best_count_iter_2.pth':
+            raise OSError('disk full')
+        save(out_dir, filename, *args, **kwargs)
+
+    runner.save_checkpoint = failing_save
+    with pytest.raises(OSError, match='disk full'):
+        runner.train()
+    assert (tmp_path / 'best_count_iter_1.pth').is_file(), sorted(
+        os.listdir(tmp_path))
+    assert recorded_checkpoint(tmp_path) == str(tmp_path / 'iter_2.pth')

@@ -9,7 +9,8 @@ view O (see :class:`~m3i_mm.models.utils.MultiInputMixer`):
 1. Input (t_x): image ``j = σ(i)`` is mixed into image ``i`` with the
    blockwise patch mask M: ``x_i = (1 - M_i) ⊙ V1_i + M_i ⊙ V2_σ(i)``; with
    the default ``target_views=('same', 'different')`` V1 = T and V2 = O.
-2. Input encoder f_θ: ``z = backbone(x)``, tokens (N, L, C).
+2. Input encoder f_θ: ``z = backbone(x)``, tokens (N, L, C) (in 'mask'
+   mode with ``drop_masked``, a ViT encodes only the visible patches).
 3. Image target encoder f_φ (momentum backbone): ``t = f_φ(T)``, N forwards.
 4. Decoders f_ψ and posteriors, one group per target (Eq. 4):
 
@@ -32,7 +33,10 @@ view O (see :class:`~m3i_mm.models.utils.MultiInputMixer`):
    one run): each global loss covers only the images that have its target.
 
    Target positions are the target-patch centres mapped into the input
-   view's coordinates (:func:`~m3i_mm.models.utils.target_positions_in_input`).
+   view's coordinates (:func:`~m3i_mm.models.utils.target_positions_in_input`)
+   and, for the decoder's query embedding, the relative scale of a target
+   patch to an input patch
+   (:func:`~m3i_mm.models.utils.target_scale_in_input`), as in SiameseIM.
 5. ``L = L_SSP + λ·(L_category + L_text)`` with λ from
    :class:`~m3i_mm.models.utils.GradientNormBalancer`.
 
@@ -53,7 +57,9 @@ from mmpretrain.structures import DataSample
 from m3i_mm.registry import MODELS
 from ..target_encoders import backbone_tokens
 from ..utils.distributed import gather_with_grad
-from ..utils.view_geometry import patch_centers, target_positions_in_input
+from ..utils.masked_encoding import vit_visible_tokens
+from ..utils.view_geometry import (patch_centers, target_positions_in_input,
+                                   target_scale_in_input)
 
 
 def _gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -73,6 +79,11 @@ class M3I(BaseSelfSupervisor):
             ``backbone=`` the online backbone), e.g. ``MomentumImageTarget``.
         image_decoder (dict, optional): Dense decoder f_ψ, e.g.
             ``ImageTargetDecoder``.
+        separate_image_decoders (bool): One f_ψ per image target (first and
+            second image of a mix, Eq. 4 read with one group per target)
+            instead of one shared f_ψ. Needs mode ``'mix'``. Defaults to
+            False (one decoder for both, as the paper's Sec. 3.4 and
+            Table 7 describe a single image-target decoder).
         image_posterior (dict): Posterior of image targets. Defaults to
             ``GaussianPosterior``.
         category_head (dict, optional): Global decoder, e.g.
@@ -107,6 +118,7 @@ class M3I(BaseSelfSupervisor):
                  mixer: dict,
                  image_target: Optional[dict] = None,
                  image_decoder: Optional[dict] = None,
+                 separate_image_decoders: bool = False,
                  image_posterior: dict = dict(type='GaussianPosterior'),
                  category_head: Optional[dict] = None,
                  category_embedding: Optional[dict] = None,
@@ -143,6 +155,13 @@ class M3I(BaseSelfSupervisor):
             dict(image_target, backbone=self.backbone))
         self.image_decoder = MODELS.build(image_decoder) \
             if image_decoder else None
+        if separate_image_decoders and (image_decoder is None
+                                        or self.mixer.mode != 'mix'):
+            raise ValueError('separate_image_decoders needs an image_decoder '
+                             'and mixer mode "mix" (two image targets), got '
+                             f'mode {self.mixer.mode!r}')
+        self.image_decoder_second = MODELS.build(image_decoder) \
+            if separate_image_decoders else None
         self.image_posterior = MODELS.build(image_posterior)
         self.category_head = MODELS.build(category_head) \
             if category_head else None
@@ -257,13 +276,9 @@ class M3I(BaseSelfSupervisor):
         mask = self._stack(data_samples, 'mask', device).bool()
         n, grid = mask.shape[0], tuple(mask.shape[1:])
         mixed = self.mixer(inputs, mask)
-        tokens = backbone_tokens(self.backbone, mixed.images)
-        if tokens.shape[1] != grid[0] * grid[1]:
-            raise ValueError(
-                f'backbone gives {tokens.shape[1]} tokens but the mask grid '
-                f'is {grid}; mask patch size and backbone stride must match')
         # Token indices of each image: first image where M = 0, second M = 1.
         first_idx, second_idx = self._split_tokens(mask, mixed.images.device)
+        tokens = self._encode(mixed.images, first_idx, grid)
 
         lam = torch.ones((), device=device)
         if self.loss_balancer is not None:
@@ -298,6 +313,24 @@ class M3I(BaseSelfSupervisor):
         return losses
 
     # ------------------------------------------------------------------ #
+    def _encode(self, images: torch.Tensor, visible_idx: torch.Tensor,
+                grid: Tuple[int, int]) -> torch.Tensor:
+        """(N, L, C) encoder tokens; with ``mixer.drop_masked`` only the
+        ``visible_idx`` tokens are encoded and the rest are zeros (never
+        read: every loss of 'mask' mode reads the visible tokens)."""
+        if self.mixer.drop_masked:
+            visible = vit_visible_tokens(self.backbone, images, visible_idx)
+            tokens = visible.new_zeros(
+                visible.shape[0], grid[0] * grid[1], visible.shape[-1])
+            return tokens.scatter(
+                1, visible_idx[..., None].expand_as(visible), visible)
+        tokens = backbone_tokens(self.backbone, images)
+        if tokens.shape[1] != grid[0] * grid[1]:
+            raise ValueError(
+                f'backbone gives {tokens.shape[1]} tokens but the mask grid '
+                f'is {grid}; mask patch size and backbone stride must match')
+        return tokens
+
     def _image_losses(self, inputs, data_samples, mask, mixed, tokens,
                       first_idx, second_idx) -> Dict[str, torch.Tensor]:
         device = tokens.device
@@ -313,17 +346,21 @@ class M3I(BaseSelfSupervisor):
         # First image: its own tokens, its own target.
         losses = {
             'loss_img_first':
-            self._dense_loss(tokens, first_idx, own, mixed.first_view,
+            self._dense_loss(self.image_decoder, tokens, first_idx, own,
+                             mixed.first_view,
                              second_idx if masked_input else first_idx,
                              targets, boxes, flips, grid)
         }
         if mixed.sigma is not None:
+            decoder = self.image_decoder if self.image_decoder_second is None \
+                else self.image_decoder_second
             losses['loss_img_second'] = self._dense_loss(
-                tokens, second_idx, mixed.sigma, mixed.second_view,
+                decoder, tokens, second_idx, mixed.sigma, mixed.second_view,
                 first_idx, targets, boxes, flips, grid)
         return losses
 
-    def _dense_loss(self, tokens: torch.Tensor, token_idx: torch.Tensor,
+    def _dense_loss(self, decoder: nn.Module, tokens: torch.Tensor,
+                    token_idx: torch.Tensor,
                     image_idx: torch.Tensor, input_view: int,
                     hidden_idx: torch.Tensor, targets: torch.Tensor,
                     boxes: torch.Tensor, flips: torch.Tensor,
@@ -331,6 +368,7 @@ class M3I(BaseSelfSupervisor):
         """Decode one image of each mixed input and score its prediction.
 
         Args:
+            decoder (nn.Module): The image decoder f_ψ of this image.
             tokens (Tensor): (N, L, C) encoder tokens of the mixed inputs.
             token_idx (Tensor): (N, Lc) tokens belonging to this image.
             image_idx (Tensor): (N,) which image of the batch it is.
@@ -351,12 +389,15 @@ class M3I(BaseSelfSupervisor):
             boxes[image_idx, 0], flips[image_idx, 0], boxes[image_idx,
                                                             input_view],
             flips[image_idx, input_view], grid)
+        query_scale = target_scale_in_input(boxes[image_idx, 0],
+                                            boxes[image_idx, input_view])
         target = targets[image_idx]
         if input_view == 0:  # same view: predict what was hidden
             query_pos = _gather_tokens(query_pos, hidden_idx)
             target = _gather_tokens(target, hidden_idx)
-        pred = self.image_decoder(
-            _gather_tokens(tokens, token_idx), token_pos, query_pos)
+        pred = decoder(
+            _gather_tokens(tokens, token_idx), token_pos, query_pos,
+            query_scale=query_scale)
         return self.image_posterior(pred, target)
 
     def _category_loss(self, tokens: torch.Tensor, token_idx: torch.Tensor,

@@ -196,3 +196,46 @@ def test_wo_mix_trains_with_dropped_tokens():
                                                 TINY_PATCH)
     with pytest.raises(TypeError, match='VisionTransformer'):
         internimage_like.loss(views, samples)
+
+
+def test_wo_mix_with_dropped_tokens_under_autocast():
+    views, samples = make_batch()
+    model = tiny_m3i(mixer=dict(
+        type='MultiInputMixer', patch_size=TINY_PATCH, mode='mask',
+        target_views=('different', 'different'), drop_masked=True))
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        losses = model.loss(views, samples)
+    total = sum(v for k, v in losses.items() if k.startswith('loss'))
+    assert torch.isfinite(total)
+    total.backward()
+    assert model.image_decoder.query_embed.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize('options', [
+    dict(mixer=dict(mode='mask', target_views=('different', 'different'),
+                    drop_masked=True)),
+    dict(separate_image_decoders=True),
+], ids=['wo-mix-dropped-tokens', 'separate-decoders'])
+def test_demo_trains_through_the_runner(demo_root, tmp_path, options):
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+
+    from conftest import config_path
+    cfg = Config.fromfile(config_path('pretrain', 'm3i_vit-tiny_demo.py'))
+    cfg.merge_from_dict(dict(model=options))
+    cfg.work_dir = str(tmp_path)
+    cfg.train_dataloader.dataset.data_root = demo_root
+    cfg.train_dataloader.num_workers = 0
+    cfg.train_dataloader.persistent_workers = False
+    cfg.train_dataloader.batch_size = 8
+    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=2)
+    cfg.default_hooks.checkpoint = dict(
+        type='CheckpointHook', by_epoch=False, interval=2)
+    cfg.log_level = 'WARNING'
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    state = torch.load(tmp_path / 'iter_2.pth', map_location='cpu',
+                       weights_only=False)['state_dict']
+    assert 'image_decoder.query_embed.weight' in state
+    assert ('image_decoder_second.query_embed.weight' in state) == (
+        'separate_image_decoders' in options)

@@ -1,9 +1,9 @@
 # M3I pre-training of InternImage-H (paper Table 7, InternImage-H column):
 # 192x192 input, decoder width 1024 / FFN 4096, attention pooling 1024 ->
-# 768, 30 epochs, batch 40000, stochastic depth 0.2. The paper's run also draws 427M
-# image-text pairs (LAION-400M, YFCC-15M, CC12M) next to ImageNet-22k; text
-# targets come with the multi-modal configs. This config is the
-# image-category + self-supervised part on ImageNet-22k.
+# 768, 30 epochs, batch 40000, stochastic depth 0.2. The paper's run also
+# draws 427M image-text pairs (LAION-400M, YFCC-15M, CC12M) next to
+# ImageNet-22k; text targets come with the multi-modal configs. This config
+# is the image-category + self-supervised part on ImageNet-22k.
 _base_ = ['./m3i_vitb.py']
 img_size = 192
 stride = 32  # InternImage's last stage: one token per 32x32 patch

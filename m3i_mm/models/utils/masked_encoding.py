@@ -38,8 +38,9 @@ def vit_visible_tokens(vit: nn.Module, images: torch.Tensor,
         ValueError: If ``keep_idx`` does not fit the batch or the grid.
     """
     if not isinstance(vit, VisionTransformer):
-        raise TypeError('dropping masked tokens needs an mmpretrain '
-                        f'VisionTransformer backbone, got {type(vit).__name__}')
+        raise TypeError(
+            'dropping masked tokens needs an mmpretrain VisionTransformer '
+            f'backbone, got {type(vit).__name__}')
     x, grid = vit.patch_embed(images)
     n, num_patches, dims = x.shape
     in_grid = keep_idx.numel() == 0 or (

@@ -239,3 +239,30 @@ def test_demo_trains_through_the_runner(demo_root, tmp_path, options):
     assert 'image_decoder.query_embed.weight' in state
     assert ('image_decoder_second.query_embed.weight' in state) == (
         'separate_image_decoders' in options)
+
+
+@torch.no_grad()
+def test_predict_with_the_pretrained_category_head():
+    """Table 4, "ImageNet w/o Fine-tuning": the category head's prediction
+    scored against the category embeddings (weight and bias)."""
+    from mmpretrain.evaluation import Accuracy
+    model = tiny_m3i()
+    model.eval()
+    views, samples = make_batch()
+    out = model(views[0], samples, mode='predict')
+    pooled = model.category_head(backbone_tokens(model.backbone, views[0]))
+    logits = pooled @ model.category_embedding.weight.t() + \
+        model.category_embedding.bias
+    scores = torch.stack([s.pred_score for s in out])
+    assert torch.allclose(scores, logits.softmax(-1), atol=1e-6)
+    # Category embeddings = the images' normalised predictions, classes 0
+    # and 1 swapped: by Cauchy-Schwarz each image picks its own row.
+    unit = torch.nn.functional.normalize(pooled, dim=-1)
+    model.category_embedding.weight.copy_(
+        torch.cat([unit[[1, 0, 2, 3]], -unit[:1]]))
+    model.category_embedding.bias.zero_()
+    out = model(views[0], samples, mode='predict')
+    assert [int(s.pred_label) for s in out] == [1, 0, 2, 3]
+    metric = Accuracy()  # labels 0, 1, 2, 3
+    metric.process(None, [s.to_dict() for s in out])
+    assert metric.compute_metrics(metric.results)['top1'] == 50.0

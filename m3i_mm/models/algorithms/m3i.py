@@ -197,21 +197,34 @@ class M3I(BaseSelfSupervisor):
     @torch.no_grad()
     def predict(self, inputs, data_samples: Optional[List[DataSample]] = None
                 ) -> List[DataSample]:
-        """Zero-shot classification and image/text embeddings.
+        """Classification without fine-tuning and image/text embeddings.
 
-        Each whole (unmixed) image is pooled by the text head and scored
-        against the class-name prompts (``pred_score``, ``pred_label``, for
-        mmpretrain's ``Accuracy``); samples also get ``image_embedding`` and,
-        with a caption, ``text_embedding`` (for ``ImageTextRetrieval``).
+        Each whole (unmixed) image is scored (``pred_score``, ``pred_label``,
+        for mmpretrain's ``Accuracy``): with ``zero_shot``, its text-head
+        embedding against the class-name prompts; otherwise, with a category
+        head, its category-head prediction against the pre-trained category
+        embeddings, as in the category posterior (Table 4, "ImageNet w/o
+        Fine-tuning"). With a text head, samples also get
+        ``image_embedding`` and, with a caption, ``text_embedding`` (for
+        ``ImageTextRetrieval``).
         """
-        if self.text_head is None:
-            raise RuntimeError('predict needs text_head and text_target')
+        if self.text_head is None and self.category_head is None:
+            raise RuntimeError('predict needs a category head or text_head '
+                               'and text_target')
         images = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
-        image_emb = F.normalize(
-            self.text_head(backbone_tokens(self.backbone, images)), dim=-1)
+        tokens = backbone_tokens(self.backbone, images)
         if data_samples is None:
             data_samples = [DataSample() for _ in range(len(images))]
         scores = None
+        if self.zero_shot is None and self.category_head is not None:
+            scores = self.category_posterior.logits(
+                self.category_head(tokens), self.category_embedding.weight,
+                bias=self.category_embedding.bias).softmax(-1)
+        if self.text_head is None:
+            for sample, score in zip(data_samples, scores):
+                sample.set_pred_score(score).set_pred_label(score.argmax())
+            return data_samples
+        image_emb = F.normalize(self.text_head(tokens), dim=-1)
         if self.zero_shot is not None:
             scores = (image_emb @ self._zero_shot_classes().t()).softmax(-1)
         for i, sample in enumerate(data_samples):

@@ -208,6 +208,18 @@ def test_global_boltzmann_candidates_are_the_batch_targets(mode):
                 (loss > math.log(4))
 
 
+def test_global_targets_use_separate_decoders_when_configured():
+    cfg = table5_cfg('instance-discrimination_vitb.py',
+                     separate_image_decoders=True)
+    cfg['mixer']['mode'] = 'mix'
+    model = build(cfg)
+    first, second = [], []
+    recording(model.image_decoder, first)
+    recording(model.image_decoder_second, second)
+    model.loss(*raw_inputs())
+    assert len(first) == 1 and len(second) == 1
+
+
 def test_byol_like_global_target_is_regressed():
     cfg = table5_cfg('instance-discrimination-byol_vitb.py')
     model = build(cfg)

@@ -9,7 +9,8 @@ view O (see :class:`~m3i_mm.models.utils.MultiInputMixer`):
 1. Input (t_x): image ``j = σ(i)`` is mixed into image ``i`` with the
    blockwise patch mask M: ``x_i = (1 - M_i) ⊙ V1_i + M_i ⊙ V2_σ(i)``; with
    the default ``target_views=('same', 'different')`` V1 = T and V2 = O.
-2. Input encoder f_θ: ``z = backbone(x)``, tokens (N, L, C).
+2. Input encoder f_θ: ``z = backbone(x)``, tokens (N, L, C) (in 'mask'
+   mode with ``drop_masked``, a ViT encodes only the visible patches).
 3. Image target encoder f_φ (momentum backbone): ``t = f_φ(T)``, N forwards.
 4. Decoders f_ψ and posteriors, one group per target (Eq. 4):
 
@@ -32,7 +33,10 @@ view O (see :class:`~m3i_mm.models.utils.MultiInputMixer`):
    one run): each global loss covers only the images that have its target.
 
    Target positions are the target-patch centres mapped into the input
-   view's coordinates (:func:`~m3i_mm.models.utils.target_positions_in_input`).
+   view's coordinates (:func:`~m3i_mm.models.utils.target_positions_in_input`)
+   and, for the decoder's query embedding, the relative scale of a target
+   patch to an input patch
+   (:func:`~m3i_mm.models.utils.target_scale_in_input`), as in SiameseIM.
 5. ``L = L_SSP + λ·(L_category + L_text)`` with λ from
    :class:`~m3i_mm.models.utils.GradientNormBalancer`.
 
@@ -64,7 +68,9 @@ from ..losses import BoltzmannPosterior, DenseBoltzmannPosterior
 from ..necks import ImageTargetDecoder
 from ..target_encoders import backbone_tokens
 from ..utils.distributed import gather_with_grad
-from ..utils.view_geometry import patch_centers, target_positions_in_input
+from ..utils.masked_encoding import vit_visible_tokens
+from ..utils.view_geometry import (patch_centers, target_positions_in_input,
+                                   target_scale_in_input)
 
 
 def _gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -84,6 +90,11 @@ class M3I(BaseSelfSupervisor):
             ``backbone=`` the online backbone), e.g. ``MomentumImageTarget``.
         image_decoder (dict, optional): Dense decoder f_ψ, e.g.
             ``ImageTargetDecoder``.
+        separate_image_decoders (bool): One f_ψ per image target (first and
+            second image of a mix, Eq. 4 read with one group per target)
+            instead of one shared f_ψ. Needs mode ``'mix'``. Defaults to
+            False (one decoder for both, as the paper's Sec. 3.4 and
+            Table 7 describe a single image-target decoder).
         image_posterior (dict): Posterior of image targets. Defaults to
             ``GaussianPosterior``.
         category_head (dict, optional): Global decoder, e.g.
@@ -124,6 +135,7 @@ class M3I(BaseSelfSupervisor):
                  mixer: dict,
                  image_target: Optional[dict] = None,
                  image_decoder: Optional[dict] = None,
+                 separate_image_decoders: bool = False,
                  image_posterior: dict = dict(type='GaussianPosterior'),
                  category_head: Optional[dict] = None,
                  category_embedding: Optional[dict] = None,
@@ -161,6 +173,13 @@ class M3I(BaseSelfSupervisor):
             dict(image_target, backbone=self.backbone))
         self.image_decoder = MODELS.build(image_decoder) \
             if image_decoder else None
+        if separate_image_decoders and (image_decoder is None
+                                        or self.mixer.mode != 'mix'):
+            raise ValueError('separate_image_decoders needs an image_decoder '
+                             'and mixer mode "mix" (two image targets), got '
+                             f'mode {self.mixer.mode!r}')
+        self.image_decoder_second = MODELS.build(image_decoder) \
+            if separate_image_decoders else None
         self.image_posterior = MODELS.build(image_posterior)
         self.category_head = MODELS.build(category_head) \
             if category_head else None
@@ -199,43 +218,39 @@ class M3I(BaseSelfSupervisor):
     @torch.no_grad()
     def predict(self, inputs, data_samples: Optional[List[DataSample]] = None
                 ) -> List[DataSample]:
-        """Classification and image/text embeddings of whole images.
+        """Classification without fine-tuning and image/text embeddings.
 
-        Each (unmixed) image gets ``pred_score`` and ``pred_label`` (for
-        mmpretrain's ``Accuracy``): with ``zero_shot``, its text-head
-        embedding scored against the class-name prompts; otherwise the
-        category posterior over the category embeddings (softmax of the
-        category head's energies, the pre-trained classifier of Table 4,
-        "ImageNet w/o fine-tuning"). With a text head samples also get
+        Each whole (unmixed) image is scored (``pred_score``, ``pred_label``,
+        for mmpretrain's ``Accuracy``): with ``zero_shot``, its text-head
+        embedding against the class-name prompts; otherwise, with a category
+        head, its category-head prediction against the pre-trained category
+        embeddings, as in the category posterior (Table 4, "ImageNet w/o
+        Fine-tuning"). With a text head, samples also get
         ``image_embedding`` and, with a caption, ``text_embedding`` (for
         ``ImageTextRetrieval``).
-
-        Raises:
-            RuntimeError: The model has neither a category nor a text head.
         """
         if self.text_head is None and self.category_head is None:
-            raise RuntimeError('predict needs a category head (with '
-                               'category_embedding) or text_head and '
-                               'text_target')
+            raise RuntimeError('predict needs a category head or text_head '
+                               'and text_target')
         images = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
         tokens = backbone_tokens(self.backbone, images)
         if data_samples is None:
             data_samples = [DataSample() for _ in range(len(images))]
         scores = None
-        if self.text_head is not None:
-            image_emb = F.normalize(self.text_head(tokens), dim=-1)
-            for i, sample in enumerate(data_samples):
-                sample.set_field(image_emb[i], 'image_embedding')
-            if self.zero_shot is not None:
-                scores = (image_emb
-                          @ self._zero_shot_classes().t()).softmax(-1)
-        if scores is None and self.category_head is not None:
+        if self.zero_shot is None and self.category_head is not None:
             scores = self.category_posterior.logits(
-                self.category_head(tokens),
-                self.category_embedding.weight,
-                bias=self.category_embedding.bias).float().softmax(-1)
-        if scores is not None:
-            for i, sample in enumerate(data_samples):
+                self.category_head(tokens), self.category_embedding.weight,
+                bias=self.category_embedding.bias).softmax(-1)
+        if self.text_head is None:
+            for sample, score in zip(data_samples, scores):
+                sample.set_pred_score(score).set_pred_label(score.argmax())
+            return data_samples
+        image_emb = F.normalize(self.text_head(tokens), dim=-1)
+        if self.zero_shot is not None:
+            scores = (image_emb @ self._zero_shot_classes().t()).softmax(-1)
+        for i, sample in enumerate(data_samples):
+            sample.set_field(image_emb[i], 'image_embedding')
+            if scores is not None:
                 sample.set_pred_score(scores[i]).set_pred_label(
                     scores[i].argmax())
         captions = [s.get('caption') for s in data_samples]
@@ -296,13 +311,9 @@ class M3I(BaseSelfSupervisor):
         mask = self._stack(data_samples, 'mask', device).bool()
         n, grid = mask.shape[0], tuple(mask.shape[1:])
         mixed = self.mixer(inputs, mask)
-        tokens = backbone_tokens(self.backbone, mixed.images)
-        if tokens.shape[1] != grid[0] * grid[1]:
-            raise ValueError(
-                f'backbone gives {tokens.shape[1]} tokens but the mask grid '
-                f'is {grid}; mask patch size and backbone stride must match')
         # Token indices of each image: first image where M = 0, second M = 1.
         first_idx, second_idx = self._split_tokens(mask, mixed.images.device)
+        tokens = self._encode(mixed.images, first_idx, grid)
 
         lam = torch.ones((), device=device)
         if self.loss_balancer is not None:
@@ -339,6 +350,24 @@ class M3I(BaseSelfSupervisor):
         return losses
 
     # ------------------------------------------------------------------ #
+    def _encode(self, images: torch.Tensor, visible_idx: torch.Tensor,
+                grid: Tuple[int, int]) -> torch.Tensor:
+        """(N, L, C) encoder tokens; with ``mixer.drop_masked`` only the
+        ``visible_idx`` tokens are encoded and the rest are zeros (never
+        read: every loss of 'mask' mode reads the visible tokens)."""
+        if self.mixer.drop_masked:
+            visible = vit_visible_tokens(self.backbone, images, visible_idx)
+            tokens = visible.new_zeros(
+                visible.shape[0], grid[0] * grid[1], visible.shape[-1])
+            return tokens.scatter(
+                1, visible_idx[..., None].expand_as(visible), visible)
+        tokens = backbone_tokens(self.backbone, images)
+        if tokens.shape[1] != grid[0] * grid[1]:
+            raise ValueError(
+                f'backbone gives {tokens.shape[1]} tokens but the mask grid '
+                f'is {grid}; mask patch size and backbone stride must match')
+        return tokens
+
     def _image_losses(self, inputs, data_samples, mask, mixed, tokens,
                       first_idx, second_idx) -> Dict[str, torch.Tensor]:
         device = tokens.device
@@ -367,17 +396,21 @@ class M3I(BaseSelfSupervisor):
         # First image: its own tokens, its own target.
         losses = {
             'loss_img_first':
-            self._dense_loss(tokens, first_idx, own, mixed.first_view,
+            self._dense_loss(self.image_decoder, tokens, first_idx, own,
+                             mixed.first_view,
                              second_idx if masked_input else first_idx,
                              targets, boxes, flips, grid)
         }
         if mixed.sigma is not None:
+            decoder = self.image_decoder if self.image_decoder_second is None \
+                else self.image_decoder_second
             losses['loss_img_second'] = self._dense_loss(
-                tokens, second_idx, mixed.sigma, mixed.second_view,
+                decoder, tokens, second_idx, mixed.sigma, mixed.second_view,
                 first_idx, targets, boxes, flips, grid)
         return losses
 
-    def _dense_loss(self, tokens: torch.Tensor, token_idx: torch.Tensor,
+    def _dense_loss(self, decoder: nn.Module, tokens: torch.Tensor,
+                    token_idx: torch.Tensor,
                     image_idx: torch.Tensor, input_view: int,
                     hidden_idx: torch.Tensor, targets: torch.Tensor,
                     boxes: torch.Tensor, flips: torch.Tensor,
@@ -385,6 +418,7 @@ class M3I(BaseSelfSupervisor):
         """Decode one image of each mixed input and score its prediction.
 
         Args:
+            decoder (nn.Module): The image decoder f_ψ of this image.
             tokens (Tensor): (N, L, C) encoder tokens of the mixed inputs.
             token_idx (Tensor): (N, Lc) tokens belonging to this image.
             image_idx (Tensor): (N,) which image of the batch it is.
@@ -405,12 +439,15 @@ class M3I(BaseSelfSupervisor):
             boxes[image_idx, 0], flips[image_idx, 0], boxes[image_idx,
                                                             input_view],
             flips[image_idx, input_view], grid)
+        query_scale = target_scale_in_input(boxes[image_idx, 0],
+                                            boxes[image_idx, input_view])
         target = targets[image_idx]
         if input_view == 0:  # same view: predict what was hidden
             query_pos = _gather_tokens(query_pos, hidden_idx)
             target = _gather_tokens(target, hidden_idx)
-        pred = self.image_decoder(
-            _gather_tokens(tokens, token_idx), token_pos, query_pos)
+        pred = decoder(
+            _gather_tokens(tokens, token_idx), token_pos, query_pos,
+            query_scale=query_scale)
         return self.image_posterior(pred, target)
 
     def _category_loss(self, tokens: torch.Tensor, token_idx: torch.Tensor,
@@ -469,8 +506,9 @@ class M3I(BaseSelfSupervisor):
                              ) -> Dict[str, torch.Tensor]:
         """Global image targets (Table 2 (c, f, i, l)).
 
-        Each image of a mixed input pools its own tokens in the global
-        decoder, (N, D) predictions of its target view's global feature.
+        Each image of a mixed input pools its own tokens in its global
+        decoder (one shared, or one per image with
+        ``separate_image_decoders``), (N, D) predictions of its target view's global feature.
         Gaussian posterior: L2 to its own target (stop-gradient, BYOL-like).
         Boltzmann posterior: its own target among the targets of the whole
         batch, gathered from all ranks (negative samples, MoCo v3-like).
@@ -494,15 +532,17 @@ class M3I(BaseSelfSupervisor):
                 f'global decoder (e.g. AttentionPoolingHead), not '
                 f'ImageTargetDecoder')
         own = torch.arange(tokens.shape[0], device=tokens.device)
-        groups = {'loss_img_first': (first_idx, own)}
+        groups = {'loss_img_first': (first_idx, own, self.image_decoder)}
         if mixed.sigma is not None:
-            groups['loss_img_second'] = (second_idx, mixed.sigma)
+            groups['loss_img_second'] = (
+                second_idx, mixed.sigma, self.image_decoder_second
+                or self.image_decoder)
         contrastive = isinstance(self.image_posterior, BoltzmannPosterior)
         if contrastive:
             candidates, offset = gather_with_grad(targets.detach())
         losses = {}
-        for name, (idx, who) in groups.items():
-            pred = self.image_decoder(_gather_tokens(tokens, idx))
+        for name, (idx, who, decoder) in groups.items():
+            pred = decoder(_gather_tokens(tokens, idx))
             if pred.shape != targets[who].shape:
                 raise ValueError(
                     f'a global image target {tuple(targets.shape)} needs a '

@@ -13,6 +13,8 @@ Prints, measured in one run on one device:
   and backward) and the FLOP-normalised overhead
   (M3I time / backbone time) / (M3I FLOPs / backbone FLOPs), goal <= 1.05:
   how much slower than its backbone M3I runs per FLOP.
+- "M3I w/o mix" (single masked input, 50% mask) step with the masked
+  tokens dropped from the encoder / with them zero-filled and encoded.
 
 Steps are timed in turns (interleaved) and medians reported, so that load
 from other processes affects every variant alike.
@@ -38,13 +40,13 @@ ARCH_DIMS = {'deit-tiny': (192, 3), 'deit-small': (384, 6),
              'base': (768, 12), 'large': (1024, 16)}
 
 
-def m3i_cfg(arch: str, img: int, balancer: bool) -> dict:
+def m3i_cfg(arch: str, img: int, balancer: bool, **mixer) -> dict:
     dims, heads = ARCH_DIMS[arch]
     return dict(
         type='M3I',
         backbone=dict(type='VisionTransformer', arch=arch, img_size=img,
                       patch_size=16, out_type='featmap'),
-        mixer=dict(type='MultiInputMixer', patch_size=16),
+        mixer=dict(type='MultiInputMixer', patch_size=16, **mixer),
         image_target=dict(type='MomentumImageTarget'),
         image_decoder=dict(type='ImageTargetDecoder', in_channels=dims,
                            out_channels=dims, embed_dims=dims, depth=4,
@@ -148,6 +150,12 @@ def main() -> None:
     m3i, m3i_opt = build(m3i_cfg(args.arch, args.img, balancer=True))
     fixed, fixed_opt = build(m3i_cfg(args.arch, args.img, balancer=False))
     mae, mae_opt = build(mae_cfg(args.arch, args.img))
+    wo_mix = dict(mode='mask', target_views=('different', 'different'))
+    filled, filled_opt = build(
+        m3i_cfg(args.arch, args.img, balancer=True, **wo_mix))
+    dropped, dropped_opt = build(
+        m3i_cfg(args.arch, args.img, balancer=True, drop_masked=True,
+                **wo_mix))
     mask = torch.stack([s.mask for s in samples]).to(dev)
 
     # Time spent in λ's per-step update, measured inside the M3I step.
@@ -176,7 +184,9 @@ def main() -> None:
         m3i=train_step(m3i, m3i_opt, views, samples),
         base=backbone_only,
         fixed=train_step(fixed, fixed_opt, views, samples),
-        mae=train_step(mae, mae_opt, views[0], mae_samples))
+        mae=train_step(mae, mae_opt, views[0], mae_samples),
+        filled=train_step(filled, filled_opt, views, samples),
+        dropped=train_step(dropped, dropped_opt, views, samples))
     flops = {name: count_flops(steps[name]) for name in ('m3i', 'base')}
     t = interleaved_medians(steps, args.steps, dev)
     t_m3i, t_base, t_fixed, t_mae = t['m3i'], t['base'], t['fixed'], t['mae']
@@ -200,6 +210,9 @@ def main() -> None:
           f'{flops["base"] / t_base / 1e9:.1f}')
     print('FLOP-normalised overhead (<= 1.05): '
           f'{t_m3i / t_base / flop_ratio:8.3f}')
+    print(f'w/o mix step, masked tokens dropped / zero-filled: '
+          f'{t["dropped"] / t["filled"]:6.3f} '
+          f'({t["dropped"]:.4f} s / {t["filled"]:.4f} s)')
 
 
 if __name__ == '__main__':

@@ -1,9 +1,13 @@
 """Relative positions, mixing and σ of M3I against hand-computed cases."""
+import math
+
 import pytest
 import torch
 
 from m3i_mm.models.utils import (derangement, mix_images, patch_centers,
-                                 sincos_pos_embed, target_positions_in_input)
+                                 relative_query_embed, sincos_pos_embed,
+                                 target_positions_in_input,
+                                 target_scale_in_input)
 
 
 def positions(target_box, target_flip, input_box, input_flip, grid):
@@ -91,3 +95,40 @@ def test_mixing_at_pixel_level():
     assert mixed[2, 0, :2].eq(2).all() and mixed[2, 0, 2:].eq(0).all()
     with pytest.raises(ValueError, match='mask shape'):
         mix_images(first, second, mask[:, :1], sigma, p)
+
+
+def test_relative_scale_of_target_to_input_patches():
+    # Both views have the same grid, so patch size ratio = box size ratio;
+    # (x, y) order as the positions: (log w_t / w_i, log h_t / h_i).
+    target = torch.tensor([[0., 0., 32., 32.], [0., 0., 16., 16.],
+                           [8., 0., 24., 32.]])
+    inputs = torch.tensor([[0., 0., 32., 32.], [0., 0., 32., 32.],
+                           [4., 2., 36., 18.]])
+    scale = target_scale_in_input(target, inputs)
+    assert scale.flatten().tolist() == pytest.approx(
+        [0., 0., math.log(0.5), math.log(0.5),
+         math.log(16 / 32), math.log(32 / 16)])
+    # Flips move patches, they never resize them (hence no flip argument):
+    # target patch (0, 0) of the flipped (0, 0, 16, 16) at u = 0.75 -> x 12
+    # px -> 0.375 of the input -> flipped input 0.625 -> 1.25 patches.
+    flipped = positions((0, 0, 16, 16), True, (0, 0, 32, 32), True, (2, 2))
+    assert flipped[0].tolist() == pytest.approx([1.25, 0.25])
+    with pytest.raises(ValueError, match='input boxes'):
+        target_scale_in_input(target[:1], torch.tensor([[4., 0., 4., 8.]]))
+
+
+def test_relative_query_embed_layout():
+    # embed_dims 4: one frequency (ω = 1) per half -> [sin x, cos x, sin y,
+    # cos y] of the position, then the same of 10 * log ratio.
+    pos = torch.tensor([[[0.25, 1.5], [2.0, 0.5]]])
+    log_scale = torch.tensor([[math.log(0.5), math.log(2.0)]])
+    emb = relative_query_embed(pos, log_scale, 4)
+    a, b = 10 * math.log(0.5), 10 * math.log(2.0)
+    scale_part = [math.sin(a), math.cos(a), math.sin(b), math.cos(b)]
+    assert emb.shape == (1, 2, 8)
+    assert emb[0, 0].tolist() == pytest.approx(
+        [math.sin(0.25), math.cos(0.25), math.sin(1.5), math.cos(1.5)] +
+        scale_part, abs=1e-6)
+    assert emb[0, 1, 4:].tolist() == pytest.approx(scale_part, abs=1e-6)
+    with pytest.raises(ValueError, match='log_scales'):
+        relative_query_embed(pos, log_scale[0], 4)

@@ -59,7 +59,7 @@ def test_same_view_loss_is_read_at_the_hidden_target_patches():
 
     class EchoPositions(torch.nn.Module):
 
-        def forward(self, tokens, token_pos, query_pos):
+        def forward(self, tokens, token_pos, query_pos, query_scale):
             return query_pos
 
     class CentresTarget(torch.nn.Module):

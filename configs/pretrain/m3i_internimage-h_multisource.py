@@ -42,7 +42,7 @@ image_text_pipeline = [
 ]
 
 train_dataloader = dict(
-    batch_size=64,
+    batch_size=625,
     sampler=None,
     dataset=dict(
         _delete_=True,
@@ -60,9 +60,12 @@ train_dataloader = dict(
                  split='train', pipeline=image_text_pipeline),
         ]))
 
-# 30 epochs of 441M samples at a total batch of 4096 (64 per GPU x 64 GPUs).
-max_iters = 3_230_000
-warmup_iters = 107_000  # 1 epoch
+# 30 epochs of 441.2M samples at the total batch of 40000 (Table 7; 625 per
+# GPU x 64 GPUs), with the lr of m3i_internimage-h.py.
+samples_per_epoch = 441_200_000
+total_batch = 40000
+max_iters = 30 * samples_per_epoch // total_batch
+warmup_iters = samples_per_epoch // total_batch  # 1 epoch
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-4, by_epoch=False, begin=0,
          end=warmup_iters),

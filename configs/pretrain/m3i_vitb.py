@@ -27,6 +27,11 @@ optim_wrapper = dict(
             'cls_token': dict(decay_mult=0.0),
             'mask_token': dict(decay_mult=0.0),
             'category_head.query': dict(decay_mult=0.0),
+            # Text targets (YFCC, 1B configs): the learned temperature and
+            # the attention-pooling query, like CLIP's logit scale and
+            # embeddings, are not decayed.
+            'text_head.query': dict(decay_mult=0.0),
+            'text_logit_scale': dict(decay_mult=0.0),
         }),
     clip_grad=dict(max_norm=3.0))
 

@@ -9,7 +9,8 @@ view O (see :class:`~m3i_mm.models.utils.MultiInputMixer`):
 1. Input (t_x): image ``j = σ(i)`` is mixed into image ``i`` with the
    blockwise patch mask M: ``x_i = (1 - M_i) ⊙ V1_i + M_i ⊙ V2_σ(i)``; with
    the default ``target_views=('same', 'different')`` V1 = T and V2 = O.
-2. Input encoder f_θ: ``z = backbone(x)``, tokens (N, L, C).
+2. Input encoder f_θ: ``z = backbone(x)``, tokens (N, L, C) (in 'mask'
+   mode with ``drop_masked``, a ViT encodes only the visible patches).
 3. Image target encoder f_φ (momentum backbone): ``t = f_φ(T)``, N forwards.
 4. Decoders f_ψ and posteriors, one group per target (Eq. 4):
 
@@ -35,7 +36,10 @@ view O (see :class:`~m3i_mm.models.utils.MultiInputMixer`):
    encoder, so DDP runs with ``find_unused_parameters=False``).
 
    Target positions are the target-patch centres mapped into the input
-   view's coordinates (:func:`~m3i_mm.models.utils.target_positions_in_input`).
+   view's coordinates (:func:`~m3i_mm.models.utils.target_positions_in_input`)
+   and, for the decoder's query embedding, the relative scale of a target
+   patch to an input patch
+   (:func:`~m3i_mm.models.utils.target_scale_in_input`), as in SiameseIM.
 5. ``L = L_SSP + λ·(L_category + L_text)`` with λ from
    :class:`~m3i_mm.models.utils.GradientNormBalancer`.
 
@@ -43,6 +47,14 @@ With ``mode='mask'`` (no second image) this is "M3I w/o mix" (Table 3), and
 without a category head or image decoder it reduces to the single-target
 methods of Table 5 (e.g. ``mode='mask', target_views=('different', ...)`` is
 Siamese image modeling, ``('same', ...)`` masked feature modeling).
+
+Image targets are dense (N, L, D) or global (N, D) features (the target
+encoder's ``output``). A global target is predicted by a global decoder
+(e.g. ``AttentionPoolingHead``) from the image's own tokens; with a
+``BoltzmannPosterior`` its candidates are the targets of the whole batch
+(all ranks): instance discrimination. A dense target with a
+``DenseBoltzmannPosterior`` is told apart from the other positions of its
+image: dense instance discrimination. See ``configs/pretrain/table5/``.
 """
 import math
 from typing import Dict, List, Optional, Tuple
@@ -54,9 +66,14 @@ import torch.nn.functional as F
 from mmpretrain.models import BaseSelfSupervisor
 from mmpretrain.structures import DataSample
 from m3i_mm.registry import MODELS
+from ..heads import AttentionPoolingHead
+from ..losses import BoltzmannPosterior, DenseBoltzmannPosterior
+from ..necks import ImageTargetDecoder
 from ..target_encoders import backbone_tokens
 from ..utils.distributed import gather_with_grad, per_rank_share
-from ..utils.view_geometry import patch_centers, target_positions_in_input
+from ..utils.masked_encoding import vit_visible_tokens
+from ..utils.view_geometry import (patch_centers, target_positions_in_input,
+                                   target_scale_in_input)
 
 
 def _gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -76,6 +93,11 @@ class M3I(BaseSelfSupervisor):
             ``backbone=`` the online backbone), e.g. ``MomentumImageTarget``.
         image_decoder (dict, optional): Dense decoder f_ψ, e.g.
             ``ImageTargetDecoder``.
+        separate_image_decoders (bool): One f_ψ per image target (first and
+            second image of a mix, Eq. 4 read with one group per target)
+            instead of one shared f_ψ. Needs mode ``'mix'``. Defaults to
+            False (one decoder for both, as the paper's Sec. 3.4 and
+            Table 7 describe a single image-target decoder).
         image_posterior (dict): Posterior of image targets. Defaults to
             ``GaussianPosterior``.
         category_head (dict, optional): Global decoder, e.g.
@@ -98,6 +120,12 @@ class M3I(BaseSelfSupervisor):
             template is the class name) through the text encoder give the
             class embeddings the image's pooled embedding is scored against.
             ``classes='imagenet'`` takes mmpretrain's ImageNet-1k names.
+            Without it, ``mode='predict'`` classifies with the category head
+            and embeddings (Table 4, "ImageNet w/o fine-tuning").
+        text_symmetric (bool): Add CLIP's text -> image term (each caption
+            picks its image among the batch's, all ranks) and average the
+            two directions. Defaults to False: the paper's image -> text
+            form (Sec. 3.2).
         loss_balancer (dict, optional): ``GradientNormBalancer`` config;
             ``None`` fixes λ = 1.
         data_preprocessor (dict, optional): Defaults to
@@ -110,6 +138,7 @@ class M3I(BaseSelfSupervisor):
                  mixer: dict,
                  image_target: Optional[dict] = None,
                  image_decoder: Optional[dict] = None,
+                 separate_image_decoders: bool = False,
                  image_posterior: dict = dict(type='GaussianPosterior'),
                  category_head: Optional[dict] = None,
                  category_embedding: Optional[dict] = None,
@@ -121,6 +150,7 @@ class M3I(BaseSelfSupervisor):
                      type='BoltzmannPosterior', normalize=True),
                  text_temperature: float = 0.07,
                  zero_shot: Optional[dict] = None,
+                 text_symmetric: bool = False,
                  loss_balancer: Optional[dict] = dict(
                      type='GradientNormBalancer'),
                  data_preprocessor: Optional[dict] = None,
@@ -146,6 +176,13 @@ class M3I(BaseSelfSupervisor):
             dict(image_target, backbone=self.backbone))
         self.image_decoder = MODELS.build(image_decoder) \
             if image_decoder else None
+        if separate_image_decoders and (image_decoder is None
+                                        or self.mixer.mode != 'mix'):
+            raise ValueError('separate_image_decoders needs an image_decoder '
+                             'and mixer mode "mix" (two image targets), got '
+                             f'mode {self.mixer.mode!r}')
+        self.image_decoder_second = MODELS.build(image_decoder) \
+            if separate_image_decoders else None
         self.image_posterior = MODELS.build(image_posterior)
         self.category_head = MODELS.build(category_head) \
             if category_head else None
@@ -161,6 +198,9 @@ class M3I(BaseSelfSupervisor):
         if zero_shot is not None and self.text_head is None:
             raise ValueError('zero_shot needs text_head and text_target')
         self.zero_shot = zero_shot
+        if text_symmetric and self.text_head is None:
+            raise ValueError('text_symmetric needs text_head and text_target')
+        self.text_symmetric = text_symmetric
         # Class embeddings of one evaluation (see _zero_shot_classes).
         self._zero_shot_cache = None
         self.loss_balancer = MODELS.build(loss_balancer) \
@@ -187,21 +227,34 @@ class M3I(BaseSelfSupervisor):
     @torch.no_grad()
     def predict(self, inputs, data_samples: Optional[List[DataSample]] = None
                 ) -> List[DataSample]:
-        """Zero-shot classification and image/text embeddings.
+        """Classification without fine-tuning and image/text embeddings.
 
-        Each whole (unmixed) image is pooled by the text head and scored
-        against the class-name prompts (``pred_score``, ``pred_label``, for
-        mmpretrain's ``Accuracy``); samples also get ``image_embedding`` and,
-        with a caption, ``text_embedding`` (for ``ImageTextRetrieval``).
+        Each whole (unmixed) image is scored (``pred_score``, ``pred_label``,
+        for mmpretrain's ``Accuracy``): with ``zero_shot``, its text-head
+        embedding against the class-name prompts; otherwise, with a category
+        head, its category-head prediction against the pre-trained category
+        embeddings, as in the category posterior (Table 4, "ImageNet w/o
+        Fine-tuning"). With a text head, samples also get
+        ``image_embedding`` and, with a caption, ``text_embedding`` (for
+        ``ImageTextRetrieval``).
         """
-        if self.text_head is None:
-            raise RuntimeError('predict needs text_head and text_target')
+        if self.text_head is None and self.category_head is None:
+            raise RuntimeError('predict needs a category head or text_head '
+                               'and text_target')
         images = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
-        image_emb = F.normalize(
-            self.text_head(backbone_tokens(self.backbone, images)), dim=-1)
+        tokens = backbone_tokens(self.backbone, images)
         if data_samples is None:
             data_samples = [DataSample() for _ in range(len(images))]
         scores = None
+        if self.zero_shot is None and self.category_head is not None:
+            scores = self.category_posterior.logits(
+                self.category_head(tokens), self.category_embedding.weight,
+                bias=self.category_embedding.bias).softmax(-1)
+        if self.text_head is None:
+            for sample, score in zip(data_samples, scores):
+                sample.set_pred_score(score).set_pred_label(score.argmax())
+            return data_samples
+        image_emb = F.normalize(self.text_head(tokens), dim=-1)
         if self.zero_shot is not None:
             scores = (image_emb @ self._zero_shot_classes().t()).softmax(-1)
         for i, sample in enumerate(data_samples):
@@ -210,7 +263,8 @@ class M3I(BaseSelfSupervisor):
                 sample.set_pred_score(scores[i]).set_pred_label(
                     scores[i].argmax())
         captions = [s.get('caption') for s in data_samples]
-        if all(c is not None for c in captions):
+        if self.text_target is not None and all(c is not None
+                                                for c in captions):
             texts = F.normalize(self.text_target(captions), dim=-1)
             for sample, text in zip(data_samples, texts):
                 sample.set_field(text, 'text_embedding')
@@ -266,13 +320,9 @@ class M3I(BaseSelfSupervisor):
         mask = self._stack(data_samples, 'mask', device).bool()
         n, grid = mask.shape[0], tuple(mask.shape[1:])
         mixed = self.mixer(inputs, mask)
-        tokens = backbone_tokens(self.backbone, mixed.images)
-        if tokens.shape[1] != grid[0] * grid[1]:
-            raise ValueError(
-                f'backbone gives {tokens.shape[1]} tokens but the mask grid '
-                f'is {grid}; mask patch size and backbone stride must match')
         # Token indices of each image: first image where M = 0, second M = 1.
         first_idx, second_idx = self._split_tokens(mask, mixed.images.device)
+        tokens = self._encode(mixed.images, first_idx, grid)
 
         lam = torch.ones((), device=device)
         if self.loss_balancer is not None:
@@ -301,13 +351,33 @@ class M3I(BaseSelfSupervisor):
                                     labels[who][has_label[who]], share)
                 for idx, who in images)
         if self.text_head is not None:
+            # text_symmetric: _text_loss sums both directions; their mean.
+            directions = 2 if self.text_symmetric else 1
             losses['loss_text'] = lam * self._text_loss(
-                tokens_multi, images, data_samples, device)
+                tokens_multi, images, data_samples, device) / directions
         if self.category_head is not None or self.text_head is not None:
             losses['lambda_sp'] = lam
         return losses
 
     # ------------------------------------------------------------------ #
+    def _encode(self, images: torch.Tensor, visible_idx: torch.Tensor,
+                grid: Tuple[int, int]) -> torch.Tensor:
+        """(N, L, C) encoder tokens; with ``mixer.drop_masked`` only the
+        ``visible_idx`` tokens are encoded and the rest are zeros (never
+        read: every loss of 'mask' mode reads the visible tokens)."""
+        if self.mixer.drop_masked:
+            visible = vit_visible_tokens(self.backbone, images, visible_idx)
+            tokens = visible.new_zeros(
+                visible.shape[0], grid[0] * grid[1], visible.shape[-1])
+            return tokens.scatter(
+                1, visible_idx[..., None].expand_as(visible), visible)
+        tokens = backbone_tokens(self.backbone, images)
+        if tokens.shape[1] != grid[0] * grid[1]:
+            raise ValueError(
+                f'backbone gives {tokens.shape[1]} tokens but the mask grid '
+                f'is {grid}; mask patch size and backbone stride must match')
+        return tokens
+
     def _image_losses(self, inputs, data_samples, mask, mixed, tokens,
                       first_idx, second_idx) -> Dict[str, torch.Tensor]:
         device = tokens.device
@@ -315,6 +385,19 @@ class M3I(BaseSelfSupervisor):
         grid = tuple(mask.shape[1:])
         self.image_target.update(self.backbone)
         targets = self.image_target(inputs[0])  # N forwards, one per image
+        if targets.dim() == 2:
+            return self._global_image_losses(tokens, targets, mixed,
+                                             first_idx, second_idx)
+        if isinstance(self.image_decoder, AttentionPoolingHead):
+            raise ValueError(
+                f'dense image targets {tuple(targets.shape)} need a dense '
+                f'decoder (e.g. ImageTargetDecoder), not AttentionPoolingHead'
+                f" (or set the target encoder's output='global')")
+        if isinstance(self.image_posterior, BoltzmannPosterior) and \
+                not isinstance(self.image_posterior, DenseBoltzmannPosterior):
+            raise ValueError('dense image targets with a Boltzmann posterior '
+                             'need DenseBoltzmannPosterior (negatives = the '
+                             'other positions of the image)')
         boxes = self._stack(data_samples, 'view_boxes', device).float()
         flips = self._stack(data_samples, 'view_flips', device).bool()
         masked_input = self.mixer.mode != 'full'
@@ -323,17 +406,21 @@ class M3I(BaseSelfSupervisor):
         # First image: its own tokens, its own target.
         losses = {
             'loss_img_first':
-            self._dense_loss(tokens, first_idx, own, mixed.first_view,
+            self._dense_loss(self.image_decoder, tokens, first_idx, own,
+                             mixed.first_view,
                              second_idx if masked_input else first_idx,
                              targets, boxes, flips, grid)
         }
         if mixed.sigma is not None:
+            decoder = self.image_decoder if self.image_decoder_second is None \
+                else self.image_decoder_second
             losses['loss_img_second'] = self._dense_loss(
-                tokens, second_idx, mixed.sigma, mixed.second_view,
+                decoder, tokens, second_idx, mixed.sigma, mixed.second_view,
                 first_idx, targets, boxes, flips, grid)
         return losses
 
-    def _dense_loss(self, tokens: torch.Tensor, token_idx: torch.Tensor,
+    def _dense_loss(self, decoder: nn.Module, tokens: torch.Tensor,
+                    token_idx: torch.Tensor,
                     image_idx: torch.Tensor, input_view: int,
                     hidden_idx: torch.Tensor, targets: torch.Tensor,
                     boxes: torch.Tensor, flips: torch.Tensor,
@@ -341,6 +428,7 @@ class M3I(BaseSelfSupervisor):
         """Decode one image of each mixed input and score its prediction.
 
         Args:
+            decoder (nn.Module): The image decoder f_ψ of this image.
             tokens (Tensor): (N, L, C) encoder tokens of the mixed inputs.
             token_idx (Tensor): (N, Lc) tokens belonging to this image.
             image_idx (Tensor): (N,) which image of the batch it is.
@@ -361,12 +449,15 @@ class M3I(BaseSelfSupervisor):
             boxes[image_idx, 0], flips[image_idx, 0], boxes[image_idx,
                                                             input_view],
             flips[image_idx, input_view], grid)
+        query_scale = target_scale_in_input(boxes[image_idx, 0],
+                                            boxes[image_idx, input_view])
         target = targets[image_idx]
         if input_view == 0:  # same view: predict what was hidden
             query_pos = _gather_tokens(query_pos, hidden_idx)
             target = _gather_tokens(target, hidden_idx)
-        pred = self.image_decoder(
-            _gather_tokens(tokens, token_idx), token_pos, query_pos)
+        pred = decoder(
+            _gather_tokens(tokens, token_idx), token_pos, query_pos,
+            query_scale=query_scale)
         return self.image_posterior(pred, target)
 
     def _category_loss(self, tokens: torch.Tensor, token_idx: torch.Tensor,
@@ -402,6 +493,9 @@ class M3I(BaseSelfSupervisor):
         for idx, who in images:
             rows = has_text[who]
             pred = self.text_head(_gather_tokens(tokens[rows], idx[rows]))
+            if self.text_symmetric:
+                loss = loss + self._text_to_image_loss(
+                    pred, rows, who, texts, temperature, share)
             loss = loss + self.text_posterior(
                 pred, candidates, who[rows] + offset,
                 temperature=temperature, candidate_mask=valid,
@@ -419,6 +513,91 @@ class M3I(BaseSelfSupervisor):
             labels.append(int(label[0]) if present[-1] else 0)
         return (torch.tensor(labels, device=device),
                 torch.tensor(present, device=device))
+
+    def _global_image_losses(self, tokens: torch.Tensor,
+                             targets: torch.Tensor, mixed,
+                             first_idx: torch.Tensor,
+                             second_idx: torch.Tensor
+                             ) -> Dict[str, torch.Tensor]:
+        """Global image targets (Table 2 (c, f, i, l)).
+
+        Each image of a mixed input pools its own tokens in its global
+        decoder (one shared, or one per image with
+        ``separate_image_decoders``), (N, D) predictions of its target view's global feature.
+        Gaussian posterior: L2 to its own target (stop-gradient, BYOL-like).
+        Boltzmann posterior: its own target among the targets of the whole
+        batch, gathered from all ranks (negative samples, MoCo v3-like).
+
+        Args:
+            tokens (Tensor): (N, L, C) encoder tokens of the mixed inputs.
+            targets (Tensor): (N, D) target features of every image.
+            mixed (MixedBatch): Which image is where.
+            first_idx, second_idx (Tensor): (N, Lc) token indices of the
+                first / second image.
+
+        Returns:
+            dict[str, Tensor]: ``loss_img_first`` (and ``loss_img_second``).
+        """
+        if isinstance(self.image_posterior, DenseBoltzmannPosterior):
+            raise ValueError('DenseBoltzmannPosterior needs dense image '
+                             'targets; the image target is global (N, D)')
+        if isinstance(self.image_decoder, ImageTargetDecoder):
+            raise ValueError(
+                f'a global image target {tuple(targets.shape)} needs a '
+                f'global decoder (e.g. AttentionPoolingHead), not '
+                f'ImageTargetDecoder')
+        own = torch.arange(tokens.shape[0], device=tokens.device)
+        groups = {'loss_img_first': (first_idx, own, self.image_decoder)}
+        if mixed.sigma is not None:
+            groups['loss_img_second'] = (
+                second_idx, mixed.sigma, self.image_decoder_second
+                or self.image_decoder)
+        contrastive = isinstance(self.image_posterior, BoltzmannPosterior)
+        if contrastive:
+            candidates, offset = gather_with_grad(targets.detach())
+        losses = {}
+        for name, (idx, who, decoder) in groups.items():
+            pred = decoder(_gather_tokens(tokens, idx))
+            if pred.shape != targets[who].shape:
+                raise ValueError(
+                    f'a global image target {tuple(targets.shape)} needs a '
+                    f'global decoder (e.g. AttentionPoolingHead) with '
+                    f'out_channels={targets.shape[1]}; '
+                    f'{type(self.image_decoder).__name__} gave '
+                    f'{tuple(pred.shape)}')
+            losses[name] = self.image_posterior(
+                pred, candidates, who + offset) if contrastive else \
+                self.image_posterior(pred, targets[who])
+        return losses
+
+    def _text_to_image_loss(self, pred: torch.Tensor, rows: torch.Tensor,
+                            who: torch.Tensor, texts: torch.Tensor,
+                            temperature: torch.Tensor,
+                            share: torch.Tensor) -> torch.Tensor:
+        """CLIP's text -> image term: each caption picks the prediction of
+        its image among those of all images of the batch (all ranks).
+
+        Args:
+            pred (Tensor): (R, D) text-head predictions of the input rows
+                whose image has a caption.
+            rows (Tensor): (N,) bool, which input rows those are.
+            who (Tensor): (N,) sample index of each row's image.
+            texts (Tensor): (N, D) caption embeddings of the local samples.
+            temperature (Tensor): τ.
+            share (Tensor): This rank's share of the captioned images of all
+                ranks (:func:`per_rank_share`), the loss's divisor.
+
+        Returns:
+            Tensor: Scalar loss.
+        """
+        positions = rows.nonzero().squeeze(1)
+        full = pred.new_zeros(len(rows), pred.shape[1]).index_put(
+            (positions, ), pred)
+        candidates, offset = gather_with_grad(full)
+        valid = gather_with_grad(rows.float())[0] > 0.5
+        return self.text_posterior(
+            texts[who[positions]], candidates, positions + offset,
+            temperature=temperature, candidate_mask=valid, avg_factor=share)
 
     def _split_tokens(self, mask: torch.Tensor, device: torch.device
                       ) -> Tuple[torch.Tensor, torch.Tensor]:

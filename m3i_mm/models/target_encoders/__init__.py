@@ -1,9 +1,12 @@
 from .category import CategoryEmbedding
-from .momentum_image import MomentumImageTarget, backbone_tokens
+from .frozen_image import FrozenImageTarget
+from .momentum_image import (MomentumImageTarget, backbone_tokens,
+                             target_representation)
 from .pixel import PixelTarget
 from .text import TextTargetEncoder, resolve_model_path
 
 __all__ = [
-    'CategoryEmbedding', 'MomentumImageTarget', 'PixelTarget',
-    'TextTargetEncoder', 'backbone_tokens', 'resolve_model_path'
+    'CategoryEmbedding', 'FrozenImageTarget', 'MomentumImageTarget',
+    'PixelTarget', 'TextTargetEncoder', 'backbone_tokens',
+    'resolve_model_path', 'target_representation'
 ]

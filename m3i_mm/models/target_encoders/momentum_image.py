@@ -23,6 +23,24 @@ def backbone_tokens(backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return feat.flatten(2).transpose(1, 2)
 
 
+TARGET_OUTPUTS = ('dense', 'global')
+
+
+def check_target_output(output: str) -> str:
+    """Validate a target representation type (paper Sec. 3.2: dense feature
+    or global feature); raises ``ValueError`` naming the bad value."""
+    if output not in TARGET_OUTPUTS:
+        raise ValueError(f'output must be one of {TARGET_OUTPUTS}, got '
+                         f'{output!r}')
+    return output
+
+
+def target_representation(tokens: torch.Tensor, output: str) -> torch.Tensor:
+    """z_y of an image target: the (N, L, C) tokens themselves (``'dense'``)
+    or their mean over the L positions, (N, C) (``'global'``)."""
+    return tokens if output == 'dense' else tokens.mean(dim=1)
+
+
 @MODELS.register_module()
 class MomentumImageTarget(nn.Module):
     """Dense target features from an exponential moving average backbone.
@@ -37,13 +55,18 @@ class MomentumImageTarget(nn.Module):
         backbone (nn.Module): The online backbone f_θ to average.
         momentum (float): Start of ``m``. Defaults to 0.005.
         end_momentum (float): End of ``m``. Defaults to 0.
+        output (str): ``'dense'`` (N, L, C) token features or ``'global'``
+            (N, C), their mean (the "global feature" targets of Table 2
+            (c, f, i, l)). Defaults to ``'dense'``.
     """
 
     def __init__(self,
                  backbone: nn.Module,
                  momentum: float = 0.005,
-                 end_momentum: float = 0.0) -> None:
+                 end_momentum: float = 0.0,
+                 output: str = 'dense') -> None:
         super().__init__()
+        self.output = check_target_output(output)
         self.ema = CosineEMA(
             backbone,
             momentum=momentum,
@@ -57,6 +80,8 @@ class MomentumImageTarget(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Encode target images: (N, C, H, W) -> (N, L, C) tokens."""
+        """Encode target images: (N, C, H, W) -> (N, L, C) tokens, or (N, C)
+        for ``output='global'``."""
         self.ema.module.eval()
-        return backbone_tokens(self.ema.module, images)
+        return target_representation(
+            backbone_tokens(self.ema.module, images), self.output)

@@ -43,7 +43,9 @@ class MultiInputMixer(nn.Module):
         - ``'mix'`` (M3I): ``x = (1 - M) ⊙ first[i] + M ⊙ second[σ(i)]``
           with a random derangement σ of the batch.
         - ``'mask'`` ("w/o mix", single input): masked patches are filled with
-          ``fill_value`` (0 = the mean pixel after normalisation).
+          ``fill_value`` (0 = the mean pixel after normalisation); with
+          ``drop_masked`` the encoder also leaves them out (MAE, SiameseIM),
+          see :func:`~m3i_mm.models.utils.vit_visible_tokens`.
         - ``'full'``: the first image's view, unmasked.
 
     Args:
@@ -52,13 +54,16 @@ class MultiInputMixer(nn.Module):
         target_views (tuple[str, str]): ``'same'``/``'different'`` for the
             first and the second image.
         fill_value (float): Pixel value of masked patches in ``'mask'`` mode.
+        drop_masked (bool): In ``'mask'`` mode, tell the algorithm to encode
+            only the visible patches (ViT backbones). Defaults to False.
     """
 
     def __init__(self,
                  patch_size: int,
                  mode: str = 'mix',
                  target_views: List[str] = ('same', 'different'),
-                 fill_value: float = 0.0) -> None:
+                 fill_value: float = 0.0,
+                 drop_masked: bool = False) -> None:
         super().__init__()
         if mode not in MODES:
             raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
@@ -66,10 +71,13 @@ class MultiInputMixer(nn.Module):
                                          for v in target_views):
             raise ValueError(f'target_views must be two of {VIEW_CHOICES}, '
                              f'got {target_views!r}')
+        if drop_masked and mode != 'mask':
+            raise ValueError(f'drop_masked needs mode="mask", got {mode!r}')
         self.patch_size = patch_size
         self.mode = mode
         self.target_views = tuple(target_views)
         self.fill_value = fill_value
+        self.drop_masked = drop_masked
 
     @property
     def first_view(self) -> int:

@@ -7,6 +7,9 @@ original image and then into the input view, in units of input-view patches,
 measured from the input view's top-left corner (SiameseIM-style relative
 positions). The decoder places its mask token for that target patch at this
 (generally fractional) position, so it can be matched to the input tokens.
+Following SiameseIM [67], the query also carries the relative scale of a
+target patch to an input patch (:func:`target_scale_in_input`,
+:func:`relative_query_embed`).
 """
 from typing import Tuple
 
@@ -59,6 +62,73 @@ def target_positions_in_input(target_boxes: torch.Tensor,
     v_in = (y - boxes_i[:, None, 1]) / (boxes_i[:, None, 3] - boxes_i[:, None, 1])
     u_in = torch.where(input_flips.bool()[:, None], 1 - u_in, u_in)
     return torch.stack([u_in * w, v_in * h], dim=-1)
+
+
+def target_scale_in_input(target_boxes: torch.Tensor,
+                          input_boxes: torch.Tensor) -> torch.Tensor:
+    """Log size ratio of a target-view patch to an input-view patch.
+
+    Both views are resized to the same patch grid, so a patch of a view
+    covers ``box width / w`` by ``box height / h`` original-image pixels and
+    the ratio of the two patch sizes is the ratio of the crop box sizes.
+    Flips do not change it. SiameseIM [67] (``h2/h1`` and ``w2/w1`` of its
+    two crops, used through their logarithm in the decoder's relative
+    embedding) is the source.
+
+    Args:
+        target_boxes (Tensor): (N, 4) target crop boxes ``(x0, y0, x1, y1)``
+            in original-image pixels.
+        input_boxes (Tensor): (N, 4) input crop boxes, same units.
+
+    Returns:
+        Tensor: (N, 2) ``(log(w_t / w_i), log(h_t / h_i))``, natural log of
+        the width and height ratios (0 = same patch size).
+
+    Raises:
+        ValueError: If a box has zero or negative width or height.
+    """
+    sizes = []
+    for name, boxes in (('target', target_boxes), ('input', input_boxes)):
+        size = boxes[..., 2:4].float() - boxes[..., 0:2].float()
+        if not bool((size > 0).all()):
+            raise ValueError(f'{name} boxes need x1 > x0 and y1 > y0, got '
+                             f'{boxes.tolist()}')
+        sizes.append(size)
+    return (sizes[0] / sizes[1]).log()
+
+
+def relative_query_embed(positions: torch.Tensor,
+                         log_scales: torch.Tensor,
+                         embed_dims: int,
+                         scale_factor: float = 10.) -> torch.Tensor:
+    """Sine-cosine features of target-patch position and relative scale.
+
+    SiameseIM's relative decoder embedding [67]: the sine-cosine features of
+    the position (:func:`sincos_pos_embed`) next to those of the scaled log
+    size ratios ``scale_factor * log(ratio)`` (the same for every patch of a
+    view pair). A learned linear map brings them to the decoder width (see
+    :class:`~m3i_mm.models.necks.ImageTargetDecoder`).
+
+    Args:
+        positions (Tensor): (N, L, 2) positions ``(x, y)`` in input-view
+            patch units (:func:`target_positions_in_input`).
+        log_scales (Tensor): (N, 2) ``(log w ratio, log h ratio)``
+            (:func:`target_scale_in_input`).
+        embed_dims (int): Size of each half, divisible by 4.
+        scale_factor (float): Multiplier of the log ratios; SiameseIM uses
+            10. Defaults to 10.
+
+    Returns:
+        Tensor: (N, L, 2 * embed_dims), position features first.
+    """
+    if log_scales.shape != (positions.shape[0], 2):
+        raise ValueError(f'log_scales must be (N, 2) = ({positions.shape[0]}'
+                         f', 2), got {tuple(log_scales.shape)}')
+    scale = (scale_factor * log_scales)[:, None].expand_as(positions)
+    return torch.cat([
+        sincos_pos_embed(positions, embed_dims),
+        sincos_pos_embed(scale, embed_dims)
+    ], dim=-1)
 
 
 def sincos_pos_embed(positions: torch.Tensor,

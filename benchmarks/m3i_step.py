@@ -65,8 +65,8 @@ def mae_cfg(arch: str, img: int) -> dict:
         backbone=dict(type='MAEViT', arch=arch, img_size=img, patch_size=16,
                       mask_ratio=0.75),
         neck=dict(type='MAEPretrainDecoder', num_patches=(img // 16)**2,
-                  patch_size=16, in_chans=3,
-                  embed_dim=dims, decoder_embed_dim=512, decoder_depth=8,
+                  patch_size=16, in_chans=3, embed_dim=dims,
+                  decoder_embed_dim=512, decoder_depth=8,
                   decoder_num_heads=16, mlp_ratio=4.),
         head=dict(type='MAEPretrainHead', norm_pix=True, patch_size=16,
                   loss=dict(type='PixelReconstructionLoss', criterion='L2')))

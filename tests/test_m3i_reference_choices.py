@@ -169,6 +169,8 @@ def test_dropped_tokens_ignore_the_masked_pixels():
                           vit_visible_tokens(vit, noise, keep), atol=1e-6)
     with pytest.raises(ValueError, match='keep_idx'):
         vit_visible_tokens(vit, images, keep + GRID * GRID)
+    with pytest.raises(ValueError, match='mask grid'):
+        vit_visible_tokens(vit, images, keep, grid=(2 * GRID, 2 * GRID))
 
 
 def test_wo_mix_trains_with_dropped_tokens():

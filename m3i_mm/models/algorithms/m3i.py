@@ -366,7 +366,8 @@ class M3I(BaseSelfSupervisor):
         ``visible_idx`` tokens are encoded and the rest are zeros (never
         read: every loss of 'mask' mode reads the visible tokens)."""
         if self.mixer.drop_masked:
-            visible = vit_visible_tokens(self.backbone, images, visible_idx)
+            visible = vit_visible_tokens(self.backbone, images, visible_idx,
+                                         grid)
             tokens = visible.new_zeros(
                 visible.shape[0], grid[0] * grid[1], visible.shape[-1])
             return tokens.scatter(

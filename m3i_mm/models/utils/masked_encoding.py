@@ -5,6 +5,8 @@ patches and encode all of them, or drop them from the encoder as MAE [30]
 and SiameseIM [67] do. Dropping gives each visible token the same output as
 a ViT that never saw the masked patches, at a fraction of the cost.
 """
+from typing import Optional, Tuple
+
 import torch
 import torch.nn as nn
 
@@ -12,8 +14,10 @@ from mmpretrain.models.backbones import VisionTransformer
 from mmpretrain.models.utils import resize_pos_embed
 
 
-def vit_visible_tokens(vit: nn.Module, images: torch.Tensor,
-                       keep_idx: torch.Tensor) -> torch.Tensor:
+def vit_visible_tokens(vit: nn.Module,
+                       images: torch.Tensor,
+                       keep_idx: torch.Tensor,
+                       grid: Optional[Tuple[int, int]] = None) -> torch.Tensor:
     """Run an mmpretrain ViT on the patches ``keep_idx`` only.
 
     As mmpretrain's ``MAEViT`` (and SiameseIM's encoder): patch embedding and
@@ -28,6 +32,8 @@ def vit_visible_tokens(vit: nn.Module, images: torch.Tensor,
         images (Tensor): (N, C, H, W) input images.
         keep_idx (Tensor): (N, K) long, indices of the kept patches in raster
             order of the patch grid.
+        grid (tuple[int, int], optional): The patch grid ``(h, w)`` the
+            indices refer to (e.g. the mask's); checked against the ViT's.
 
     Returns:
         Tensor: (N, K, C_out) tokens of the kept patches, in ``keep_idx``
@@ -35,24 +41,29 @@ def vit_visible_tokens(vit: nn.Module, images: torch.Tensor,
 
     Raises:
         TypeError: If ``vit`` is not an mmpretrain ``VisionTransformer``.
-        ValueError: If ``keep_idx`` does not fit the batch or the grid.
+        ValueError: If ``keep_idx`` does not fit the batch or the grid, or
+            ``grid`` is not the ViT's patch grid.
     """
     if not isinstance(vit, VisionTransformer):
         raise TypeError(
             'dropping masked tokens needs an mmpretrain VisionTransformer '
             f'backbone, got {type(vit).__name__}')
-    x, grid = vit.patch_embed(images)
+    x, vit_grid = vit.patch_embed(images)
+    if grid is not None and tuple(grid) != tuple(vit_grid):
+        raise ValueError(
+            f'the ViT sees a {tuple(vit_grid)} patch grid but the mask grid '
+            f'is {tuple(grid)}; mask patch size and ViT patch size must match')
     n, num_patches, dims = x.shape
     in_grid = keep_idx.numel() == 0 or (
         int(keep_idx.min()) >= 0 and int(keep_idx.max()) < num_patches)
     if keep_idx.dim() != 2 or keep_idx.shape[0] != n or not in_grid:
         raise ValueError(
             f'keep_idx {tuple(keep_idx.shape)} must be (N={n}, K) indices '
-            f'into the {grid[0]}x{grid[1]} patch grid')
+            f'into the {vit_grid[0]}x{vit_grid[1]} patch grid')
     pos = resize_pos_embed(
         vit.pos_embed,
         vit.patch_resolution,
-        grid,
+        vit_grid,
         mode=vit.interpolate_mode,
         num_extra_tokens=vit.num_extra_tokens)
     extra = vit.num_extra_tokens

@@ -7,7 +7,7 @@ import torch
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
 
-from conftest import REPO
+from conftest import REPO, config_path
 
 CONFIGS = sorted(
     p for p in glob.glob(osp.join(REPO, 'configs', '**', '*.py'),
@@ -95,3 +95,24 @@ def test_views_are_colour_augmented_once(path):
                     f'{osp.basename(path)}: M3IViews has per-image '
                     'photometric transforms and the data preprocessor '
                     'view_transforms')
+
+
+def _blur_and_solarize(transforms):
+    """(blur probability, solarize probability) of one view's list."""
+    probs = {t['type']: t.get('prob', 1.0) for t in transforms}
+    return probs.get('GaussianBlur', 0.0), probs.get('Solarize', 0.0)
+
+
+def test_view_augmentation_follows_siameseim():
+    """SiameseIM [67]: online view blur p=1.0; target view blur p=0.1 and
+    solarize p=0.2. View 0 is M3I's target view, view 1 only an input."""
+    cfg = Config.fromfile(config_path('pretrain', 'm3i_vitb.py'))
+    target, other = cfg.model.data_preprocessor.view_transforms
+    assert _blur_and_solarize(target) == (0.1, 0.2)
+    assert _blur_and_solarize(other) == (1.0, 0.0)
+    per_image = Config.fromfile(
+        config_path('pretrain', 'm3i_vitb_per-image-aug.py'))
+    views = next(step for step in per_image.train_dataloader.dataset.pipeline
+                 if step['type'] == 'M3IViews')
+    assert _blur_and_solarize(views['target_view_transforms']) == (0.1, 0.2)
+    assert _blur_and_solarize(views['other_view_transforms']) == (1.0, 0.0)

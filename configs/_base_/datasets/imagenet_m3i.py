@@ -1,6 +1,6 @@
 # ImageNet-1k for M3I pre-training: two views per image (target view and
 # another view, each with its crop box and flip) and a 50% blockwise mask
-# (Table 7). The other view gets the stronger photometric augmentation.
+# (Table 7). Which view gets which photometric augmentation: see below.
 #
 # The data workers only decode (at reduced JPEG scale where both crops allow
 # it), crop, flip and mask: M3IViews reads the file itself. The photometric
@@ -16,7 +16,12 @@ img_size = 224
 patch_size = 16
 
 # Photometric augmentation of the two views (Table 7: ColorJitter,
-# RandomGrayscale, GaussianBlur, Solarize), asymmetric as in BYOL.
+# RandomGrayscale, GaussianBlur, Solarize), asymmetric as in SiameseIM [67]
+# (after BYOL): its online (input) view is always blurred, its target view
+# rarely blurred and sometimes solarized. Here view 1 (the other view) is
+# only ever an input (the second image of a mix), while view 0 (the target
+# view) is what the momentum encoder encodes for both images' targets, so
+# view 1 gets the online augmentation and view 0 the target one.
 color_aug = [
     dict(
         type='RandomApply',
@@ -35,16 +40,18 @@ color_aug = [
         keep_channels=True,
         channel_weights=(0.114, 0.587, 0.2989)),
 ]
-# Target view (encoded by the momentum encoder): always blurred.
+# View 0, target view (momentum encoder; also the first image's input):
+# rarely blurred, solarized (SiameseIM's target view).
 target_view_aug = color_aug + [
-    dict(type='GaussianBlur', magnitude_range=(0.1, 2.0),
-         magnitude_std='inf', prob=1.0),
-]
-# The other view (input of the second image): rarely blurred, solarized.
-other_view_aug = color_aug + [
     dict(type='GaussianBlur', magnitude_range=(0.1, 2.0),
          magnitude_std='inf', prob=0.1),
     dict(type='Solarize', thr=128, prob=0.2),
+]
+# View 1, other view (input of the second image): always blurred
+# (SiameseIM's online view).
+other_view_aug = color_aug + [
+    dict(type='GaussianBlur', magnitude_range=(0.1, 2.0),
+         magnitude_std='inf', prob=1.0),
 ]
 
 view_transforms = [target_view_aug, other_view_aug]

@@ -4,7 +4,7 @@ from typing import Iterator, List, Optional, Sequence
 
 import numpy as np
 from mmengine.dist import get_dist_info
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset
 
 from m3i_mm.registry import DATASETS
 from m3i_mm.utils.randomness import derive_seed, seed_all
@@ -22,7 +22,7 @@ class MultiSourceDataset(IterableDataset):
     their shards themselves and are restarted when exhausted. Every sample
     keeps the targets its source has (``gt_label`` or ``caption``), and M3I
     computes each global loss only for the images that have its target. Use
-    with ``sampler=None`` and an iteration-based loop.
+    with ``sampler=None``.
 
     The stream is a pure function of ``(seed, epoch, worker slot)``: the
     draws, the orders of the map-style sources, and the generators seeded
@@ -81,15 +81,14 @@ class MultiSourceDataset(IterableDataset):
         """Samples of one rank per pass (``length // world_size``)."""
         return nominal_length(self, self.length)
 
-    def _worker_share(self) -> Optional[int]:
-        """Samples this worker yields per pass; None: endless."""
+    def _worker_share(self, slot: int, slots: int) -> Optional[int]:
+        """Samples worker ``slot`` of ``slots`` (all ranks) yields per pass:
+        its part of the rank's ``length // world_size``; None: endless."""
         if self.length is None:
             return None
-        worker = get_worker_info()
-        workers, index = (1, 0) if worker is None else (worker.num_workers,
-                                                        worker.id)
-        per_rank = self.length // get_dist_info()[1]
-        return per_rank // workers + int(index < per_rank % workers)
+        world_size = get_dist_info()[1]
+        workers, per_rank = slots // world_size, self.length // world_size
+        return per_rank // workers + int(slot % workers < per_rank % workers)
 
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch of the next iteration (draws, orders, seeds)."""
@@ -131,7 +130,7 @@ class MultiSourceDataset(IterableDataset):
             self._stream(s, np.random.default_rng([self.seed, epoch, i]),
                          slot, slots) for i, s in enumerate(self.sources)
         ]
-        share = self._worker_share()
+        share = self._worker_share(slot, slots)
         positions = itertools.count() if share is None else range(share)
         for position in positions:
             source = rng.choice(len(streams), p=self.probs)

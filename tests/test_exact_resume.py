@@ -106,3 +106,51 @@ def test_multisource_demo_killed_and_resumed_is_the_same_run(
             f'train_dataloader.dataset.datasets.1.data_root={demo_root}',
             'train_dataloader.persistent_workers=False'
         ])
+
+
+def write_caption_shards(demo_root: str, folder, num_shards: int,
+                         per_shard: int) -> str:
+    """The demo's captioned digits as WebDataset tar shards; their pattern."""
+    from m3i_mm.datasets import DemoDigitsCaptions
+    from m3i_mm.datasets.image_text import write_shard
+    captions = DemoDigitsCaptions(data_root=demo_root, split='train')
+    for shard in range(num_shards):
+        samples = []
+        for i in range(shard * per_shard, (shard + 1) * per_shard):
+            info = captions.get_data_info(i)
+            with open(info['img_path'], 'rb') as f:
+                image = f.read()
+            samples.append((f'{i:05d}', {
+                'png': image,
+                'txt': info['caption'].encode()
+            }))
+        write_shard(str(folder / f'{shard:05d}.tar'), samples)
+    return str(folder / ('{00000..%05d}.tar' % (num_shards - 1)))
+
+
+def test_streamed_shards_multisource_killed_and_resumed_is_the_same_run(
+        demo_root, tmp_path):
+    # The multisource demo with its captioned source streamed from tar
+    # shards (ImageTextShards inside MultiSourceDataset, sampler=None), as
+    # the LAION/YFCC/CC12M configs read it. A nominal epoch of 32 samples is
+    # 4 batches (2 workers x 16): the run crosses a pass boundary.
+    from mmengine.config import Config
+    (tmp_path / 'shards').mkdir()
+    shards = write_caption_shards(demo_root, tmp_path / 'shards', 4, 8)
+    cfg = Config.fromfile(
+        config_path('pretrain', 'm3i_vit-tiny_multisource_demo.py'))
+    pipeline = cfg.train_pipeline
+    assert pipeline[0]['type'] == 'LoadImageFromFile'  # shards: decoded
+    cfg.train_dataloader.sampler = None
+    cfg.train_dataloader.dataset = dict(
+        type='MultiSourceDataset',
+        length=32,
+        sources=[
+            dict(type='DemoDigits', data_root=demo_root, split='train',
+                 indices=list(range(0, 1438, 2)), pipeline=pipeline),
+            dict(type='ImageTextShards', shards=shards,
+                 pipeline=pipeline[1:]),
+        ])
+    cfg_file = str(tmp_path / 'streamed.py')
+    cfg.dump(cfg_file)
+    run_killed_and_resumed(cfg_file, tmp_path, [])

@@ -200,3 +200,44 @@ def test_multisource_stream_changes_with_the_epoch(tmp_path):
     first = [s['caption'] for s in islice(iter(stream), 40)]
     second = [s['caption'] for s in islice(iter(stream), 40)]
     assert first != second
+
+
+def test_streams_have_a_nominal_length_for_the_runner(tmp_path):
+    # mmengine's Runner takes len(train_dataloader) (param schedulers'
+    # epoch_length, LoggerHook, LogProcessor): an unsized stream failed at
+    # its first iteration with "object of type ... has no len()".
+    from m3i_mm.datasets import MultiSourceDataset
+    shards = one_caption_shards(tmp_path, 4)
+    unsized = [ImageTextShards(shards),
+               MultiSourceDataset(sources=[dict(type='ImageTextShards',
+                                                shards=shards)])]
+    for dataset in unsized:
+        with pytest.raises(TypeError, match=type(dataset).__name__ +
+                           r'.*has no length.*Set `length`'):
+            len(DataLoader(dataset, batch_size=4))
+    assert len(DataLoader(ImageTextShards(shards, length=10),
+                          batch_size=4)) == 3
+    stream = MultiSourceDataset(
+        sources=[dict(type='ImageTextShards', shards=shards)], length=10)
+    assert len(stream) == 10
+    # A pass is the nominal epoch: 10 samples over the 2 workers, then the
+    # epoch ends (epoch-based loops stop, the infinite iterator restarts).
+    loader = DataLoader(stream, batch_size=None, num_workers=2)
+    assert len(list(loader)) == 10
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match='length must be a positive'):
+            ImageTextShards(shards, length=bad)
+
+
+def test_source_without_shards_for_a_worker_is_an_error(tmp_path):
+    # 1 shard, 2 worker slots: worker 1's shard stream is empty and was
+    # restarted forever (the DataLoader timeout catches the old spin).
+    from m3i_mm.datasets import MultiSourceDataset
+    stream = MultiSourceDataset(sources=[
+        dict(type='ImageTextShards', shards=one_caption_shards(tmp_path, 1))
+    ])
+    loader = DataLoader(stream, batch_size=None, num_workers=2, timeout=60)
+    with pytest.raises(ValueError,
+                       match=r'ImageTextShards.*00000.tar.*yielded no sample'
+                       r'.*worker slot 1 of 2.*1 shards for 2 worker slots'):
+        list(loader)

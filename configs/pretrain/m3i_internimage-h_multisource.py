@@ -41,12 +41,19 @@ image_text_pipeline = [
         meta_keys=['caption']),
 ]
 
+# 30 epochs of 441.2M samples at the total batch of 40000 (Table 7; 625 per
+# GPU x 64 GPUs), with the lr of m3i_internimage-h.py.
+samples_per_epoch = 441_200_000
+total_batch = 40000
 train_dataloader = dict(
     batch_size=625,
     sampler=None,
     dataset=dict(
         _delete_=True,
         type='MultiSourceDataset',
+        # One epoch: LAION-400M + YFCC-15M + CC12M (427M pairs, Sec. 4.1)
+        # + ImageNet-22k (14.2M), split over the ranks.
+        length=samples_per_epoch,
         # Millions of samples per source.
         ratios=[400, 15, 12, 14.2],
         sources=[
@@ -60,10 +67,6 @@ train_dataloader = dict(
                  split='train', pipeline=image_text_pipeline),
         ]))
 
-# 30 epochs of 441.2M samples at the total batch of 40000 (Table 7; 625 per
-# GPU x 64 GPUs), with the lr of m3i_internimage-h.py.
-samples_per_epoch = 441_200_000
-total_batch = 40000
 max_iters = 30 * samples_per_epoch // total_batch
 warmup_iters = samples_per_epoch // total_batch  # 1 epoch
 param_scheduler = [

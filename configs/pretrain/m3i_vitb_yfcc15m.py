@@ -52,6 +52,9 @@ train_dataloader = dict(
         type='ImageTextShards',
         data_root='data/yfcc15m',
         shards='{00000..01499}.tar',
+        # Nominal epoch (len() for the Runner): the 15M pairs of YFCC-15M
+        # (paper Sec. 4.1 / Table 4); set the count of your shards.
+        length=15_000_000,
         pipeline=train_pipeline))
 
 val_dataloader = dict(

@@ -144,6 +144,43 @@ class _EndCheckedTarInfo(tarfile.TarInfo):
         return super().frombuf(buf, encoding, errors)
 
 
+def nominal_length(dataset: object, length: Optional[int]) -> int:
+    """Samples per epoch of one rank for a streamed dataset's ``__len__``.
+
+    mmengine's Runner takes ``len(train_dataloader)`` (scheduler
+    ``epoch_length``, LoggerHook, LogProcessor), which for an
+    ``IterableDataset`` is ``len(dataset)``; like WebDataset's
+    ``with_length``, the stream states a nominal epoch size.
+
+    Args:
+        dataset (object): The dataset (named in the error).
+        length (int, optional): Samples per epoch over all ranks.
+
+    Returns:
+        int: ``length // world_size``.
+
+    Raises:
+        TypeError: ``length`` is None (as ``len()`` of an unsized object).
+    """
+    if length is None:
+        raise TypeError(
+            f'{dataset!r} has no length: mmengine\'s Runner needs '
+            f'len(train_dataloader). Set `length` (samples per epoch over '
+            f'all ranks) in its dataset config.')
+    return length // get_dist_info()[1]
+
+
+def check_length(length: Optional[int]) -> Optional[int]:
+    """``length`` as a positive int (or None); ValueError otherwise."""
+    if length is None:
+        return None
+    if isinstance(length, bool) or not isinstance(length, int) or \
+            length <= 0:
+        raise ValueError(f'length must be a positive int (samples per '
+                         f'epoch), got {length!r}')
+    return length
+
+
 def worker_slot() -> tuple:
     """(global index, number) of the data-loading workers over all ranks:
     this process's slot for splitting a stream."""
@@ -183,6 +220,10 @@ class ImageTextShards(IterableDataset):
         seed (int): Seed of the shard shuffle.
         max_warnings (int): Skipped samples warned about one by one; later
             ones are only counted.
+        length (int, optional): Samples in the shards, over all ranks
+            (nominal: a pass yields what the shards hold). ``len()`` is
+            ``length // world_size``, the samples of one rank per pass; the
+            Runner needs it. Without it ``len()`` raises ``TypeError``.
     """
 
     def __init__(self,
@@ -191,8 +232,10 @@ class ImageTextShards(IterableDataset):
                  pipeline: Sequence[dict] = (),
                  shuffle_shards: bool = True,
                  seed: int = 0,
-                 max_warnings: int = 10) -> None:
+                 max_warnings: int = 10,
+                 length: Optional[int] = None) -> None:
         super().__init__()
+        self.length = check_length(length)
         self.shards = expand_shards(shards, data_root)
         if not self.shards:
             raise ValueError(f'ImageTextShards: no shard in {shards!r} '
@@ -206,6 +249,14 @@ class ImageTextShards(IterableDataset):
         self.max_warnings = max_warnings
         self.num_skipped = 0
         self.epoch = 0
+
+    def __repr__(self) -> str:
+        return (f'ImageTextShards({self.shards[0]!r}, ... '
+                f'{len(self.shards)} shards)')
+
+    def __len__(self) -> int:
+        """Nominal samples of one rank per pass (``length // world_size``)."""
+        return nominal_length(self, self.length)
 
     def set_epoch(self, epoch: int) -> None:
         """Set the pass that the next iteration reads (shard order, seeds)."""
@@ -302,5 +353,6 @@ def write_shard(path: str, samples: Sequence[tuple]) -> None:
 
 
 __all__ = [
-    'ImageTextDataset', 'ImageTextShards', 'expand_shards', 'write_shard'
+    'ImageTextDataset', 'ImageTextShards', 'expand_shards', 'write_shard',
+    'nominal_length'
 ]

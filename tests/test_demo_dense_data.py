@@ -15,9 +15,9 @@ from sklearn.datasets import load_digits
 
 from conftest import config_path
 from m3i_mm.datasets import DIGIT_CLASSES, demo_digits_split
-from m3i_mm.datasets.demo_detection import (DemoDigitsCoco, upscale_digit,
+from m3i_mm.datasets.demo.detection import (DemoDigitsCoco, upscale_digit,
                                             materialize_demo_digits_coco)
-from m3i_mm.datasets.demo_segmentation import (DemoDigitsSeg,
+from m3i_mm.datasets.demo.segmentation import (DemoDigitsSeg,
                                                materialize_demo_digits_ade)
 
 COUNTS = {'train': (200, 390), 'val': (50, 97)}  # images, instances

@@ -13,7 +13,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from conftest import config_path
-from m3i_mm.datasets.demo_lvis import LVIS_TRAIN_QUOTA, lvis_frequency
+from m3i_mm.datasets.demo.lvis import LVIS_TRAIN_QUOTA, lvis_frequency
 
 LVIS_DEMO = config_path('downstream', 'lvis',
                         'mask-rcnn_vitdet-tiny_m3i_lvis_demo.py')

@@ -1,9 +1,8 @@
-from .demo_detection import DemoDigitsCoco, materialize_demo_digits_coco
-from .demo_lvis import DemoDigitsLvis, materialize_demo_digits_lvis
-from .demo_digits import (CAPTION_TEMPLATES, DIGIT_CLASSES, DemoDigits,
-                          DemoDigitsCaptions, demo_digits_split,
-                          materialize_demo_digits)
-from .demo_segmentation import DemoDigitsSeg, materialize_demo_digits_ade
+from .demo import (CAPTION_TEMPLATES, DIGIT_CLASSES, DemoDigits,
+                   DemoDigitsCaptions, DemoDigitsCoco, DemoDigitsLvis,
+                   DemoDigitsSeg, demo_digits_split, materialize_demo_digits,
+                   materialize_demo_digits_ade, materialize_demo_digits_coco,
+                   materialize_demo_digits_lvis)
 from .image_text import ImageTextDataset, ImageTextShards, expand_shards
 from .multi_source import MultiSourceDataset
 from .transforms import BlockwiseMaskGenerator, M3IViews

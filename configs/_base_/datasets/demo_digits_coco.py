@@ -1,5 +1,5 @@
 # Detection / instance segmentation on the embedded demo canvases in the
-# COCO layout (m3i_mm.datasets.demo_detection.DemoDigitsCoco, a
+# COCO layout (m3i_mm.datasets.demo.detection.DemoDigitsCoco, a
 # CocoDataset): 200 train / 50 val 96x96 canvases, 390 / 97 digit instances,
 # 10 categories (zero ... nine), masks as RLE.
 dataset_type = 'DemoDigitsCoco'

@@ -1,7 +1,7 @@
 # The recipe of mask2former_internimage-h_m3i_896-80k_ade20k.py (InternImage
 # backbone, Mask2Former with the MSDeformAttn pixel decoder, AdamW, warm-up
 # + poly decay, gradient clipping) on the embedded demo canvases
-# (m3i_mm.datasets.demo_segmentation, ADE20k layout, 10 digit classes,
+# (m3i_mm.datasets.demo.segmentation, ADE20k layout, 10 digit classes,
 # reduce_zero_label), on CPU, in a few iterations: a tiny InternImage
 # (16 channels, depths 1/1/2/1) on 64x64 crops, a 32-wide head with one
 # pixel-decoder layer, 3 decoder layers, 10 queries and 1024 sampled points.

@@ -1,7 +1,7 @@
 # The ADE20k recipe of upernet_vit-base-p16_m3i_8xb2-160k_ade20k-512x512.py
 # (BEiTViT with relative position tables, Feature2Pyramid + UperNet, mmseg's
 # layer-wise lr decay, warm-up + linear decay, sliding-window test) on the
-# embedded demo canvases (m3i_mm.datasets.demo_segmentation, ADE20k layout,
+# embedded demo canvases (m3i_mm.datasets.demo.segmentation, ADE20k layout,
 # 10 digit classes), on CPU, in a few iterations: the tiny ViT of
 # configs/pretrain/m3i_vit-tiny_demo.py on 64x64 crops. Start from the demo
 # M3I model with

@@ -2,7 +2,7 @@
 # 2-4 into a ChannelMapper, 4-scale DINO with contrastive denoising,
 # two-stage queries and box refinement, AdamW with the backbone at 0.1x,
 # gradient clipping, warm-up + step decay, COCO box mAP) on the embedded
-# demo canvases (m3i_mm.datasets.demo_detection, COCO layout, 10 digit
+# demo canvases (m3i_mm.datasets.demo.detection, COCO layout, 10 digit
 # classes), on CPU, in a few iterations: a tiny InternImage (16 channels,
 # depths 1/1/2/1) on 96x96 images, a 32-wide transformer with one encoder
 # and two decoder layers, 30 queries and 10 denoising queries.

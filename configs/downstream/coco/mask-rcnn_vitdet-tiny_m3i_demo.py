@@ -2,7 +2,7 @@
 # backbone with windowed + global attention and relative position tables,
 # SimpleFPN, Mask R-CNN with LayerNorm heads, large-scale jitter, AdamW with
 # layer-wise lr decay, warm-up + step schedule, COCO box and mask mAP) on the
-# embedded demo canvases (m3i_mm.datasets.demo_detection, COCO layout,
+# embedded demo canvases (m3i_mm.datasets.demo.detection, COCO layout,
 # 10 digit classes), on CPU, in a few iterations.
 #
 # Backbone: the tiny ViT of configs/pretrain/m3i_vit-tiny_demo.py (64 dims,

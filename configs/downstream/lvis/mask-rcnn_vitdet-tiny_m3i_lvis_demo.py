@@ -1,7 +1,7 @@
 # The LVIS recipe of mask-rcnn_vitdet-b_m3i_lsj-1024-100e_lvis.py (federated
 # sigmoid classification loss, repeat factor sampling, up to 300 detections
 # per image, LVIS box and mask AP with APr / APc / APf) on the long-tailed
-# demo canvases (m3i_mm.datasets.demo_lvis, LVIS v1 layout, 10 digit
+# demo canvases (m3i_mm.datasets.demo.lvis, LVIS v1 layout, 10 digit
 # classes: 3 frequent, 4 common, 3 rare), with the tiny ViTDet and CPU
 # schedule of ../coco/mask-rcnn_vitdet-tiny_m3i_demo.py.
 #

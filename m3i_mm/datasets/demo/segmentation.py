@@ -1,6 +1,6 @@
 """Embedded dense demo data: digit canvases in the ADE20k segmentation layout.
 
-The canvases of :mod:`m3i_mm.datasets.demo_detection` (200 train / 50 val,
+The canvases of :mod:`m3i_mm.datasets.demo.detection` (200 train / 50 val,
 96 x 96, 1 to 3 real digit scans each, fixed seeds) as semantic
 segmentation data in the layout of mmseg's :class:`ADE20KDataset`::
 
@@ -28,9 +28,9 @@ import numpy as np
 
 from mmseg.datasets import ADE20KDataset
 from mmseg.registry import DATASETS as MMSEG_DATASETS
-from .demo_detection import (DIGIT_PALETTE, render_demo_canvases,
+from .detection import (DIGIT_PALETTE, render_demo_canvases,
                              save_rgb_png)
-from .demo_digits import DIGIT_CLASSES, check_split, materialize_atomically
+from .digits import DIGIT_CLASSES, check_split, materialize_atomically
 
 ADE_SPLITS = {'train': 'training', 'val': 'validation'}
 

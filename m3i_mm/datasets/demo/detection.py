@@ -1,7 +1,7 @@
 """Embedded dense demo data: digit canvases in the COCO detection layout.
 
 Real-image-derived detection and instance-segmentation data built from
-scikit-learn's handwritten digits (the scans of :mod:`.demo_digits`). Each
+scikit-learn's handwritten digits (the scans of :mod:`.digits`). Each
 image is a black ``96 x 96`` canvas holding 1 to 3 real 8x8 scans, each
 upscaled x3 or x4 (bicubic, 24 or 32 px) and pasted at a random position so
 that the pasted squares do not overlap. An instance is one pasted digit:
@@ -37,7 +37,7 @@ Masks are stored as compressed RLE (pycocotools), which is pixel-exact; each
 annotation also records the scikit-learn sample index (``digit_index``) and
 its upscale factor (``digit_scale``). The same canvases in the ADE20k
 semantic-segmentation layout are written by
-:mod:`m3i_mm.datasets.demo_segmentation`.
+:mod:`m3i_mm.datasets.demo.segmentation`.
 """
 import json
 import os
@@ -48,7 +48,7 @@ import numpy as np
 
 from mmdet.datasets import CocoDataset
 from mmdet.registry import DATASETS as MMDET_DATASETS
-from .demo_digits import (DIGIT_CLASSES, check_split, demo_digits_split,
+from .digits import (DIGIT_CLASSES, check_split, demo_digits_split,
                           digit_image, materialize_atomically)
 
 CANVAS_SIZE = 96

@@ -48,11 +48,11 @@ import numpy as np
 
 from mmdet.datasets import LVISV1Dataset
 from mmdet.registry import DATASETS as MMDET_DATASETS
-from .demo_detection import (DEMO_DENSE_SEED, DIGIT_PALETTE,
+from .detection import (DEMO_DENSE_SEED, DIGIT_PALETTE,
                              MAX_DIGITS_PER_IMAGE, coco_annotations,
                              compose_canvas, render_demo_canvases,
                              write_split)
-from .demo_digits import (DIGIT_CLASSES, check_split, demo_digits_split,
+from .digits import (DIGIT_CLASSES, check_split, demo_digits_split,
                           materialize_atomically)
 
 # Train instances per digit 0..9.
@@ -74,7 +74,7 @@ def render_long_tail_canvases() -> List[Tuple[np.ndarray, List[dict]]]:
 
     Returns:
         list[tuple[np.ndarray, list[dict]]]: ``(canvas, instances)`` pairs
-        as :func:`m3i_mm.datasets.demo_detection.render_demo_canvases`.
+        as :func:`m3i_mm.datasets.demo.detection.render_demo_canvases`.
     """
     from sklearn.datasets import load_digits
     digits = load_digits()

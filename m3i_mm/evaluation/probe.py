@@ -316,3 +316,36 @@ def demo_class_indices(data_root: str, split: str,
         raise ValueError(f'classes {missing} have no sample in {ann}')
     keep = set(classes)
     return [i for i, label in enumerate(labels) if label in keep]
+
+
+def evaluate_backbone(backbone: torch.nn.Module,
+                      train: Tuple[torch.Tensor, torch.Tensor],
+                      test: Tuple[torch.Tensor, torch.Tensor],
+                      C: Optional[float] = None,
+                      folds: int = 5,
+                      k: int = 20) -> dict:
+    """All frozen-feature numbers of a backbone on one train/test split.
+
+    Args:
+        backbone (nn.Module): See :func:`extract_features`.
+        train (tuple[Tensor, Tensor]): Raw (N, 3, H, W) images and labels.
+        test (tuple[Tensor, Tensor]): Raw (M, 3, H, W) images and labels.
+        C (float, optional): Fixed ``C`` of the logistic probe; ``None``:
+            chosen by ``folds``-fold CV.
+        folds (int): Inner CV folds of the logistic probe.
+        k (int): Neighbours of the k-NN.
+
+    Returns:
+        dict: ``linear`` (top-1 %, converged logistic regression), ``C``,
+        ``knn`` (top-1 %, weighted k-NN), ``std`` and ``erank``
+        (:func:`feature_std`, :func:`effective_rank` of the test features).
+    """
+    train_f = extract_features(backbone, train[0])
+    test_f = extract_features(backbone, test[0])
+    linear, used = logistic_probe(train_f.numpy(), train[1].numpy(),
+                                  test_f.numpy(), test[1].numpy(), C=C,
+                                  folds=folds)
+    return dict(linear=linear, C=used,
+                knn=knn_accuracy(train_f, train[1], test_f, test[1],
+                                 k=min(k, len(train_f))),
+                std=feature_std(test_f), erank=effective_rank(test_f))

@@ -26,6 +26,7 @@ from mmengine.runner import Runner
 
 from m3i_mm.evaluation.probe import (build_backbone, evaluate_backbone,
                                      load_demo_split)
+from m3i_mm.utils import shorten_iter_schedule
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 PRETRAIN_CFG = osp.join(REPO, 'configs', 'pretrain', 'm3i_vit-tiny_demo.py')
@@ -47,24 +48,12 @@ def _set_data_root(cfg: Config, data_root: str) -> None:
             cfg[name].dataset.data_root = data_root
 
 
-def _set_iters(cfg: Config, iters: int) -> None:
-    """Shorten an iteration-based schedule, keeping its shape."""
-    cfg.train_cfg.max_iters = iters
-    if 'val_interval' in cfg.train_cfg:
-        cfg.train_cfg.val_interval = iters
-    cfg.default_hooks.checkpoint.interval = iters
-    schedulers = [s for s in cfg.param_scheduler if s.get('begin', 0) < iters]
-    for scheduler in schedulers:
-        scheduler['end'] = min(scheduler.get('end', iters), iters)
-    cfg.param_scheduler = schedulers
-
-
 def pretrain(args) -> str:
     cfg = Config.fromfile(PRETRAIN_CFG)
     cfg.work_dir = osp.join(args.work_dir, 'pretrain')
     _set_data_root(cfg, args.data_root)
     if args.pretrain_iters:
-        _set_iters(cfg, args.pretrain_iters)
+        shorten_iter_schedule(cfg, args.pretrain_iters)
     runner = Runner.from_cfg(cfg)
     runner.train()
     return osp.join(cfg.work_dir, f'iter_{cfg.train_cfg.max_iters}.pth')

@@ -23,8 +23,13 @@ Prints one table (mean ± half the range over ``--seeds``, i.e. the
 population std for two seeds), writes it as ``results.json`` and a PNG bar
 chart under ``--work-dir``.
 
-Usage (the full run, about an hour on 2 idle cores):
-    python benchmarks/framework_demo.py --iters 300 --seeds 2
+Budget: 20 instances x 2 seeds = 40 pre-training runs. M3I, the most
+expensive (two images, both image targets), takes about 0.35 s a step at
+batch 64 on 2 idle cores (README, ``make demo``); a run's start-up and its
+probes take about 10 s. 200 steps: 40 x (70 + 10) s, about 55 minutes.
+
+Usage (the full run):
+    python benchmarks/framework_demo.py --iters 200 --seeds 2
 """
 import argparse
 import copy
@@ -235,7 +240,7 @@ def plot(table: Dict[str, dict], path: str, title: str) -> None:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--iters', type=int, default=300,
+    parser.add_argument('--iters', type=int, default=200,
                         help='pre-training iterations of every instance')
     parser.add_argument('--seeds', type=int, default=2)
     parser.add_argument('--instances', nargs='*', default=None,

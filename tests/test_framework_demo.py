@@ -64,3 +64,17 @@ def test_framework_demo_runs_and_reports(demo_root, tmp_path, capsys):
         demo_root, 'meta', 'train.txt'))) if i in
         set(cfg.train_dataloader.dataset.indices)}
     assert labels == {0, 1, 2, 3, 4}
+
+
+def test_shorten_iter_schedule_keeps_the_shape():
+    from m3i_mm.utils import shorten_iter_schedule
+    cfg = Config.fromfile(framework_demo.DEMO_CFG)
+    shorten_iter_schedule(cfg, 200)
+    assert cfg.train_cfg.max_iters == 200
+    assert [(s['type'], s['begin'], s['end']) for s in cfg.param_scheduler] \
+        == [('LinearLR', 0, 50), ('CosineAnnealingLR', 50, 200)]
+    shorten_iter_schedule(cfg, 20)  # the cosine part starts after 20
+    assert [(s['type'], s['end']) for s in cfg.param_scheduler] == [
+        ('LinearLR', 20)]
+    with pytest.raises(ValueError, match='iters must be >= 1, got 0'):
+        shorten_iter_schedule(cfg, 0)

@@ -17,7 +17,8 @@ comparison of backbones does not depend on a probe's optimisation budget:
 * :func:`feature_std` and :func:`effective_rank`: collapse diagnostics of a
   feature matrix.
 
-Features are the mean of the backbone's patch tokens (:func:`extract_features`).
+Features are the mean of the backbone's patch tokens
+(:func:`extract_features`).
 """
 from typing import List, Optional, Sequence, Tuple
 

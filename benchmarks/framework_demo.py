@@ -4,8 +4,9 @@ Each instance config (``configs/pretrain/table5/*.py``, plus M3I, M3I w/o
 mix and both with a fixed λ = 1, ``loss_balancer=None``) is adapted to the
 demo: the backbone, decoder and heads of
 ``configs/pretrain/m3i_vit-tiny_demo.py`` (a 4-layer 64-wide ViT on 32x32
-views, 4x4 patches), its data pipeline and optimiser, and a common budget of ``--iters`` iterations (the demo's warm-up
-and cosine schedule cut to it). Every run pre-trains on the training images
+views, 4x4 patches), its data pipeline and optimiser, and a common budget
+of ``--iters`` iterations (the demo's warm-up and cosine schedule cut to
+it). Every run pre-trains on the training images
 of digits 0-4 only (labels of 0-4 for the instances with a category target);
 the frozen backbone (mean of the patch tokens) is then probed
 

@@ -1,6 +1,7 @@
 from .config import (known_top_level_keys, misspelt_top_level_keys,
-                     warn_misspelt_keys)
+                     shorten_iter_schedule, warn_misspelt_keys)
 
 __all__ = [
-    'known_top_level_keys', 'misspelt_top_level_keys', 'warn_misspelt_keys'
+    'known_top_level_keys', 'misspelt_top_level_keys', 'shorten_iter_schedule',
+    'warn_misspelt_keys'
 ]

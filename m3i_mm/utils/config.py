@@ -63,3 +63,29 @@ def warn_misspelt_keys(cfg: Config) -> None:
     for key, hint in misspelt_top_level_keys(cfg).items():
         warnings.warn(f'config key {key!r} is not read by anything and is '
                       f'ignored{hint}', stacklevel=2)
+
+
+def shorten_iter_schedule(cfg: Config, iters: int) -> None:
+    """Cut an iteration-based schedule to ``iters``, keeping its shape.
+
+    Sets ``train_cfg.max_iters`` (and ``val_interval``), the checkpoint
+    interval, drops the schedulers that start at or after ``iters`` and ends
+    the others by ``iters``. In place.
+
+    Args:
+        cfg (Config): A config with an ``IterBasedTrainLoop``.
+        iters (int): New number of iterations, >= 1.
+
+    Raises:
+        ValueError: If ``iters`` < 1.
+    """
+    if iters < 1:
+        raise ValueError(f'iters must be >= 1, got {iters}')
+    cfg.train_cfg.max_iters = iters
+    if 'val_interval' in cfg.train_cfg:
+        cfg.train_cfg.val_interval = iters
+    cfg.default_hooks.checkpoint.interval = iters
+    schedulers = [s for s in cfg.param_scheduler if s.get('begin', 0) < iters]
+    for scheduler in schedulers:
+        scheduler['end'] = min(scheduler.get('end', iters), iters)
+    cfg.param_scheduler = schedulers

@@ -1,0 +1,312 @@
+"""Every Table 2 / Table 5 instance pre-trained on the demo digits, probed.
+
+Each instance config (``configs/pretrain/table5/*.py``, plus M3I, M3I w/o
+mix and both with a fixed λ = 1, ``loss_balancer=None``) is adapted to the
+demo: the backbone, decoder and heads of
+``configs/pretrain/m3i_vit-tiny_demo.py`` (a 4-layer 64-wide ViT on 32x32
+views, 4x4 patches), its data pipeline and optimiser, and a common budget
+of ``--iters`` iterations (the demo's warm-up and cosine schedule cut to
+it). Every run pre-trains on the training images
+of digits 0-4 only (labels of 0-4 for the instances with a category target);
+the frozen backbone (mean of the patch tokens) is then probed
+
+* transfer: train on the training digits 5-9, test on the validation 5-9;
+* in-domain: train on the training digits 0-4, test on the validation 0-4;
+
+with a standardised logistic regression trained to convergence (C by
+5-fold CV) and DINO's weighted 20-NN (:mod:`m3i_mm.evaluation.probe`), and
+the per-dimension std and effective rank of the transfer test features.
+The frozen-teacher instances use the M3I checkpoint of the same seed as
+f_φ. The CLIP instances are left out: the digits have no captions worth a
+text encoder (they run in tests/test_framework_instances.py).
+
+Prints one table (mean ± half the range over ``--seeds``, i.e. the
+population std for two seeds), writes it as ``results.json`` and a PNG bar
+chart under ``--work-dir``.
+
+Budget: 20 instances x 2 seeds = 40 pre-training runs. M3I, the most
+expensive (two images, both image targets), takes about 0.35 s a step at
+batch 64 on 2 idle cores (README, ``make demo``); a run's start-up and its
+probes take about 10 s. 200 steps: 40 x (70 + 10) s, about 55 minutes.
+
+Usage (the full run):
+    python benchmarks/framework_demo.py --iters 200 --seeds 2
+"""
+import argparse
+import copy
+import glob
+import json
+import os
+import os.path as osp
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+import m3i_mm  # noqa: E402,F401
+from mmengine.config import Config  # noqa: E402
+
+from m3i_mm.evaluation.probe import (build_backbone,  # noqa: E402
+                                     demo_class_indices, evaluate_backbone,
+                                     load_demo_split)
+from m3i_mm.utils import shorten_iter_schedule  # noqa: E402
+
+PRETRAIN = osp.join(REPO, 'configs', 'pretrain')
+DEMO_CFG = osp.join(PRETRAIN, 'm3i_vit-tiny_demo.py')
+PRETRAIN_CLASSES = tuple(range(5))
+TRANSFER_CLASSES = tuple(range(5, 10))
+RANDOM = 'random init'
+METRICS = ('transfer linear', 'transfer k-NN', 'in-domain linear',
+           'in-domain k-NN', 'feat std', 'eff rank')
+
+
+def instances() -> Dict[str, dict]:
+    """Name -> ``dict(config=path, overrides=model overrides)``; M3I first
+    (the frozen teachers read its checkpoint)."""
+    found = {
+        'M3I': dict(config=DEMO_CFG, overrides={}),
+        'M3I fixed λ': dict(config=DEMO_CFG,
+                            overrides=dict(loss_balancer=None)),
+        'w/o mix': dict(config=osp.join(PRETRAIN, 'm3i_vitb_wo-mix.py'),
+                        overrides={}),
+        'w/o mix fixed λ': dict(
+            config=osp.join(PRETRAIN, 'm3i_vitb_wo-mix.py'),
+            overrides=dict(loss_balancer=None)),
+    }
+    for path in sorted(glob.glob(osp.join(PRETRAIN, 'table5', '*.py'))):
+        name = osp.basename(path)[:-3].replace('_vitb', '')
+        if not name.startswith('clip'):
+            found[name] = dict(config=path, overrides={})
+    return found
+
+
+def demo_model_cfg(model: dict, demo: dict,
+                   teacher: Optional[str] = None) -> dict:
+    """An instance's model with the demo's sizes; its parts' types, modes,
+    targets and posteriors are kept.
+
+    Args:
+        model (dict): The instance config's ``model``.
+        demo (dict): ``m3i_vit-tiny_demo.py``'s ``model``.
+        teacher (str, optional): Checkpoint of a ``FrozenImageTarget``.
+
+    Returns:
+        dict: The adapted model config.
+
+    Raises:
+        ValueError: For a text target (not on the demo digits) or a frozen
+            target without ``teacher``.
+    """
+    cfg = copy.deepcopy(model)
+    if cfg.get('text_target'):
+        raise ValueError('text targets are not part of the digits demo')
+    dims = demo['backbone']['arch']['embed_dims']
+    patch = demo['backbone']['patch_size']
+    cfg['data_preprocessor'] = copy.deepcopy(demo['data_preprocessor'])
+    cfg['backbone'].update({k: copy.deepcopy(demo['backbone'][k]) for k in
+                            ('arch', 'img_size', 'patch_size',
+                             'drop_path_rate')})
+    cfg['mixer']['patch_size'] = patch
+    target = cfg.get('image_target') or {}
+    if target.get('type') == 'PixelTarget':
+        target['patch_size'] = patch
+    if target.get('type') == 'FrozenImageTarget':
+        if teacher is None:
+            raise ValueError('a FrozenImageTarget needs a teacher checkpoint')
+        target['checkpoint'] = teacher
+    decoder = cfg.get('image_decoder')
+    if decoder and decoder['type'] == 'ImageTargetDecoder':
+        decoder.update({k: demo['image_decoder'][k] for k in
+                        ('in_channels', 'embed_dims', 'depth', 'num_heads')})
+        decoder['out_channels'] = (patch**2 * 3 if target.get('type') ==
+                                   'PixelTarget' else dims)
+    elif decoder and decoder['type'] == 'AttentionPoolingHead':
+        decoder.update({k: demo['category_head'][k] for k in
+                        ('in_channels', 'out_channels', 'num_heads')})
+    for part in ('category_head', 'category_embedding'):
+        if cfg.get(part):
+            cfg[part] = copy.deepcopy(demo[part])
+    return cfg
+
+
+def run_config(name: str, spec: dict, seed: int, args,
+               teacher: Optional[str]) -> Config:
+    """The runner config of one instance and seed."""
+    demo = Config.fromfile(DEMO_CFG)
+    model = Config.fromfile(spec['config']).model.to_dict()
+    model.update(spec['overrides'])
+    cfg = copy.deepcopy(demo)
+    cfg.model = demo_model_cfg(model, demo.model.to_dict(), teacher)
+    safe = name.replace(' ', '_').replace('/', '').replace('λ', 'lambda')
+    cfg.work_dir = osp.join(args.work_dir, f'{safe}_seed{seed}')
+    cfg.randomness = dict(seed=seed, deterministic=False)
+    cfg.log_level = 'WARNING'
+    cfg.train_dataloader.update(batch_size=args.batch_size,
+                                num_workers=args.workers,
+                                persistent_workers=args.workers > 0)
+    dataset = cfg.train_dataloader.dataset
+    dataset.data_root = args.data_root
+    dataset.indices = demo_class_indices(args.data_root, 'train',
+                                         PRETRAIN_CLASSES)
+    shorten_iter_schedule(cfg, args.iters)
+    cfg.default_hooks.logger.interval = max(args.iters, 1)
+    return cfg
+
+
+def pretrain(cfg: Config) -> str:
+    from mmengine.runner import Runner
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    return osp.join(cfg.work_dir, f'iter_{cfg.train_cfg.max_iters}.pth')
+
+
+def probe_splits(data_root: str, limit: Optional[int]) -> dict:
+    """(train, test) image/label pairs of the two probe tasks; ``limit``
+    keeps the first images of each (tests)."""
+    def split(name, classes):
+        images, labels = load_demo_split(data_root, name, classes)
+        return images[:limit], labels[:limit]
+    return dict(
+        transfer=(split('train', TRANSFER_CLASSES),
+                  split('val', TRANSFER_CLASSES)),
+        in_domain=(split('train', PRETRAIN_CLASSES),
+                   split('val', PRETRAIN_CLASSES)))
+
+
+def probe(backbone, splits: dict, folds: int) -> Dict[str, float]:
+    transfer = evaluate_backbone(backbone, *splits['transfer'], folds=folds)
+    domain = evaluate_backbone(backbone, *splits['in_domain'], folds=folds)
+    return {'transfer linear': transfer['linear'],
+            'transfer k-NN': transfer['knn'],
+            'in-domain linear': domain['linear'],
+            'in-domain k-NN': domain['knn'],
+            'feat std': transfer['std'], 'eff rank': transfer['erank']}
+
+
+def summarise(runs: Dict[str, List[dict]]) -> Dict[str, dict]:
+    """Per instance and metric: mean and half the range over seeds."""
+    table = {}
+    for name, results in runs.items():
+        table[name] = {}
+        for metric in METRICS + ('seconds', ):
+            values = np.array([r[metric] for r in results])
+            table[name][metric] = dict(
+                mean=float(values.mean()),
+                spread=float((values.max() - values.min()) / 2))
+    return table
+
+
+def format_table(table: Dict[str, dict]) -> str:
+    header = f'{"instance":34s}' + ''.join(f'{m:>17s}' for m in METRICS) \
+        + f'{"s/run":>7s}'
+    lines = [header, '-' * len(header)]
+    for name, row in table.items():
+        cells = ''.join(f'{row[m]["mean"]:10.2f} ±{row[m]["spread"]:5.2f}'
+                        for m in METRICS)
+        lines.append(f'{name:34s}{cells}{row["seconds"]["mean"]:7.0f}')
+    return '\n'.join(lines)
+
+
+def plot(table: Dict[str, dict], path: str, title: str) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    names = list(table)
+    x = np.arange(len(names))
+    fig, axes = plt.subplots(2, 1, figsize=(max(8, len(names) * 0.6), 8),
+                             sharex=True)
+    for ax, split in zip(axes, ('transfer', 'in-domain')):
+        for offset, kind in ((-0.2, 'linear'), (0.2, 'k-NN')):
+            metric = f'{split} {kind}'
+            ax.bar(x + offset, [table[n][metric]['mean'] for n in names],
+                   0.4, yerr=[table[n][metric]['spread'] for n in names],
+                   capsize=2, label=kind)
+        ax.set_ylabel(f'{split} top-1 (%)')
+        if RANDOM in table:
+            ax.axhline(table[RANDOM][f'{split} linear']['mean'],
+                       color='gray', lw=0.8, ls='--')
+        ax.legend(loc='lower right')
+    axes[-1].set_xticks(x, names, rotation=60, ha='right')
+    axes[0].set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--iters', type=int, default=200,
+                        help='pre-training iterations of every instance')
+    parser.add_argument('--seeds', type=int, default=2)
+    parser.add_argument('--instances', nargs='*', default=None,
+                        help='names to run (default: all); see --list')
+    parser.add_argument('--list', action='store_true')
+    parser.add_argument('--batch-size', type=int, default=64)
+    parser.add_argument('--workers', type=int, default=1)
+    parser.add_argument('--probe-limit', type=int, default=None,
+                        help='first N images of each probe split (tests)')
+    parser.add_argument('--probe-folds', type=int, default=5)
+    parser.add_argument('--work-dir', default='work_dirs/framework_demo')
+    parser.add_argument('--data-root', default='data/demo_digits')
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, dict]:
+    args = parse_args(argv)
+    specs = instances()
+    if args.list:
+        print('\n'.join(specs))
+        return {}
+    if args.instances:
+        unknown = sorted(set(args.instances) - set(specs))
+        if unknown:
+            raise SystemExit(f'unknown instances {unknown}; '
+                             f'known: {sorted(specs)}')
+        specs = {n: s for n, s in specs.items() if n in args.instances}
+    needs_teacher = any('frozen-teacher' in n for n in specs)
+    if needs_teacher and 'M3I' not in specs:
+        specs = dict(M3I=instances()['M3I'], **specs)
+    splits = probe_splits(args.data_root, args.probe_limit)
+    demo_backbone = Config.fromfile(DEMO_CFG).model.backbone.to_dict()
+    runs: Dict[str, List[dict]] = {RANDOM: []}
+    for seed in range(args.seeds):
+        start = time.time()
+        torch.manual_seed(seed)
+        runs[RANDOM].append(dict(probe(build_backbone(demo_backbone), splits,
+                                       args.probe_folds),
+                                 seconds=time.time() - start))
+        teacher = None
+        for name, spec in specs.items():
+            start = time.time()
+            cfg = run_config(name, spec, seed, args, teacher)
+            checkpoint = pretrain(cfg)
+            if name == 'M3I':
+                teacher = checkpoint
+            result = probe(build_backbone(demo_backbone, checkpoint), splits,
+                           args.probe_folds)
+            result['seconds'] = time.time() - start
+            runs.setdefault(name, []).append(result)
+            print(f'[seed {seed}] {name}: transfer linear '
+                  f'{result["transfer linear"]:.2f} '
+                  f'({result["seconds"]:.0f} s)', flush=True)
+    table = summarise(runs)
+    os.makedirs(args.work_dir, exist_ok=True)
+    title = (f'demo digits: pre-train on 0-4 ({args.iters} it), probe '
+             f'frozen features; mean ± half-range over {args.seeds} seeds')
+    print('\n' + title)
+    print(format_table(table))
+    with open(osp.join(args.work_dir, 'results.json'), 'w') as f:
+        json.dump(dict(args=vars(args), table=table, runs=runs), f, indent=1)
+    plot(table, osp.join(args.work_dir, 'framework_demo.png'), title)
+    print(f'written: {osp.join(args.work_dir, "framework_demo.png")}')
+    return table
+
+
+if __name__ == '__main__':
+    main()

@@ -305,7 +305,7 @@ def demo_class_indices(data_root: str, split: str,
     """
     import os.path as osp
 
-    from m3i_mm.datasets.demo_digits import (check_split,
+    from m3i_mm.datasets.demo.digits import (check_split,
                                              materialize_demo_digits)
     check_split(split)
     root = materialize_demo_digits(data_root)

@@ -41,6 +41,17 @@ def lvis_root(tmp_path_factory):
     return _materialized(tmp_path_factory, 'demo_digits_lvis')
 
 
+def demo_loader_options(demo_root: str,
+                        loaders=('train_dataloader', 'val_dataloader')):
+    """``--cfg-options`` that point ``loaders`` of a demo config at
+    ``demo_root`` and load in the main process (no workers)."""
+    return [
+        f'{loader}.{option}' for loader in loaders
+        for option in (f'dataset.data_root={demo_root}', 'num_workers=0',
+                       'persistent_workers=False')
+    ]
+
+
 def config_path(*parts: str) -> str:
     return osp.join(REPO, 'configs', *parts)
 

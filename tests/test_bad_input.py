@@ -16,7 +16,7 @@ import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-from conftest import REPO, config_path
+from conftest import REPO, config_path, demo_loader_options
 from m3i_mm.compat import CheckpointMismatchError
 from m3i_mm.utils import misspelt_top_level_keys
 
@@ -197,11 +197,7 @@ def test_train_cli_names_bad_keys_and_checkpoint(demo_root, tmp_path,
     args = [
         sys.executable, osp.join(REPO, 'tools', 'train.py'), DEMO_CFG,
         '--work-dir', str(tmp_path), '--cfg-options',
-        f'train_dataloader.dataset.data_root={demo_root}',
-        f'val_dataloader.dataset.data_root={demo_root}',
-        'train_dataloader.num_workers=0', 'val_dataloader.num_workers=0',
-        'train_dataloader.persistent_workers=False',
-        'val_dataloader.persistent_workers=False',
+        *demo_loader_options(demo_root),
         'train_dataloaders.batch_size=8', f'load_from={paths["other"]}',
         'train_cfg.max_iters=1'
     ]

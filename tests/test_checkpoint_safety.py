@@ -21,7 +21,7 @@ from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.runner.checkpoint import (CheckpointLoader, _load_checkpoint,
                                         get_torch_safe_globals)
 
-from conftest import REPO, config_path, load_script
+from conftest import REPO, config_path, demo_loader_options, load_script
 from m3i_mm.compat import (UnsafeCheckpointError, _describe,
                            _restricted_getattr, checkpoint_safe_globals,
                            safe_torch_load)
@@ -192,12 +192,8 @@ def test_command_line_tools_refuse_the_chain(tmp_path, demo_root):
         dict(state_dict=collections.OrderedDict(w=torch.ones(2)),
              meta=_eval_chain(getattr, '__self__', marker)), evil)
     config = config_path('demo', 'vit-tiny_sup_demo.py')
-    data = [
-        f'{key}.{option}' for key in ('train_dataloader', 'val_dataloader',
-                                      'test_dataloader')
-        for option in (f'dataset.data_root={demo_root}', 'num_workers=0',
-                       'persistent_workers=False')
-    ]
+    data = demo_loader_options(
+        demo_root, ('train_dataloader', 'val_dataloader', 'test_dataloader'))
     work = str(tmp_path / 'work')
     # The converters' command lines are their main(argv), run above.
     commands = {

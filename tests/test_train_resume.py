@@ -9,7 +9,7 @@ from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
-from conftest import REPO, config_path
+from conftest import REPO, config_path, demo_loader_options
 
 DEMO_CFG = config_path('demo', 'vit-tiny_sup_demo.py')
 
@@ -67,11 +67,7 @@ def test_train_cli_resume_auto(demo_root, tmp_path):
     args = [
         sys.executable, osp.join(REPO, 'tools', 'train.py'), DEMO_CFG,
         '--work-dir', str(tmp_path), '--cfg-options',
-        f'train_dataloader.dataset.data_root={demo_root}',
-        f'val_dataloader.dataset.data_root={demo_root}',
-        'train_dataloader.num_workers=0', 'val_dataloader.num_workers=0',
-        'train_dataloader.persistent_workers=False',
-        'val_dataloader.persistent_workers=False',
+        *demo_loader_options(demo_root),
         'train_dataloader.batch_size=8', 'val_dataloader.batch_size=64',
         'default_hooks.checkpoint.interval=2'
     ]

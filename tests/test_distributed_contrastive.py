@@ -108,3 +108,46 @@ def test_balancer_reduces_on_every_rank_even_with_a_zero_norm():
     # Squared norms averaged over ranks: uni 6, multi (24 + 0) / 2 = 12.
     for rank in range(WORLD):
         assert out[rank] == pytest.approx((6 / 12)**0.5)
+
+
+def _decorrelation_rank_main(rank, port, out):
+    from m3i_mm.models.losses import GaussianPosterior
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    dist.init_process_group('gloo', rank=rank, world_size=WORLD)
+    pred, target = _decorrelation_problem()
+    local = slice(rank * N, (rank + 1) * N)
+    posterior = GaussianPosterior(decorrelation_weight=0.5)
+    out[rank] = float(posterior(pred[local], target[local]))
+    dist.destroy_process_group()
+
+
+def _decorrelation_problem():
+    gen = torch.Generator().manual_seed(1)
+    return (torch.randn(WORLD * N, 4, D, generator=gen),
+            torch.randn(WORLD * N, 4, D, generator=gen))
+
+
+def test_decorrelation_uses_the_target_moment_of_all_ranks():
+    from m3i_mm.models.losses import GaussianPosterior
+    from m3i_mm.models.losses.posteriors import decorrelation_term
+    pred, target = _decorrelation_problem()
+    out = mp.Manager().dict()
+    mp.spawn(_decorrelation_rank_main, args=(_free_port(), out),
+             nprocs=WORLD, join=True)
+    # Each rank: its own MSE, but C from the whole (equal-sized) batch.
+    normed = torch.nn.functional.layer_norm(target, (D, ), eps=1e-6)
+    flat = normed.reshape(-1, D)
+    corr = flat.T @ flat / len(flat)
+    for rank in range(WORLD):
+        local = slice(rank * N, (rank + 1) * N)
+        p = pred[local].reshape(-1, D)
+        want = (torch.nn.functional.mse_loss(pred[local], normed[local])
+                + 0.5 * torch.einsum('nd,de,ne->n', p, corr, p).mean() / D)
+        assert out[rank] == pytest.approx(float(want), rel=1e-5)
+        # ... which differs from the rank's own C (the test can fail).
+        own = decorrelation_term(pred[local], normed[local])
+        assert float(own) != pytest.approx(
+            float(torch.einsum('nd,de,ne->n', p, corr, p).mean() / D),
+            rel=1e-3)
+    assert GaussianPosterior()(pred, target) == pytest.approx(
+        float(torch.nn.functional.mse_loss(pred, normed)))

@@ -268,3 +268,28 @@ def test_predict_with_the_pretrained_category_head():
     metric = Accuracy()  # labels 0, 1, 2, 3
     metric.process(None, [s.to_dict() for s in out])
     assert metric.compute_metrics(metric.results)['top1'] == 50.0
+
+
+def test_decorrelation_term_makes_collapsed_targets_cost():
+    """Identical targets for every image are free for plain MSE and cost
+    ``w * D`` with UniGrad's term (C = z zᵀ, ẑ = z: (zᵀz)² / D = D)."""
+    from m3i_mm.models.losses import GaussianPosterior
+    d = 8
+    z = torch.nn.functional.layer_norm(torch.randn(d), (d, ))
+    target = z.expand(6, 5, d)
+    pred = target.clone().requires_grad_()
+    assert float(GaussianPosterior()(pred.detach(), target)) == \
+        pytest.approx(0, abs=1e-6)
+    loss = GaussianPosterior(decorrelation_weight=0.02)(pred, target)
+    assert float(loss) == pytest.approx(0.02 * d, rel=1e-4)
+    loss.backward()  # pushes the prediction off the shared direction
+    assert float((pred.grad * z).sum()) > 0
+    # Whitened targets (C = I): the term is w * mean ||ẑ||² / D.
+    eye = torch.eye(d).repeat(3, 1) * d**0.5
+    p = torch.randn(3 * d, d)
+    want = torch.nn.functional.mse_loss(p, eye) + 0.5 * (p**2).sum(-1).mean() / d
+    got = GaussianPosterior(normalize_target=False,
+                            decorrelation_weight=0.5)(p, eye)
+    assert float(got) == pytest.approx(float(want), rel=1e-5)
+    with pytest.raises(ValueError, match='decorrelation_weight'):
+        GaussianPosterior(decorrelation_weight=-1)

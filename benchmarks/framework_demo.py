@@ -24,13 +24,20 @@ Prints one table (mean ± half the range over ``--seeds``, i.e. the
 population std for two seeds), writes it as ``results.json`` and a PNG bar
 chart under ``--work-dir``.
 
-Budget: 20 instances x 2 seeds = 40 pre-training runs. M3I, the most
-expensive (two images, both image targets), takes about 0.35 s a step at
-batch 64 on 2 idle cores (README, ``make demo``); a run's start-up and its
-probes take about 10 s. 200 steps: 40 x (70 + 10) s, about 55 minutes.
+Demo-scale choices (see README, "The instances compared on the demo"):
+``--iters`` 400 at batch 32 and the momentum encoders' EMA schedule started
+at ``--momentum`` 0.02 (coefficient 0.98 -> 1, cosine). The paper's 0.005
+keeps exp(-0.005 * T / 2) of the random initialisation in f_φ after T
+steps: nothing after its ~500k steps, but 37 % after 400, so every
+momentum-target instance would predict a mostly random network; 0.02 keeps
+exp(-4), 2 %.
+
+Budget: 20 instances x 2 seeds = 40 pre-training runs, about 0.2 s a step
+for M3I (two images, both image targets) at batch 32 on 2 cores plus about
+10 s of start-up and probes a run: about an hour.
 
 Usage (the full run):
-    python benchmarks/framework_demo.py --iters 200 --seeds 2
+    python benchmarks/framework_demo.py --seeds 2
 """
 import argparse
 import copy
@@ -40,7 +47,7 @@ import os
 import os.path as osp
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -51,6 +58,7 @@ if REPO not in sys.path:
 
 import m3i_mm  # noqa: E402,F401
 from mmengine.config import Config  # noqa: E402
+from mmengine.logging import MMLogger  # noqa: E402
 
 from m3i_mm.evaluation.probe import (build_backbone,  # noqa: E402
                                      demo_class_indices, evaluate_backbone,
@@ -87,7 +95,8 @@ def instances() -> Dict[str, dict]:
 
 
 def demo_model_cfg(model: dict, demo: dict,
-                   teacher: Optional[str] = None) -> dict:
+                   teacher: Optional[str] = None,
+                   momentum: Optional[float] = None) -> dict:
     """An instance's model with the demo's sizes; its parts' types, modes,
     targets and posteriors are kept.
 
@@ -95,6 +104,9 @@ def demo_model_cfg(model: dict, demo: dict,
         model (dict): The instance config's ``model``.
         demo (dict): ``m3i_vit-tiny_demo.py``'s ``model``.
         teacher (str, optional): Checkpoint of a ``FrozenImageTarget``.
+        momentum (float, optional): Start of a ``MomentumImageTarget``'s
+            cosine schedule (``1 - m`` is the EMA coefficient); ``None``
+            keeps the config's.
 
     Returns:
         dict: The adapted model config.
@@ -116,6 +128,8 @@ def demo_model_cfg(model: dict, demo: dict,
     target = cfg.get('image_target') or {}
     if target.get('type') == 'PixelTarget':
         target['patch_size'] = patch
+    if target.get('type') == 'MomentumImageTarget' and momentum is not None:
+        target['momentum'] = momentum
     if target.get('type') == 'FrozenImageTarget':
         if teacher is None:
             raise ValueError('a FrozenImageTarget needs a teacher checkpoint')
@@ -142,7 +156,8 @@ def run_config(name: str, spec: dict, seed: int, args,
     model = Config.fromfile(spec['config']).model.to_dict()
     model.update(spec['overrides'])
     cfg = copy.deepcopy(demo)
-    cfg.model = demo_model_cfg(model, demo.model.to_dict(), teacher)
+    cfg.model = demo_model_cfg(model, demo.model.to_dict(), teacher,
+                               args.momentum)
     safe = name.replace(' ', '_').replace('/', '').replace('λ', 'lambda')
     cfg.work_dir = osp.join(args.work_dir, f'{safe}_seed{seed}')
     cfg.randomness = dict(seed=seed, deterministic=False)
@@ -159,11 +174,24 @@ def run_config(name: str, spec: dict, seed: int, args,
     return cfg
 
 
-def pretrain(cfg: Config) -> str:
+def pretrain(cfg: Config, window: int = 20) -> Tuple[str, Dict[str, float]]:
+    """Train; returns the last checkpoint and the training terms
+    (``loss_*``, ``lambda_sp``) averaged over the last ``window``
+    iterations, plus ``ce_cls`` = ``loss_cls / lambda_sp`` (the category
+    cross-entropy before λ, in nats)."""
     from mmengine.runner import Runner
     runner = Runner.from_cfg(cfg)
     runner.train()
-    return osp.join(cfg.work_dir, f'iter_{cfg.train_cfg.max_iters}.pth')
+    terms = {}
+    for key, buffer in runner.message_hub.log_scalars.items():
+        name = key.split('/', 1)[-1]
+        if key.startswith('train/') and name.startswith(('loss_',
+                                                         'lambda_')):
+            terms[name] = float(buffer.mean(window))
+    if 'loss_cls' in terms:
+        terms['ce_cls'] = terms['loss_cls'] / terms.get('lambda_sp', 1.0)
+    return (osp.join(cfg.work_dir, f'iter_{cfg.train_cfg.max_iters}.pth'),
+            terms)
 
 
 def probe_splits(data_root: str, limit: Optional[int]) -> dict:
@@ -199,6 +227,10 @@ def summarise(runs: Dict[str, List[dict]]) -> Dict[str, dict]:
             table[name][metric] = dict(
                 mean=float(values.mean()),
                 spread=float((values.max() - values.min()) / 2))
+        terms = [r['terms'] for r in results if 'terms' in r]
+        table[name]['terms'] = {
+            k: float(np.mean([t[k] for t in terms])) for k in
+            sorted(set().union(*terms)) if all(k in t for t in terms)}
     return table
 
 
@@ -210,6 +242,17 @@ def format_table(table: Dict[str, dict]) -> str:
         cells = ''.join(f'{row[m]["mean"]:10.2f} ±{row[m]["spread"]:5.2f}'
                         for m in METRICS)
         lines.append(f'{name:34s}{cells}{row["seconds"]["mean"]:7.0f}')
+    keys = sorted(set().union(*(row['terms'] for row in table.values())))
+    if keys:
+        lines += ['', 'training terms at the end (mean of the last 20 '
+                  'iterations and of the seeds; ce_cls = loss_cls / λ, '
+                  'nats, summed over the images of a mix)',
+                  f'{"instance":34s}' + ''.join(f'{k:>17s}' for k in keys)]
+        for name, row in table.items():
+            if row['terms']:
+                lines.append(f'{name:34s}' + ''.join(
+                    f'{row["terms"][k]:17.3f}' if k in row['terms'] else
+                    f'{"-":>17s}' for k in keys))
     return '\n'.join(lines)
 
 
@@ -241,13 +284,17 @@ def plot(table: Dict[str, dict], path: str, title: str) -> None:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--iters', type=int, default=200,
+    parser.add_argument('--iters', type=int, default=400,
                         help='pre-training iterations of every instance')
+    parser.add_argument(
+        '--momentum', type=float, default=0.02,
+        help='start of the momentum target encoders\' EMA schedule, '
+        '1 - coefficient (paper: 0.005 over ~500k iterations)')
     parser.add_argument('--seeds', type=int, default=2)
     parser.add_argument('--instances', nargs='*', default=None,
                         help='names to run (default: all); see --list')
     parser.add_argument('--list', action='store_true')
-    parser.add_argument('--batch-size', type=int, default=64)
+    parser.add_argument('--batch-size', type=int, default=32)
     parser.add_argument('--workers', type=int, default=1)
     parser.add_argument('--probe-limit', type=int, default=None,
                         help='first N images of each probe split (tests)')
@@ -273,6 +320,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, dict]:
     if needs_teacher and 'M3I' not in specs:
         specs = dict(M3I=instances()['M3I'], **specs)
     splits = probe_splits(args.data_root, args.probe_limit)
+    # Quiet init reports of the random-init backbone (the runners log at
+    # WARNING too).
+    MMLogger.get_instance('framework_demo', log_level='WARNING')
     demo_backbone = Config.fromfile(DEMO_CFG).model.backbone.to_dict()
     runs: Dict[str, List[dict]] = {RANDOM: []}
     for seed in range(args.seeds):
@@ -285,16 +335,20 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, dict]:
         for name, spec in specs.items():
             start = time.time()
             cfg = run_config(name, spec, seed, args, teacher)
-            checkpoint = pretrain(cfg)
+            checkpoint, terms = pretrain(cfg)
             if name == 'M3I':
                 teacher = checkpoint
             result = probe(build_backbone(demo_backbone, checkpoint), splits,
                            args.probe_folds)
             result['seconds'] = time.time() - start
+            result['terms'] = terms
             runs.setdefault(name, []).append(result)
             print(f'[seed {seed}] {name}: transfer linear '
-                  f'{result["transfer linear"]:.2f} '
-                  f'({result["seconds"]:.0f} s)', flush=True)
+                  f'{result["transfer linear"]:.2f}, in-domain linear '
+                  f'{result["in-domain linear"]:.2f}, eff rank '
+                  f'{result["eff rank"]:.1f}; final '
+                  + ', '.join(f'{k} {v:.3f}' for k, v in terms.items())
+                  + f' ({result["seconds"]:.0f} s)', flush=True)
     table = summarise(runs)
     os.makedirs(args.work_dir, exist_ok=True)
     title = (f'demo digits: pre-train on 0-4 ({args.iters} it), probe '

@@ -44,12 +44,20 @@ def test_framework_demo_runs_and_reports(demo_root, tmp_path, capsys):
         '--work-dir', str(work), '--data-root', demo_root])
     assert list(table) == ['random init', 'M3I fixed λ', 'mim-pixel']
     for row in table.values():
-        assert set(row) == set(framework_demo.METRICS) | {'seconds'}
+        assert set(row) == set(framework_demo.METRICS) | {'seconds', 'terms'}
         for metric in framework_demo.METRICS[:4]:
             assert 0.0 <= row[metric]['mean'] <= 100.0
             assert row[metric]['spread'] == 0.0  # one seed
         assert row['eff rank']['mean'] > 1.0
+    # The last iterations' training terms, λ and the raw cross-entropy.
+    assert table['random init']['terms'] == {}
+    assert set(table['mim-pixel']['terms']) == {'loss_img_first'}
+    m3i = table['M3I fixed λ']['terms']
+    assert {'loss_img_first', 'loss_img_second', 'loss_cls', 'lambda_sp',
+            'ce_cls'} <= set(m3i)
+    assert m3i['lambda_sp'] == 1.0 and m3i['ce_cls'] == m3i['loss_cls'] > 0
     out = capsys.readouterr().out
+    assert 'training terms at the end' in out
     header = next(line for line in out.splitlines()
                   if line.startswith('instance'))
     assert all(m in header for m in framework_demo.METRICS)

@@ -22,13 +22,20 @@ def test_every_instance_adapts_to_the_demo_model():
     assert 'mim-pixel' in specs and not any('clip' in n for n in specs)
     for name, spec in specs.items():
         model = Config.fromfile(spec['config']).model.to_dict()
-        cfg = framework_demo.demo_model_cfg(model, demo, teacher='t.pth')
+        cfg = framework_demo.demo_model_cfg(model, demo, teacher='t.pth',
+                                            momentum=0.02)
         assert cfg['backbone']['arch'] == demo['backbone']['arch'], name
         assert cfg['mixer']['patch_size'] == 4, name
         assert cfg['mixer'].get('mode') == model['mixer'].get('mode'), name
         if (cfg.get('image_target') or {}).get('type') == \
                 'FrozenImageTarget':
             assert cfg['image_target']['checkpoint'] == 't.pth'
+        if (cfg.get('image_target') or {}).get('type') == \
+                'MomentumImageTarget':
+            assert cfg['image_target']['momentum'] == 0.02, name
+    # SiameseIM's collapse guard (its --neg_weight 0.02) is kept.
+    sim = Config.fromfile(specs['siamese-im-feature']['config']).model
+    assert sim.image_posterior.decorrelation_weight == 0.02
     with pytest.raises(ValueError, match='teacher'):
         framework_demo.demo_model_cfg(
             Config.fromfile(specs['dense-distillation_frozen-teacher']

@@ -271,9 +271,13 @@ def plot(table: Dict[str, dict], path: str, title: str) -> None:
                    0.4, yerr=[table[n][metric]['spread'] for n in names],
                    capsize=2, label=kind)
         ax.set_ylabel(f'{split} top-1 (%)')
-        if RANDOM in table:
-            ax.axhline(table[RANDOM][f'{split} linear']['mean'],
-                       color='gray', lw=0.8, ls='--')
+        low = min(table[n][f'{split} {k}']['mean'] for n in names
+                  for k in ('linear', 'k-NN'))
+        ax.set_ylim(max(0, 10 * (low // 10) - 10), 100)
+        if RANDOM in table:  # random-init levels
+            for color, kind in (('C0', 'linear'), ('C1', 'k-NN')):
+                ax.axhline(table[RANDOM][f'{split} {kind}']['mean'],
+                           color=color, lw=0.8, ls='--')
         ax.legend(loc='lower right')
     axes[-1].set_xticks(x, names, rotation=60, ha='right')
     axes[0].set_title(title)
@@ -352,7 +356,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, dict]:
     table = summarise(runs)
     os.makedirs(args.work_dir, exist_ok=True)
     title = (f'demo digits: pre-train on 0-4 ({args.iters} it), probe '
-             f'frozen features; mean ± half-range over {args.seeds} seeds')
+             f'frozen features; mean ± half-range over {args.seeds} seeds; '
+             'dashed: random init')
     print('\n' + title)
     print(format_table(table))
     with open(osp.join(args.work_dir, 'results.json'), 'w') as f:

@@ -34,7 +34,7 @@ exp(-4), 2 %.
 
 Budget: 20 instances x 2 seeds = 40 pre-training runs, about 0.2 s a step
 for M3I (two images, both image targets) at batch 32 on 2 cores plus about
-10 s of start-up and probes a run: about an hour.
+10 s of start-up and probes a run: 44 minutes on 2 idle cores.
 
 Usage (the full run):
     python benchmarks/framework_demo.py --seeds 2
@@ -57,7 +57,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 import m3i_mm  # noqa: E402,F401
-from mmengine.config import Config  # noqa: E402
+from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.logging import MMLogger  # noqa: E402
 
 from m3i_mm.evaluation.probe import (build_backbone,  # noqa: E402
@@ -70,6 +70,7 @@ DEMO_CFG = osp.join(PRETRAIN, 'm3i_vit-tiny_demo.py')
 PRETRAIN_CLASSES = tuple(range(5))
 TRANSFER_CLASSES = tuple(range(5, 10))
 RANDOM = 'random init'
+TERM_WINDOW = 20  # iterations averaged for the final training terms
 METRICS = ('transfer linear', 'transfer k-NN', 'in-domain linear',
            'in-domain k-NN', 'feat std', 'eff rank')
 
@@ -158,6 +159,9 @@ def run_config(name: str, spec: dict, seed: int, args,
     cfg = copy.deepcopy(demo)
     cfg.model = demo_model_cfg(model, demo.model.to_dict(), teacher,
                                args.momentum)
+    if args.model_options:
+        cfg.merge_from_dict({f'model.{k}': v
+                             for k, v in args.model_options.items()})
     safe = name.replace(' ', '_').replace('/', '').replace('λ', 'lambda')
     cfg.work_dir = osp.join(args.work_dir, f'{safe}_seed{seed}')
     cfg.randomness = dict(seed=seed, deterministic=False)
@@ -174,11 +178,19 @@ def run_config(name: str, spec: dict, seed: int, args,
     return cfg
 
 
-def pretrain(cfg: Config, window: int = 20) -> Tuple[str, Dict[str, float]]:
-    """Train; returns the last checkpoint and the training terms
-    (``loss_*``, ``lambda_sp``) averaged over the last ``window``
-    iterations, plus ``ce_cls`` = ``loss_cls / lambda_sp`` (the category
-    cross-entropy before λ, in nats)."""
+def pretrain(cfg: Config) -> Tuple[str, Dict[str, float]]:
+    """Train one instance.
+
+    Args:
+        cfg (Config): Its runner config (:func:`run_config`).
+
+    Returns:
+        tuple[str, dict]: The last checkpoint, and the training terms
+        (``loss_*``, ``lambda_sp``) averaged over the last
+        :data:`TERM_WINDOW` iterations, plus ``ce_cls`` = ``loss_cls /
+        lambda_sp`` of those averages (the category cross-entropy before λ,
+        nats).
+    """
     from mmengine.runner import Runner
     runner = Runner.from_cfg(cfg)
     runner.train()
@@ -187,7 +199,7 @@ def pretrain(cfg: Config, window: int = 20) -> Tuple[str, Dict[str, float]]:
         name = key.split('/', 1)[-1]
         if key.startswith('train/') and name.startswith(('loss_',
                                                          'lambda_')):
-            terms[name] = float(buffer.mean(window))
+            terms[name] = float(buffer.mean(TERM_WINDOW))
     if 'loss_cls' in terms:
         terms['ce_cls'] = terms['loss_cls'] / terms.get('lambda_sp', 1.0)
     return (osp.join(cfg.work_dir, f'iter_{cfg.train_cfg.max_iters}.pth'),
@@ -244,9 +256,10 @@ def format_table(table: Dict[str, dict]) -> str:
         lines.append(f'{name:34s}{cells}{row["seconds"]["mean"]:7.0f}')
     keys = sorted(set().union(*(row['terms'] for row in table.values())))
     if keys:
-        lines += ['', 'training terms at the end (mean of the last 20 '
-                  'iterations and of the seeds; ce_cls = loss_cls / λ, '
-                  'nats, summed over the images of a mix)',
+        lines += ['', f'training terms at the end (mean of the last '
+                  f'{TERM_WINDOW} iterations and of the seeds; ce_cls = '
+                  'loss_cls / λ of those means, nats, summed over the two '
+                  'images of a mixed input)',
                   f'{"instance":34s}' + ''.join(f'{k:>17s}' for k in keys)]
         for name, row in table.items():
             if row['terms']:
@@ -278,7 +291,7 @@ def plot(table: Dict[str, dict], path: str, title: str) -> None:
             for color, kind in (('C0', 'linear'), ('C1', 'k-NN')):
                 ax.axhline(table[RANDOM][f'{split} {kind}']['mean'],
                            color=color, lw=0.8, ls='--')
-        ax.legend(loc='lower right')
+        ax.legend(loc='lower left', bbox_to_anchor=(1.0, 0.0))
     axes[-1].set_xticks(x, names, rotation=60, ha='right')
     axes[0].set_title(title)
     fig.tight_layout()
@@ -298,6 +311,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--instances', nargs='*', default=None,
                         help='names to run (default: all); see --list')
     parser.add_argument('--list', action='store_true')
+    parser.add_argument(
+        '--model-options', nargs='+', action=DictAction, default={},
+        help='overrides of every run\'s model after its demo adaptation, '
+        'e.g. image_posterior.decorrelation_weight=0 (mmengine DictAction '
+        'syntax)')
     parser.add_argument('--batch-size', type=int, default=32)
     parser.add_argument('--workers', type=int, default=1)
     parser.add_argument('--probe-limit', type=int, default=None,
@@ -347,9 +365,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, dict]:
             result['seconds'] = time.time() - start
             result['terms'] = terms
             runs.setdefault(name, []).append(result)
-            print(f'[seed {seed}] {name}: transfer linear '
-                  f'{result["transfer linear"]:.2f}, in-domain linear '
-                  f'{result["in-domain linear"]:.2f}, eff rank '
+            print(f'[seed {seed}] {name}: transfer linear / k-NN '
+                  f'{result["transfer linear"]:.2f} / '
+                  f'{result["transfer k-NN"]:.2f}, in-domain '
+                  f'{result["in-domain linear"]:.2f} / '
+                  f'{result["in-domain k-NN"]:.2f}, eff rank '
                   f'{result["eff rank"]:.1f}; final '
                   + ', '.join(f'{k} {v:.3f}' for k, v in terms.items())
                   + f' ({result["seconds"]:.0f} s)', flush=True)
@@ -363,7 +383,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, dict]:
     with open(osp.join(args.work_dir, 'results.json'), 'w') as f:
         json.dump(dict(args=vars(args), table=table, runs=runs), f, indent=1)
     plot(table, osp.join(args.work_dir, 'framework_demo.png'), title)
-    print(f'written: {osp.join(args.work_dir, "framework_demo.png")}')
+    print(f'written: {osp.join(args.work_dir, "results.json")}, '
+          f'{osp.join(args.work_dir, "framework_demo.png")}')
     return table
 
 

@@ -35,7 +35,16 @@ def test_every_instance_adapts_to_the_demo_model():
             assert cfg['image_target']['momentum'] == 0.02, name
     # SiameseIM's collapse guard (its --neg_weight 0.02) is kept.
     sim = Config.fromfile(specs['siamese-im-feature']['config']).model
-    assert sim.image_posterior.decorrelation_weight == 0.02
+    assert framework_demo.demo_model_cfg(sim.to_dict(), demo)[
+        'image_posterior']['decorrelation_weight'] == 0.02
+    # --model-options reach every run's model (the README's controls).
+    args = framework_demo.parse_args([
+        '--model-options', 'image_posterior.decorrelation_weight=0'])
+    cfg = framework_demo.run_config('siamese-im-feature',
+                                    specs['siamese-im-feature'], 0, args,
+                                    None)
+    assert cfg.model.image_posterior.decorrelation_weight == 0
+    assert cfg.model.image_posterior.type == 'GaussianPosterior'
     with pytest.raises(ValueError, match='teacher'):
         framework_demo.demo_model_cfg(
             Config.fromfile(specs['dense-distillation_frozen-teacher']

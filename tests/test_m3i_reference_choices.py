@@ -281,7 +281,7 @@ def test_decorrelation_term_makes_collapsed_targets_cost():
     assert float(GaussianPosterior()(pred.detach(), target)) == \
         pytest.approx(0, abs=1e-6)
     loss = GaussianPosterior(decorrelation_weight=0.02)(pred, target)
-    assert float(loss) == pytest.approx(0.02 * d, rel=1e-4)
+    assert loss.item() == pytest.approx(0.02 * d, rel=1e-4)
     loss.backward()  # pushes the prediction off the shared direction
     assert float((pred.grad * z).sum()) > 0
     # Whitened targets (C = I): the term is w * mean ||ẑ||² / D.

@@ -61,8 +61,9 @@ class GaussianPosterior(nn.Module):
         L = (||ẑ - z||² + w ẑᵀ C ẑ) / D,   C = E[z zᵀ] over all target
         vectors of the batch (averaged over ranks), no gradient through C.
 
-    It pushes predictions away from the directions the targets share, so
-    identical targets for every image cost ``w`` instead of nothing.
+    It pushes predictions away from the directions the targets share:
+    identical layer-normalised targets for every image cost ``w * D``
+    instead of nothing, decorrelated ones about ``w``.
 
     Args:
         normalize_target (bool): Layer-normalise each target vector (no

@@ -32,6 +32,20 @@ def small_cfg(demo_root, work_dir, max_iters):
     return cfg
 
 
+def train_recording_iters(runner: Runner) -> list:
+    """Train ``runner``; the iteration numbers its steps started at."""
+    seen = []
+
+    class RecordIter(Hook):
+
+        def before_train_iter(self, runner, batch_idx, data_batch=None):
+            seen.append(runner.iter)
+
+    runner.register_hook(RecordIter(), priority='LOWEST')
+    runner.train()
+    return seen
+
+
 def test_checkpoint_then_resume_continues_from_saved_iter(demo_root, tmp_path):
     runner = Runner.from_cfg(small_cfg(demo_root, tmp_path, max_iters=2))
     runner.train()
@@ -45,15 +59,7 @@ def test_checkpoint_then_resume_continues_from_saved_iter(demo_root, tmp_path):
     cfg.resume = True
     cfg.load_from = str(ckpt)
     resumed = Runner.from_cfg(cfg)
-    seen = []
-
-    class RecordIter(Hook):
-
-        def before_train_iter(self, runner, batch_idx, data_batch=None):
-            seen.append(runner.iter)
-
-    resumed.register_hook(RecordIter(), priority='LOWEST')
-    resumed.train()
+    seen = train_recording_iters(resumed)
     assert seen == [2, 3]  # continues at iteration 2, not 0
     assert resumed.iter == 4
     weights = torch.load(tmp_path / 'iter_4.pth', map_location='cpu',
@@ -108,13 +114,5 @@ def test_resume_finds_a_checkpoint_without_last_checkpoint(demo_root,
     cfg = small_cfg(demo_root, tmp_path, max_iters=3)
     cfg.resume = True
     resumed = Runner.from_cfg(cfg)
-    seen = []
-
-    class RecordIter(Hook):
-
-        def before_train_iter(self, runner, batch_idx, data_batch=None):
-            seen.append(runner.iter)
-
-    resumed.register_hook(RecordIter(), priority='LOWEST')
-    resumed.train()
+    seen = train_recording_iters(resumed)
     assert seen == [2]

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import sysconfig
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -32,9 +33,9 @@ def pip(*args, **kwargs):
                           capture_output=True, text=True, **kwargs)
 
 
-@pytest.fixture
-def repo_copy(tmp_path_factory):
-    src = tmp_path_factory.mktemp('src') / 'm3i_mm_repo'
+def copy_checkout(parent: Path) -> Path:
+    """This checkout's sources (no git, data, builds) under ``parent``."""
+    src = parent / 'm3i_mm_repo'
     shutil.copytree(
         REPO, src,
         ignore=shutil.ignore_patterns('.git', 'data', 'work_dirs', 'build',
@@ -42,14 +43,15 @@ def repo_copy(tmp_path_factory):
     return src
 
 
+@pytest.fixture
+def repo_copy(tmp_path_factory):
+    return copy_checkout(tmp_path_factory.mktemp('src'))
+
+
 @pytest.fixture(scope='module')
 def wheel(tmp_path_factory):
     """The wheel of a copy of this checkout, built once for the module."""
-    src = tmp_path_factory.mktemp('wheel_src') / 'm3i_mm_repo'
-    shutil.copytree(
-        REPO, src,
-        ignore=shutil.ignore_patterns('.git', 'data', 'work_dirs', 'build',
-                                      '*.egg-info', '__pycache__', '.mim'))
+    src = copy_checkout(tmp_path_factory.mktemp('wheel_src'))
     dist = tmp_path_factory.mktemp('dist')
     res = pip('wheel', '--no-deps', '--no-build-isolation', '-q', '-w',
               str(dist), str(src))

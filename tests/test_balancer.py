@@ -10,17 +10,13 @@ import pytest
 import torch
 import torch.distributed as dist
 from mmengine.logging import MessageHub
-from mmpretrain.structures import DataSample
 
 from m3i_mm.models.utils import GradientNormBalancer
 from m3i_mm.models.utils import loss_weighting
 
 from conftest import TINY_DIMS as DIMS
-from conftest import TINY_PATCH as PATCH
-from conftest import TINY_SIZE as SIZE
 from conftest import tiny_m3i
-
-GRID = SIZE // PATCH
+from test_m3i_model import make_batch
 
 
 @pytest.fixture(autouse=True)
@@ -136,24 +132,15 @@ def multisource_model(init=True):
 
 
 def multisource_batch(n=4, seed=0):
-    """Half the samples with a category, half with a caption."""
-    gen = torch.Generator().manual_seed(seed)
-    views = [torch.randn(n, 3, SIZE, SIZE, generator=gen) for _ in range(2)]
-    samples = []
-    for i in range(n):
-        mask = torch.zeros(GRID * GRID, dtype=torch.bool)
-        mask[torch.randperm(GRID * GRID, generator=gen)[:8]] = True
-        sample = DataSample()
-        if i % 2:
-            sample.set_field(f'a handwritten {i}', 'caption')
-        else:
-            sample.set_gt_label(i % 5)
-        sample.set_field(mask.view(GRID, GRID), 'mask')
-        sample.set_field(
-            torch.tensor([[0., 0., 16., 16.], [2., 1., 14., 15.]]),
-            'view_boxes')
+    """Half the samples with a category, half with a caption (the views and
+    masks of :func:`test_m3i_model.make_batch`, 16-pixel boxes, no flips)."""
+    boxes = torch.tensor([[0., 0., 16., 16.], [2., 1., 14., 15.]])
+    views, samples = make_batch(n, seed, boxes=boxes.expand(n, 2, 4))
+    for i, sample in enumerate(samples):
         sample.set_field(torch.tensor([False, False]), 'view_flips')
-        samples.append(sample)
+        if i % 2:
+            del sample.gt_label
+            sample.set_field(f'a handwritten {i}', 'caption')
     return views, samples
 
 

@@ -17,9 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mmengine.dist import all_reduce
-
 from m3i_mm.registry import MODELS
+from ..utils.distributed import mean_over_ranks
 from ..utils.precision import fp32_region
 
 
@@ -39,8 +38,7 @@ def decorrelation_term(pred: torch.Tensor,
     """
     dims = target.shape[-1]
     target = target.detach().reshape(-1, dims)
-    corr = target.T @ target / max(target.shape[0], 1)
-    all_reduce(corr, op='mean')
+    corr = mean_over_ranks(target.T @ target / max(target.shape[0], 1))
     pred = pred.reshape(-1, dims)
     return ((pred @ corr) * pred).sum(-1).mean() / dims
 

@@ -60,3 +60,20 @@ def per_rank_share(count: torch.Tensor) -> torch.Tensor:
         return total.clamp(min=1)
     dist.all_reduce(total)
     return total.clamp(min=1) / dist.get_world_size()
+
+
+def mean_over_ranks(x: torch.Tensor) -> torch.Tensor:
+    """The mean of ``x`` over all ranks (no gradient), e.g. a batch
+    statistic of the targets. Without a process group this is ``x``.
+
+    Args:
+        x (Tensor): Same shape on every rank, on the model's device.
+
+    Returns:
+        Tensor: A new tensor with the mean.
+    """
+    mean = x.detach().clone()
+    if not _distributed():
+        return mean
+    dist.all_reduce(mean)
+    return mean / dist.get_world_size()

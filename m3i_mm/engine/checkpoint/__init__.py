@@ -1,0 +1,1 @@
+"""Checkpoints as an engine feature: safe parsing, durable writes, resume."""

@@ -8,16 +8,13 @@ onedl-mmsegmentation 1.4.2, onedl-mmpretrain 1.3.6, torch 2.13, numpy 2) and
 written to keep the upstream line (mmengine 0.10.7, mmcv 2.1, mmdet 3.3,
 mmseg 1.2.2, mmpretrain 1.2.0) working where a shim is enough.
 """
-import contextlib
 import ctypes
 import difflib
 import functools
 import importlib
-import io
 import logging
 import os
 import os.path as osp
-import pickle
 import re
 import signal
 import sys
@@ -26,282 +23,12 @@ import threading
 import time
 import warnings
 import zipfile
-from typing import (Any, Callable, Iterable, Iterator, List, Optional, Tuple,
-                    Union)
+from typing import Any, Callable, Iterable, List, Optional, Union
 
 import numpy as np
 import torch
 
 _APPLIED = False
-
-# Environment variable that lets a user load a checkpoint they trust with
-# full pickle (``weights_only=False``). Never set by m3i_mm itself.
-TRUST_ENV = 'M3I_TRUST_CHECKPOINTS'
-
-
-class UnsafeCheckpointError(pickle.UnpicklingError):
-    """A checkpoint holds a pickled object outside the allow-list."""
-
-
-# numpy 2 renamed ``numpy.core`` to ``numpy._core``: a checkpoint names the
-# module of the numpy that wrote it, so both spellings map to the same object.
-_NUMPY_MULTIARRAY_NAMES = ('numpy.core.multiarray', 'numpy._core.multiarray')
-
-# What a legitimate ``HistoryBuffer`` (mmengine's message hub) holds.
-_HISTORY_BUFFER_ATTRS = {'max_length', '_log_history', '_count_history'}
-# What torch's unpickler may set on an ``OrderedDict`` (``state_dict()``).
-_ORDERED_DICT_ATTRS = {'_metadata'}
-
-
-def _numpy_multiarray():
-    return (getattr(np, '_core', None) or np.core).multiarray
-
-
-def _safe_numpy_dtype_classes() -> List[type]:
-    """numpy >= 1.25 gives each dtype its class (``numpy.dtypes.Int16DType``);
-    a pickled dtype is built through it. Every kind but object (``O``: holds
-    arbitrary Python objects) and void (``V``: structured records)."""
-    kinds = np.typecodes['All'].replace('O', '').replace('V', '')
-    classes = {type(np.dtype(code)) for code in kinds}
-    classes.discard(np.dtype)  # numpy < 1.25: one class, allowed below
-    return sorted(classes, key=lambda cls: cls.__name__)
-
-
-# ``HistoryBuffer.__getstate__`` (mmengine 0.10.x) pickles its class-level
-# table of statistics methods; protocol 2 writes each method as
-# ``getattr(HistoryBuffer, name)`` (a nested qualified name).
-_HISTORY_BUFFER_STATISTICS = ('min', 'max', 'current', 'mean')
-
-
-def _restricted_getattr(obj: Any, name: str) -> Any:
-    """Stands in for ``builtins.getattr`` while a checkpoint is unpickled.
-
-    A free ``getattr`` gives a pickle every attribute of every object it can
-    build: ``getattr(getattr, '__self__')`` is the ``builtins`` module, and
-    torch's ``_rebuild_from_type_v2`` calls whatever it is given (``eval``).
-    Checkpoints need exactly the four default statistics methods of
-    mmengine's ``HistoryBuffer``; every other pair is refused.
-
-    Raises:
-        pickle.UnpicklingError: ``(obj, name)`` is not one of those pairs;
-            the message names both.
-    """
-    from mmengine.logging.history_buffer import HistoryBuffer
-    if obj is HistoryBuffer and name in _HISTORY_BUFFER_STATISTICS:
-        return getattr(HistoryBuffer, name)
-    raise pickle.UnpicklingError(
-        f'Unsupported global: GLOBAL builtins.getattr({_describe(obj)}, '
-        f'{name!r}): only HistoryBuffer.{{{",".join(_HISTORY_BUFFER_STATISTICS)}}} '
-        f'may be looked up in a checkpoint')
-
-
-def _describe(obj: Any) -> str:
-    if obj is _restricted_getattr:
-        return 'builtins.getattr'
-    if isinstance(obj, type) or callable(obj):
-        module = getattr(obj, '__module__', None) or type(obj).__module__
-        qualname = getattr(obj, '__qualname__', None) or type(obj).__name__
-        return f'{module}.{qualname}'
-    return f'<{type(obj).__module__}.{type(obj).__qualname__} object>'
-
-
-def checkpoint_safe_globals() -> List[Union[Any, Tuple[Any, str]]]:
-    """Objects a training checkpoint may legitimately contain besides tensors.
-
-    For ``torch.serialization.safe_globals``: mmengine's message hub
-    (``HistoryBuffer`` holding numpy arrays and scalars) and numpy's pickling
-    helpers under both of their module names (numpy 1.x and 2.x). ``getattr``
-    is mapped to :func:`_restricted_getattr` (four ``HistoryBuffer``
-    methods, nothing else), so an unpickled object can never reach a module,
-    a function's globals or the builtins. Torch's own defaults (tensors,
-    storages, rebuild helpers, ``OrderedDict``) are allowed by torch itself.
-
-    Returns:
-        list: Objects, and ``(object, 'module.name')`` pairs that map a name
-        in the pickle to an object.
-    """
-    from mmengine.logging.history_buffer import HistoryBuffer
-    multiarray = _numpy_multiarray()
-    allow: List[Union[Any, Tuple[Any, str]]] = [
-        HistoryBuffer, slice, np.ndarray, np.dtype,
-        (_restricted_getattr, 'builtins.getattr')
-    ]
-    for module in _NUMPY_MULTIARRAY_NAMES:
-        allow.append((multiarray._reconstruct, f'{module}._reconstruct'))
-        allow.append((multiarray.scalar, f'{module}.scalar'))
-    return allow + _safe_numpy_dtype_classes()
-
-
-def _refused_object(err: Exception) -> str:
-    """The object torch's unpickler (or ours) refused, from its message."""
-    text = str(err)
-    patterns = (r'GLOBAL (builtins\.getattr\(.*?\))',
-                r'GLOBAL ([\w.]+) (?:was not an allowed|whose module)',
-                r'unrecognized function (.+?)(?: which belongs|$)',
-                r"but got (<class '[\w.]+'>)")
-    for pattern in patterns:
-        found = re.search(pattern, text, flags=re.MULTILINE)
-        if found:
-            name = found.group(1)
-            # torch 2.13 drops the ``builtins.`` of the names it reports.
-            return name if '.' in name or '<' in name else f'builtins.{name}'
-    detail = [line for line in text.splitlines() if 'error' in line.lower()]
-    return (detail[-1] if detail else text.splitlines()[0]).strip()
-
-
-def _check_loaded(obj: Any, name: str) -> None:
-    """Refuse state that the unpickler built but a checkpoint never holds.
-
-    torch's ``BUILD`` sets any attribute on an allow-listed instance
-    (``OrderedDict``, ``HistoryBuffer``), which could shadow a method or a
-    class-level table that mmengine later calls; numpy object arrays carry
-    Python objects. Walks containers iteratively (no recursion limit).
-
-    Raises:
-        UnsafeCheckpointError: Names the file and the offending object.
-    """
-    from mmengine.logging.history_buffer import HistoryBuffer
-
-    def refuse(what: str) -> None:
-        raise UnsafeCheckpointError(
-            f'Refusing to load checkpoint {name}: {what}. If you trust this '
-            f'file, set {TRUST_ENV}=1.')
-
-    stack, seen = [obj], set()
-    while stack:
-        item = stack.pop()
-        if id(item) in seen:
-            continue
-        seen.add(id(item))
-        if isinstance(item, dict):
-            extra = set(getattr(item, '__dict__', {})) - _ORDERED_DICT_ATTRS
-            if extra:
-                refuse(f'a {type(item).__name__} with attributes '
-                       f'{sorted(extra)}')
-            stack.extend(item.keys())
-            stack.extend(item.values())
-            stack.extend(getattr(item, '__dict__', {}).values())
-        elif isinstance(item, (list, tuple, set, frozenset)):
-            stack.extend(item)
-        elif isinstance(item, HistoryBuffer):
-            attrs = set(vars(item))
-            if attrs != _HISTORY_BUFFER_ATTRS or not isinstance(
-                    item.max_length, int):
-                refuse(f'a HistoryBuffer with attributes {sorted(attrs)} '
-                       f'(expected {sorted(_HISTORY_BUFFER_ATTRS)}, '
-                       f'max_length an int)')
-            stack.extend((item._log_history, item._count_history))
-        elif isinstance(item, np.ndarray) and item.dtype.hasobject:
-            refuse(f'a numpy array of dtype {item.dtype} (Python objects)')
-
-
-@contextlib.contextmanager
-def _history_buffer_table_guarded(name: str) -> Iterator[None]:
-    """Undo and refuse changes a checkpoint makes to ``HistoryBuffer``'s
-    class-level table of statistics methods.
-
-    ``HistoryBuffer.__setstate__`` (mmengine 0.10.x) merges the pickled
-    table into the class attribute, i.e. into every buffer of the process.
-    A checkpoint may only bring the four defaults, as themselves.
-
-    Raises:
-        UnsafeCheckpointError: Names the file and the entry.
-    """
-    from mmengine.logging.history_buffer import HistoryBuffer
-    table = HistoryBuffer._statistics_methods
-    before = dict(table)
-    try:
-        yield
-    finally:
-        allowed = dict(before)
-        allowed.update((method, getattr(HistoryBuffer, method))
-                       for method in _HISTORY_BUFFER_STATISTICS)
-        changed = sorted(key for key, value in table.items()
-                         if allowed.get(key, None) is not value)
-        if changed:
-            table.clear()
-            table.update(before)
-            raise UnsafeCheckpointError(
-                f'Refusing to load checkpoint {name}: it replaces the '
-                f'HistoryBuffer statistics methods {changed}. If you trust '
-                f'this file, set {TRUST_ENV}=1.')
-
-
-def safe_torch_load(file: Union[str, io.IOBase],
-                    map_location: Any = None,
-                    weights_only: Union[bool, None] = None) -> Any:
-    """``torch.load`` with an allow-list; never silently unpickles anything.
-
-    The allow-list (:func:`checkpoint_safe_globals`) is in force only during
-    this call (``torch.serialization.safe_globals``); the rest of the
-    process keeps torch's defaults.
-
-    Args:
-        file (str | file-like): Checkpoint to read.
-        map_location: Same as :func:`torch.load`.
-        weights_only (bool, optional): ``False`` loads with full pickle (only
-            for files you trust). ``None`` means the allow-listed safe load,
-            unless the environment variable ``M3I_TRUST_CHECKPOINTS=1`` is set.
-
-    Returns:
-        The loaded object.
-
-    Raises:
-        UnsafeCheckpointError: The file holds an object outside the
-            allow-list, or state a checkpoint never holds; the message names
-            the file and the object.
-        RuntimeError: The file is truncated or no torch checkpoint; the
-            message names the file.
-    """
-    if weights_only is None:
-        weights_only = os.environ.get(TRUST_ENV, '0') != '1'
-    if not weights_only:
-        return torch.load(file, map_location=map_location, weights_only=False)
-    name = file if isinstance(file, (str, os.PathLike)) else repr(file)
-    with torch.serialization.safe_globals(checkpoint_safe_globals()), \
-            _history_buffer_table_guarded(name):
-        try:
-            loaded = torch.load(
-                file, map_location=map_location, weights_only=True)
-        except pickle.UnpicklingError as err:
-            raise UnsafeCheckpointError(
-                f'Refusing to load checkpoint {name}: it contains a pickled '
-                f'object outside the allow-list ({_refused_object(err)}). '
-                f'If you trust this file, set {TRUST_ENV}=1.') from None
-        except (RuntimeError, EOFError, ValueError, TypeError,
-                AttributeError, KeyError, IndexError) as err:
-            raise RuntimeError(f'Could not read checkpoint {name} (truncated '
-                               f'or not a torch checkpoint): '
-                               f'{type(err).__name__}: {err}') from err
-    _check_loaded(loaded, name)
-    return loaded
-
-
-def _patch_checkpoint_loading() -> None:
-    """mmengine: allow-listed loading instead of full unpickling.
-
-    - onedl-mmengine 0.10.12 ``_safe_torch_load`` (every loader of
-      ``CheckpointLoader`` calls it) falls back to ``weights_only=False`` on
-      any unpickling error, i.e. it would run arbitrary pickled code from an
-      untrusted file, and allow-lists ``builtins.getattr``. We replace it.
-    - mmengine 0.10.7 ``load_from_local`` calls ``torch.load`` with torch's
-      default (``weights_only=True`` since torch 2.6), which fails on
-      ``HistoryBuffer`` when resuming: local files go through our loader.
-    Nothing is added to torch's process-wide allow-list.
-    """
-    from mmengine.runner import checkpoint as ckpt
-    if hasattr(ckpt, '_safe_torch_load'):
-        ckpt._safe_torch_load = safe_torch_load
-        return
-
-    def load_from_local(filename: str, map_location: Any = None) -> Any:
-        filename = osp.expanduser(filename)
-        if not osp.isfile(filename):
-            raise FileNotFoundError(f'{filename} can not be found.')
-        return safe_torch_load(filename, map_location=map_location)
-
-    ckpt.CheckpointLoader.register_scheme(prefixes='', force=True)(
-        load_from_local)
 
 
 def _umask() -> int:
@@ -1151,7 +878,6 @@ def apply() -> None:
     _patch_numpy2_aliases()
     if _upstream_mmpretrain():
         _patch_transformers_moved_names()
-    _patch_checkpoint_loading()
     _patch_atomic_local_writes()
     _patch_checkpoint_rotation()
     _patch_find_latest_checkpoint()

@@ -54,7 +54,7 @@ def recorded_checkpoint(work_dir) -> str:
 
 def saved_iter(path: str) -> int:
     return torch.load(path, map_location='cpu',
-                      weights_only=False)['meta']['iter']
+                      weights_only=True)['meta']['iter']
 
 
 def resumed_iter(log: str) -> int:
@@ -182,7 +182,7 @@ def test_resume_falls_back_when_last_checkpoint_is_broken(
 
 
 def all_finite(path: str) -> bool:
-    ckpt = torch.load(path, map_location='cpu', weights_only=False)
+    ckpt = torch.load(path, map_location='cpu', weights_only=True)
     tensors = list(ckpt['state_dict'].values()) + [
         t for state in ckpt['optimizer']['state'].values()
         for t in state.values() if isinstance(t, torch.Tensor)

@@ -498,7 +498,7 @@ def test_demo_checkpoint_as_frozen_teacher_through_the_runner(
     top1 = runner.val()['accuracy/top1']
     assert 0.0 <= top1 <= 100.0
     ckpt = str(tmp_path / 'demo' / 'iter_1.pth')
-    saved = torch.load(ckpt, map_location='cpu', weights_only=False)
+    saved = torch.load(ckpt, map_location='cpu', weights_only=True)
     teacher = {k[len('backbone.'):]: v for k, v in saved['state_dict'].items()
                if k.startswith('backbone.')}
 
@@ -508,7 +508,7 @@ def test_demo_checkpoint_as_frozen_teacher_through_the_runner(
     frozen['image_target']['checkpoint'] = ckpt
     model = demo_run(demo_root, tmp_path / 'fd', frozen).model
     after = torch.load(tmp_path / 'fd' / 'iter_1.pth', map_location='cpu',
-                       weights_only=False)['state_dict']
+                       weights_only=True)['state_dict']
     for name, value in teacher.items():
         assert torch.equal(after[f'image_target.encoder.{name}'], value), name
     assert bool(after['image_target.loaded'])

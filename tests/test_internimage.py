@@ -449,7 +449,7 @@ def test_layer_decay_constructor_for_segmentors_and_detectors():
 
 def test_converter_command_refuses_pickles_and_writes_a_loadable_file(
         tmp_path, monkeypatch):
-    from m3i_mm.compat import UnsafeCheckpointError
+    from m3i_mm.engine.checkpoint import UnsafeCheckpointError
     converter = load_converter()
     official = InternImage(arch=TINY).state_dict()
     src, dst = tmp_path / 'official.pth', tmp_path / 'm3i.pth'

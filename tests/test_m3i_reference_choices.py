@@ -237,7 +237,7 @@ def test_demo_trains_through_the_runner(demo_root, tmp_path, options):
     runner = Runner.from_cfg(cfg)
     runner.train()
     state = torch.load(tmp_path / 'iter_2.pth', map_location='cpu',
-                       weights_only=False)['state_dict']
+                       weights_only=True)['state_dict']
     assert 'image_decoder.query_embed.weight' in state
     assert ('image_decoder_second.query_embed.weight' in state) == (
         'separate_image_decoders' in options)

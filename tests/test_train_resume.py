@@ -52,7 +52,7 @@ def test_checkpoint_then_resume_continues_from_saved_iter(demo_root, tmp_path):
     ckpt = tmp_path / 'iter_2.pth'
     assert ckpt.is_file()
     assert not [p for p in os.listdir(tmp_path) if p.endswith('.tmp')]
-    saved = torch.load(ckpt, map_location='cpu', weights_only=False)
+    saved = torch.load(ckpt, map_location='cpu', weights_only=True)
     assert saved['meta']['iter'] == 2
 
     cfg = small_cfg(demo_root, tmp_path, max_iters=4)
@@ -63,7 +63,7 @@ def test_checkpoint_then_resume_continues_from_saved_iter(demo_root, tmp_path):
     assert seen == [2, 3]  # continues at iteration 2, not 0
     assert resumed.iter == 4
     weights = torch.load(tmp_path / 'iter_4.pth', map_location='cpu',
-                         weights_only=False)['state_dict']
+                         weights_only=True)['state_dict']
     before = saved['state_dict']
     key = 'backbone.patch_embed.projection.weight'
     assert not torch.equal(weights[key], before[key])

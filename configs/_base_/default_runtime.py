@@ -16,8 +16,13 @@ default_hooks = dict(
     randomness=dict(type='ResumableRandomnessHook'),
 )
 
-# λ's measurement averaged over ranks before a checkpoint (no-op otherwise).
-custom_hooks = [dict(type='GradientNormSyncHook')]
+custom_hooks = [
+    # λ's measurement averaged over ranks before a checkpoint (no-op
+    # otherwise).
+    dict(type='GradientNormSyncHook'),
+    # Checkpoints as plain data: they load with torch.load(weights_only=True).
+    dict(type='PlainCheckpointHook'),
+]
 
 env_cfg = dict(
     cudnn_benchmark=False,

@@ -142,17 +142,17 @@ def convert_internimage(state_dict: Dict[str, Tensor]) -> OrderedDict:
 def load_official_state_dict(path: str) -> Dict[str, Tensor]:
     """Read an official checkpoint; picks ``model`` or ``state_dict``.
 
-    Loaded through ``m3i_mm.compat.safe_torch_load`` like every m3i_mm
-    tool: tensors and the allow-listed objects only, unless the user trusts
-    the file and sets ``M3I_TRUST_CHECKPOINTS=1`` (official training
-    checkpoints also pickle their config and optimizer objects).
+    Parsed as data like every checkpoint m3i_mm reads
+    (:mod:`m3i_mm.engine.checkpoint.parser`), unless the user trusts the file
+    and sets ``M3I_TRUST_CHECKPOINTS=1`` (official training checkpoints also
+    pickle their config and optimizer objects).
 
     Raises:
-        UnsafeCheckpointError: The file holds an object outside the
-            allow-list; the message names the file and the object.
+        UnsafeCheckpointError: The file holds an object the parser does not
+            build; the message names the file and the object.
     """
-    from m3i_mm.compat import safe_torch_load
-    checkpoint = safe_torch_load(path, map_location='cpu')
+    from m3i_mm.engine.checkpoint import load_checkpoint_file
+    checkpoint = load_checkpoint_file(path, map_location='cpu')
     for field in ('model', 'state_dict'):
         if isinstance(checkpoint, dict) and field in checkpoint:
             return checkpoint[field]

@@ -359,7 +359,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Command line entry point (see the module docstring)."""
     args = parse_args(argv)
-    import m3i_mm  # noqa: F401  (allow-listed loading, atomic writes)
+    import m3i_mm  # noqa: F401  (checkpoints parsed as data, atomic writes)
     from mmengine.runner import CheckpointLoader, save_checkpoint
     checkpoint = CheckpointLoader.load_checkpoint(args.src, map_location='cpu')
     state_dict = convert(

@@ -57,8 +57,8 @@ class FrozenImageTarget(BaseModule):
 
     Args:
         checkpoint (str): Checkpoint file (any scheme mmengine's
-            ``CheckpointLoader`` reads; local files go through
-            ``m3i_mm.compat.safe_torch_load``).
+            ``CheckpointLoader`` reads, all parsed as data by
+            :mod:`m3i_mm.engine.checkpoint`).
         backbone (nn.Module): The online backbone; its architecture (a deep
             copy) is the teacher's unless ``encoder`` is given.
         encoder (dict, optional): Teacher architecture config, e.g. a

@@ -100,7 +100,10 @@ class TextTargetEncoder(nn.Module):
         if config is not None:
             self.encoder = AutoModel.from_config(AutoConfig.for_model(**config))
         elif pretrained and not on_meta:  # (meta: shapes only, no weights)
-            self.encoder = AutoModel.from_pretrained(path)
+            # safetensors where the folder has them (parsed, not unpickled).
+            self.encoder = AutoModel.from_pretrained(
+                path, use_safetensors=True if osp.isfile(
+                    osp.join(path, 'model.safetensors')) else None)
         else:
             self.encoder = AutoModel.from_config(
                 AutoConfig.from_pretrained(path))

@@ -931,55 +931,6 @@ def _patch_strict_load_from() -> None:
     Runner.load_checkpoint = load_checkpoint
 
 
-def _patch_accuracy_ties() -> None:
-    """mmpretrain 1.2.0 / onedl-mmpretrain 1.3.6 ``Accuracy.calculate``:
-    tied scores count as correct when ``topk`` happens to put the true class
-    first (constant scores give the share of the lowest class index, not
-    0), and a NaN score of the true class can count as correct.
-
-    For scores ``(N, C)`` we rank pessimistically: sample ``i`` is correct at
-    ``k`` iff fewer than ``k`` other classes score at least as high as its
-    true class (NaN scores rank above everything; a NaN true score is
-    wrong), and, as upstream, its true score is above the threshold. Without
-    ties or NaN this equals upstream. Labels ``(N,)`` are unchanged.
-    """
-    try:
-        from mmpretrain.evaluation.metrics import Accuracy
-        from mmpretrain.evaluation.metrics.single_label import to_tensor
-    except ImportError:
-        return
-    calculate = Accuracy.calculate
-    if hasattr(calculate, '_m3i_ties'):
-        return
-
-    def pessimistic(pred, target, topk=(1, ), thrs=(0., )):
-        scores = to_tensor(pred)
-        if scores.ndim == 1 or max(topk) > scores.size(1):
-            return calculate(pred, target, topk, thrs)  # its errors
-        scores = scores.float()
-        target = to_tensor(target).to(torch.int64)
-        if scores.size(0) != target.size(0):
-            return calculate(pred, target, topk, thrs)
-        true = scores.gather(1, target.view(-1, 1))
-        rank = ((scores >= true) | scores.isnan()).sum(1) - 1
-        true = true.view(-1)
-        rank[true.isnan()] = scores.size(1)
-        results = []
-        for k in topk:
-            row = []
-            for thr in thrs:
-                hit = rank < k
-                if thr is not None:
-                    hit &= true > thr
-                row.append(hit.float().sum(0, keepdim=True).mul_(
-                    100. / scores.size(0)))
-            results.append(row)
-        return results
-
-    pessimistic._m3i_ties = True
-    Accuracy.calculate = staticmethod(functools.wraps(calculate)(pessimistic))
-
-
 def _no_accelerator() -> bool:
     from mmengine.device import (is_cuda_available, is_mlu_available,
                                  is_musa_available, is_npu_available)
@@ -1161,7 +1112,6 @@ def apply() -> None:
     _patch_empty_dataset_error()
     _patch_optimizer_type_check()
     _patch_strict_load_from()
-    _patch_accuracy_ties()
     _patch_cpu_distributed()
     _patch_amp_on_cpu()
     _patch_seeded_fetch()

@@ -43,6 +43,6 @@ val_dataloader = dict(
         split='val',
         pipeline=test_pipeline),
 )
-val_evaluator = dict(type='Accuracy', topk=(1, ))
+val_evaluator = dict(type='TieAwareAccuracy', topk=(1, ))
 test_dataloader = val_dataloader
 test_evaluator = val_evaluator

@@ -53,6 +53,6 @@ val_dataloader = dict(
         data_root=data_root,
         split='val',
         pipeline=test_pipeline))
-val_evaluator = dict(type='Accuracy', topk=(1, 5))
+val_evaluator = dict(type='TieAwareAccuracy', topk=(1, 5))
 test_dataloader = val_dataloader
 test_evaluator = val_evaluator

@@ -54,7 +54,7 @@ val_dataloader = dict(
         split='val',
         pipeline=test_pipeline))
 test_dataloader = val_dataloader
-val_evaluator = dict(type='Accuracy', topk=(1, ))
+val_evaluator = dict(type='TieAwareAccuracy', topk=(1, ))
 test_evaluator = val_evaluator
 
 max_iters = 30

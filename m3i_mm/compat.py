@@ -12,7 +12,6 @@ import contextlib
 import ctypes
 import difflib
 import functools
-import importlib
 import io
 import logging
 import os
@@ -731,53 +730,6 @@ def close_matches(value: str, known: Iterable[str],
     return f' (did you mean {", ".join(map(repr, found))}?)' if found else ''
 
 
-def _name_file_on_error(method: Callable, path_key: str) -> Callable:
-    """Wrap a loading method ``(self, results)`` so that its errors name the
-    file ``results[path_key]`` (and say when it is empty)."""
-
-    @functools.wraps(method)
-    def wrapper(self, results: dict, *args, **kwargs):
-        try:
-            return method(self, results, *args, **kwargs)
-        except Exception as err:
-            path = results.get(path_key)
-            if path is None or str(path) in str(err):
-                raise
-            empty = osp.isfile(path) and osp.getsize(path) == 0
-            what = 'the file is empty (0 bytes)' if empty else (
-                f'{type(err).__name__}: {err}')
-            raise ValueError(f'{type(self).__name__} cannot read '
-                             f'{path_key} {path}: {what}') from err
-
-    wrapper._m3i_names_file = True
-    return wrapper
-
-
-def _patch_file_loading_errors() -> None:
-    """mmcv 2.1-2.3.6, mmdet 3.3-3.5.1, mmseg 1.2-1.4.2: errors of image and
-    segmentation-map loading do not name the file.
-
-    A zero-byte image raised cv2's ``(-215:Assertion failed) !buf.empty()``
-    from ``LoadImageFromFile``; the same from every ``LoadAnnotations``
-    for a zero-byte map. We re-raise such errors as ``ValueError`` naming the
-    file (errors that already name it, e.g. a missing file, pass unchanged).
-    """
-    from mmcv.transforms import loading
-    targets = [(loading.LoadImageFromFile, 'transform', 'img_path'),
-               (loading.LoadAnnotations, '_load_seg_map', 'seg_map_path')]
-    for module in ('mmdet.datasets.transforms.loading',
-                   'mmseg.datasets.transforms.loading'):
-        try:
-            cls = importlib.import_module(module).LoadAnnotations
-        except Exception:  # optional downstream packages
-            continue
-        targets.append((cls, '_load_seg_map', 'seg_map_path'))
-    for cls, name, key in targets:
-        method = cls.__dict__.get(name)
-        if method is not None and not hasattr(method, '_m3i_names_file'):
-            setattr(cls, name, _name_file_on_error(method, key))
-
-
 def _patch_empty_dataset_error() -> None:
     """mmengine (all 0.10.x): an empty dataset fails with numpy's ``need at
     least one array to concatenate`` (``BaseDataset._serialize_data``), or
@@ -1108,7 +1060,6 @@ def apply() -> None:
     _patch_find_latest_checkpoint()
     _patch_dataloader_workers()
     _patch_config_package_scopes()
-    _patch_file_loading_errors()
     _patch_empty_dataset_error()
     _patch_optimizer_type_check()
     _patch_strict_load_from()

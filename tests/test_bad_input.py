@@ -4,6 +4,7 @@ Zero-byte images and maps, empty datasets, unknown optimizer types,
 misspelt top-level config keys, and ``load_from`` checkpoints of another
 architecture, through the transforms, datasets, Runner and tools/train.py.
 """
+import inspect
 import os
 import os.path as osp
 import shutil
@@ -34,30 +35,54 @@ def bad_root(demo_root, tmp_path_factory):
 
 
 def test_zero_byte_image_names_the_file(bad_root):
-    """It raised cv2's ``(-215:Assertion failed) !buf.empty()``."""
-    from m3i_mm.datasets import DemoDigits
+    """It raised cv2's ``(-215:Assertion failed) !buf.empty()``; the demo
+    config's train pipeline (``NamedLoadImageFromFile``) names the file,
+    mmcv's own ``LoadImageFromFile`` is left as upstream wrote it."""
+    from mmcv.transforms import LoadImageFromFile
+    from mmengine.registry import DefaultScope
+    from mmpretrain.registry import DATASETS
     root, image = bad_root
-    dataset = DemoDigits(
-        data_root=root, split='train',
-        pipeline=[dict(type='LoadImageFromFile'), dict(type='PackInputs')])
+    cfg = Config.fromfile(DEMO_CFG).train_dataloader.dataset
+    cfg.data_root = root
+    assert cfg.pipeline[0].type == 'NamedLoadImageFromFile'
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        dataset = DATASETS.build(cfg)
     with pytest.raises(ValueError, match=rf'{image}.*empty \(0 bytes\)'):
         dataset[0]
     assert dataset[1]['inputs'].shape == (3, 32, 32)
+    with pytest.raises(Exception) as upstream:
+        LoadImageFromFile()(dict(img_path=image))
+    assert image not in str(upstream.value)
 
 
-def test_zero_byte_segmentation_map_names_the_file(tmp_path):
-    from mmseg.datasets.transforms import LoadAnnotations
+@pytest.mark.parametrize('path,scope,extra', [
+    ('ade20k/upernet_vit-tiny_m3i_demo.py', 'mmseg',
+     dict(seg_fields=[], reduce_zero_label=False)),
+    ('coco/mask-rcnn_vitdet-tiny_m3i_demo.py', 'mmdet', {}),
+])
+def test_zero_byte_segmentation_map_names_the_file(tmp_path, path, scope,
+                                                   extra):
+    """The downstream configs' ``NamedLoadAnnotations`` (mmseg's and
+    mmdet's, the latter loading maps with ``with_seg``)."""
+    from mmengine.registry import TRANSFORMS, DefaultScope
+    step = Config.fromfile(
+        config_path('downstream', path)).train_pipeline[1]
+    assert step.type == 'NamedLoadAnnotations'
+    if scope == 'mmdet':
+        step.update(with_bbox=False, with_label=False, with_mask=False,
+                    with_seg=True)
     seg_map = tmp_path / 'map.png'
     seg_map.write_bytes(b'')
+    with DefaultScope.overwrite_default_scope(scope):
+        load = TRANSFORMS.build(step)
     with pytest.raises(ValueError, match=rf'{seg_map}.*empty'):
-        LoadAnnotations()(dict(seg_map_path=str(seg_map), seg_fields=[],
-                               reduce_zero_label=False))
+        load(dict(seg_map_path=str(seg_map), **extra))
 
 
 def test_missing_image_error_unchanged(tmp_path):
-    from mmcv.transforms import LoadImageFromFile
+    from m3i_mm.datasets import NamedLoadImageFromFile
     with pytest.raises(FileNotFoundError, match='nothing.png'):
-        LoadImageFromFile()(dict(img_path=str(tmp_path / 'nothing.png')))
+        NamedLoadImageFromFile()(dict(img_path=str(tmp_path / 'nothing.png')))
 
 
 @pytest.mark.parametrize('serialize', [True, False])
@@ -74,6 +99,20 @@ def test_empty_dataset_names_its_annotation_file(tmp_path, dataset,
                        rf"ann_file='{ann}'"):
         DATASETS.build(dict(type=dataset, data_root=str(tmp_path),
                             ann_file=ann.name, serialize_data=serialize))
+
+
+def test_upstream_loaders_and_datasets_are_untouched():
+    """``import m3i_mm`` replaces none of the methods its named errors
+    extend."""
+    from mmcv.transforms import LoadAnnotations, LoadImageFromFile
+    from mmdet.datasets.transforms import LoadAnnotations as DetAnnotations
+    from mmseg.datasets.transforms import LoadAnnotations as SegAnnotations
+    for cls, name in [(LoadImageFromFile, 'transform'),
+                      (LoadAnnotations, '_load_seg_map'),
+                      (DetAnnotations, '_load_seg_map'),
+                      (SegAnnotations, '_load_seg_map')]:
+        assert getattr(cls, name).__code__.co_filename == \
+            inspect.getfile(cls), (cls, name)
 
 
 def test_unknown_optimizer_type_is_named():

@@ -21,7 +21,7 @@ model = dict(
         templates=['a handwritten {}.', 'a scan of the digit {}.']))
 
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='NamedLoadImageFromFile'),
     dict(
         type='M3IViews',
         size=32,

@@ -5,13 +5,16 @@ from .demo import (CAPTION_TEMPLATES, DIGIT_CLASSES, DemoDigits,
                    materialize_demo_digits_lvis)
 from .image_text import ImageTextDataset, ImageTextShards, expand_shards
 from .multi_source import MultiSourceDataset
-from .transforms import BlockwiseMaskGenerator, M3IViews
+from .transforms import (BlockwiseMaskGenerator, M3IViews,
+                         NamedLoadDetAnnotations, NamedLoadImageFromFile,
+                         NamedLoadSegAnnotations)
 
 __all__ = [
     'BlockwiseMaskGenerator', 'CAPTION_TEMPLATES', 'DIGIT_CLASSES',
     'DemoDigits', 'DemoDigitsCaptions', 'DemoDigitsCoco', 'DemoDigitsLvis',
     'DemoDigitsSeg', 'ImageTextDataset', 'ImageTextShards', 'M3IViews',
-    'MultiSourceDataset',
+    'MultiSourceDataset', 'NamedLoadDetAnnotations', 'NamedLoadImageFromFile',
+    'NamedLoadSegAnnotations',
     'demo_digits_split', 'expand_shards',
     'materialize_demo_digits', 'materialize_demo_digits_ade',
     'materialize_demo_digits_coco', 'materialize_demo_digits_lvis'

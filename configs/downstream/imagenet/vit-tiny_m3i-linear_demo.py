@@ -26,7 +26,7 @@ model = dict(
 
 # No flips: mirrored digits are other symbols.
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='NamedLoadImageFromFile'),
     dict(type='RandomResizedCrop', scale=img_size,
          crop_ratio_range=(0.6, 1.0), backend='pillow',
          interpolation='bicubic'),

@@ -730,39 +730,6 @@ def close_matches(value: str, known: Iterable[str],
     return f' (did you mean {", ".join(map(repr, found))}?)' if found else ''
 
 
-def _patch_empty_dataset_error() -> None:
-    """mmengine (all 0.10.x): an empty dataset fails with numpy's ``need at
-    least one array to concatenate`` (``BaseDataset._serialize_data``), or
-    later in the sampler, naming nothing. We raise naming the dataset's
-    annotation file, root, prefix and filter."""
-    from mmengine.dataset import BaseDataset
-
-    def check(dataset) -> None:
-        if len(dataset.data_list) == 0:
-            raise ValueError(
-                f'{type(dataset).__name__} has no samples: ann_file='
-                f'{dataset.ann_file!r}, data_root={dataset.data_root!r}, '
-                f'data_prefix={dict(dataset.data_prefix)}, filter_cfg='
-                f'{dataset.filter_cfg}, indices={dataset._indices}')
-
-    serialize, full_init = BaseDataset._serialize_data, BaseDataset.full_init
-    if hasattr(full_init, '_m3i_checks_empty'):
-        return
-
-    def _serialize_data(self):
-        check(self)
-        return serialize(self)
-
-    def checked_full_init(self) -> None:
-        full_init(self)
-        if not self.serialize_data:
-            check(self)
-
-    checked_full_init._m3i_checks_empty = True
-    BaseDataset._serialize_data = _serialize_data
-    BaseDataset.full_init = functools.wraps(full_init)(checked_full_init)
-
-
 def _registry_names(registry) -> List[str]:
     """Names registered in ``registry`` and its ancestors."""
     names = []
@@ -1060,7 +1027,6 @@ def apply() -> None:
     _patch_find_latest_checkpoint()
     _patch_dataloader_workers()
     _patch_config_package_scopes()
-    _patch_empty_dataset_error()
     _patch_optimizer_type_check()
     _patch_strict_load_from()
     _patch_cpu_distributed()

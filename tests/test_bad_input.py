@@ -86,19 +86,47 @@ def test_missing_image_error_unchanged(tmp_path):
 
 
 @pytest.mark.parametrize('serialize', [True, False])
-@pytest.mark.parametrize('dataset', ['ImageTextDataset', 'CustomDataset'])
-def test_empty_dataset_names_its_annotation_file(tmp_path, dataset,
-                                                 serialize):
+@pytest.mark.parametrize('dataset', ['ImageTextDataset', 'DemoDigits',
+                                     'CustomDataset'])
+def test_empty_dataset_names_its_annotation_file(demo_root, tmp_path,
+                                                 dataset, serialize):
     """It raised numpy's ``need at least one array to concatenate`` (or,
-    unserialised, failed later in the sampler)."""
+    unserialised, failed later in the sampler). Our datasets name their
+    files; an upstream one does inside ``NonEmptyDataset``."""
     from mmpretrain.registry import DATASETS
     ann = tmp_path / ('train.jsonl'
                       if dataset == 'ImageTextDataset' else 'train.txt')
     ann.write_text('')
+    cfg = dict(type=dataset, data_root=str(tmp_path), ann_file=ann.name,
+               serialize_data=serialize)
+    if dataset == 'DemoDigits':
+        cfg.update(data_root=demo_root, ann_file=str(ann))
+    if dataset == 'CustomDataset':
+        cfg = dict(type='NonEmptyDataset', dataset=cfg)
     with pytest.raises(ValueError, match=rf'{dataset} has no samples: '
                        rf"ann_file='{ann}'"):
-        DATASETS.build(dict(type=dataset, data_root=str(tmp_path),
-                            ann_file=ann.name, serialize_data=serialize))
+        DATASETS.build(cfg)
+
+
+def test_empty_dataset_wrapper_is_transparent(demo_root, tmp_path):
+    """``NonEmptyDataset`` of a loadable dataset is that dataset; a loading
+    error of the wrapped dataset passes unchanged."""
+    from mmpretrain.registry import DATASETS
+    inner = dict(type='CustomDataset', data_root=demo_root,
+                 ann_file='meta/val.txt', indices=5,
+                 pipeline=[dict(type='NamedLoadImageFromFile'),
+                           dict(type='PackInputs')])
+    wrapped = DATASETS.build(dict(type='NonEmptyDataset', dataset=inner))
+    plain = DATASETS.build(inner)
+    assert len(wrapped) == 5
+    assert wrapped.metainfo == plain.metainfo
+    assert wrapped.get_data_info(4) == plain.get_data_info(4)
+    assert torch.equal(wrapped[4]['inputs'], plain[4]['inputs'])
+    bad = tmp_path / 'bad.jsonl'
+    bad.write_text('not json\n')
+    with pytest.raises(ValueError, match='bad.jsonl, line 1: not JSON'):
+        DATASETS.build(dict(type='NonEmptyDataset', dataset=dict(
+            type='ImageTextDataset', ann_file=str(bad))))
 
 
 def test_upstream_loaders_and_datasets_are_untouched():
@@ -106,11 +134,14 @@ def test_upstream_loaders_and_datasets_are_untouched():
     extend."""
     from mmcv.transforms import LoadAnnotations, LoadImageFromFile
     from mmdet.datasets.transforms import LoadAnnotations as DetAnnotations
+    from mmengine.dataset import BaseDataset
     from mmseg.datasets.transforms import LoadAnnotations as SegAnnotations
     for cls, name in [(LoadImageFromFile, 'transform'),
                       (LoadAnnotations, '_load_seg_map'),
                       (DetAnnotations, '_load_seg_map'),
-                      (SegAnnotations, '_load_seg_map')]:
+                      (SegAnnotations, '_load_seg_map'),
+                      (BaseDataset, 'full_init'),
+                      (BaseDataset, '_serialize_data')]:
         assert getattr(cls, name).__code__.co_filename == \
             inspect.getfile(cls), (cls, name)
 

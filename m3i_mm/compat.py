@@ -11,7 +11,6 @@ mmseg 1.2.2, mmpretrain 1.2.0) working where a shim is enough.
 import ctypes
 import difflib
 import functools
-import importlib
 import logging
 import os
 import os.path as osp
@@ -458,86 +457,6 @@ def close_matches(value: str, known: Iterable[str],
     return f' (did you mean {", ".join(map(repr, found))}?)' if found else ''
 
 
-def _name_file_on_error(method: Callable, path_key: str) -> Callable:
-    """Wrap a loading method ``(self, results)`` so that its errors name the
-    file ``results[path_key]`` (and say when it is empty)."""
-
-    @functools.wraps(method)
-    def wrapper(self, results: dict, *args, **kwargs):
-        try:
-            return method(self, results, *args, **kwargs)
-        except Exception as err:
-            path = results.get(path_key)
-            if path is None or str(path) in str(err):
-                raise
-            empty = osp.isfile(path) and osp.getsize(path) == 0
-            what = 'the file is empty (0 bytes)' if empty else (
-                f'{type(err).__name__}: {err}')
-            raise ValueError(f'{type(self).__name__} cannot read '
-                             f'{path_key} {path}: {what}') from err
-
-    wrapper._m3i_names_file = True
-    return wrapper
-
-
-def _patch_file_loading_errors() -> None:
-    """mmcv 2.1-2.3.6, mmdet 3.3-3.5.1, mmseg 1.2-1.4.2: errors of image and
-    segmentation-map loading do not name the file.
-
-    A zero-byte image raised cv2's ``(-215:Assertion failed) !buf.empty()``
-    from ``LoadImageFromFile``; the same from every ``LoadAnnotations``
-    for a zero-byte map. We re-raise such errors as ``ValueError`` naming the
-    file (errors that already name it, e.g. a missing file, pass unchanged).
-    """
-    from mmcv.transforms import loading
-    targets = [(loading.LoadImageFromFile, 'transform', 'img_path'),
-               (loading.LoadAnnotations, '_load_seg_map', 'seg_map_path')]
-    for module in ('mmdet.datasets.transforms.loading',
-                   'mmseg.datasets.transforms.loading'):
-        try:
-            cls = importlib.import_module(module).LoadAnnotations
-        except Exception:  # optional downstream packages
-            continue
-        targets.append((cls, '_load_seg_map', 'seg_map_path'))
-    for cls, name, key in targets:
-        method = cls.__dict__.get(name)
-        if method is not None and not hasattr(method, '_m3i_names_file'):
-            setattr(cls, name, _name_file_on_error(method, key))
-
-
-def _patch_empty_dataset_error() -> None:
-    """mmengine (all 0.10.x): an empty dataset fails with numpy's ``need at
-    least one array to concatenate`` (``BaseDataset._serialize_data``), or
-    later in the sampler, naming nothing. We raise naming the dataset's
-    annotation file, root, prefix and filter."""
-    from mmengine.dataset import BaseDataset
-
-    def check(dataset) -> None:
-        if len(dataset.data_list) == 0:
-            raise ValueError(
-                f'{type(dataset).__name__} has no samples: ann_file='
-                f'{dataset.ann_file!r}, data_root={dataset.data_root!r}, '
-                f'data_prefix={dict(dataset.data_prefix)}, filter_cfg='
-                f'{dataset.filter_cfg}, indices={dataset._indices}')
-
-    serialize, full_init = BaseDataset._serialize_data, BaseDataset.full_init
-    if hasattr(full_init, '_m3i_checks_empty'):
-        return
-
-    def _serialize_data(self):
-        check(self)
-        return serialize(self)
-
-    def checked_full_init(self) -> None:
-        full_init(self)
-        if not self.serialize_data:
-            check(self)
-
-    checked_full_init._m3i_checks_empty = True
-    BaseDataset._serialize_data = _serialize_data
-    BaseDataset.full_init = functools.wraps(full_init)(checked_full_init)
-
-
 def _registry_names(registry) -> List[str]:
     """Names registered in ``registry`` and its ancestors."""
     names = []
@@ -656,55 +575,6 @@ def _patch_strict_load_from() -> None:
 
     load_checkpoint._m3i_strict = True
     Runner.load_checkpoint = load_checkpoint
-
-
-def _patch_accuracy_ties() -> None:
-    """mmpretrain 1.2.0 / onedl-mmpretrain 1.3.6 ``Accuracy.calculate``:
-    tied scores count as correct when ``topk`` happens to put the true class
-    first (constant scores give the share of the lowest class index, not
-    0), and a NaN score of the true class can count as correct.
-
-    For scores ``(N, C)`` we rank pessimistically: sample ``i`` is correct at
-    ``k`` iff fewer than ``k`` other classes score at least as high as its
-    true class (NaN scores rank above everything; a NaN true score is
-    wrong), and, as upstream, its true score is above the threshold. Without
-    ties or NaN this equals upstream. Labels ``(N,)`` are unchanged.
-    """
-    try:
-        from mmpretrain.evaluation.metrics import Accuracy
-        from mmpretrain.evaluation.metrics.single_label import to_tensor
-    except ImportError:
-        return
-    calculate = Accuracy.calculate
-    if hasattr(calculate, '_m3i_ties'):
-        return
-
-    def pessimistic(pred, target, topk=(1, ), thrs=(0., )):
-        scores = to_tensor(pred)
-        if scores.ndim == 1 or max(topk) > scores.size(1):
-            return calculate(pred, target, topk, thrs)  # its errors
-        scores = scores.float()
-        target = to_tensor(target).to(torch.int64)
-        if scores.size(0) != target.size(0):
-            return calculate(pred, target, topk, thrs)
-        true = scores.gather(1, target.view(-1, 1))
-        rank = ((scores >= true) | scores.isnan()).sum(1) - 1
-        true = true.view(-1)
-        rank[true.isnan()] = scores.size(1)
-        results = []
-        for k in topk:
-            row = []
-            for thr in thrs:
-                hit = rank < k
-                if thr is not None:
-                    hit &= true > thr
-                row.append(hit.float().sum(0, keepdim=True).mul_(
-                    100. / scores.size(0)))
-            results.append(row)
-        return results
-
-    pessimistic._m3i_ties = True
-    Accuracy.calculate = staticmethod(functools.wraps(calculate)(pessimistic))
 
 
 def _no_accelerator() -> bool:
@@ -883,11 +753,8 @@ def apply() -> None:
     _patch_find_latest_checkpoint()
     _patch_dataloader_workers()
     _patch_config_package_scopes()
-    _patch_file_loading_errors()
-    _patch_empty_dataset_error()
     _patch_optimizer_type_check()
     _patch_strict_load_from()
-    _patch_accuracy_ties()
     _patch_cpu_distributed()
     _patch_amp_on_cpu()
     _patch_seeded_fetch()

@@ -1,17 +1,27 @@
-"""Top-k accuracy (zero-shot and supervised evaluation: mmpretrain's
-``Accuracy`` on ``pred_score``) on degenerate inputs, hand-computed.
+"""Top-k accuracy (zero-shot and supervised evaluation of our configs:
+``TieAwareAccuracy`` on ``pred_score``) on degenerate inputs, hand-computed.
 
-Ties are pessimistic (see ``m3i_mm.compat._patch_accuracy_ties``).
+Ties are pessimistic (see ``m3i_mm.evaluation.TieAwareAccuracy``);
+mmpretrain's own ``Accuracy`` stays upstream's after ``import m3i_mm``.
 """
+import inspect
+
 import pytest
 import torch
+from mmengine.registry import DefaultScope
 from mmpretrain.evaluation.metrics import Accuracy
+from mmpretrain.registry import METRICS
 from mmpretrain.structures import DataSample
 
+from m3i_mm.evaluation import TieAwareAccuracy
 
-def accuracy(scores, labels, topk=(1, ), thrs=(0., )):
+
+def accuracy(scores, labels, topk=(1, ), thrs=(0., ), metric=None):
     """Through ``process`` + ``compute_metrics``, as the Runner calls it."""
-    metric = Accuracy(topk=topk, thrs=thrs)
+    if metric is None:
+        with DefaultScope.overwrite_default_scope('mmpretrain'):
+            metric = METRICS.build(
+                dict(type='TieAwareAccuracy', topk=topk, thrs=thrs))
     samples = [
         DataSample().set_pred_score(torch.tensor(s)).set_gt_label(label)
         for s, label in zip(scores, labels)
@@ -59,8 +69,24 @@ def test_no_ties_equal_upstream():
     top = scores.topk(3, dim=1).indices
     want = [100.0 * (top[:, :k] == labels[:, None]).any(1).float().mean()
             for k in (1, 3)]
-    got = Accuracy.calculate(scores, labels, topk=(1, 3), thrs=(None, ))
-    assert [float(r[0]) for r in got] == pytest.approx(
-        [float(w) for w in want])
+    for calculate in (TieAwareAccuracy.calculate, Accuracy.calculate):
+        got = calculate(scores, labels, topk=(1, 3), thrs=(None, ))
+        assert [float(r[0]) for r in got] == pytest.approx(
+            [float(w) for w in want])
     with pytest.raises(ValueError, match='Top-8 accuracy is unavailable'):
-        Accuracy.calculate(scores, labels, topk=(8, ))
+        TieAwareAccuracy.calculate(scores, labels, topk=(8, ))
+    # label predictions: mmpretrain's top-1
+    assert float(TieAwareAccuracy.calculate([0, 2, 1], [0, 1, 1])) == \
+        pytest.approx(200 / 3)
+
+
+def test_mmpretrain_accuracy_is_untouched():
+    """``import m3i_mm`` leaves mmpretrain's ``Accuracy`` as upstream wrote
+    it: its ``topk`` puts tied class 0 first (50 % on the constant scores
+    above), and the registry's ``Accuracy`` is that class."""
+    assert Accuracy.calculate.__code__.co_filename == \
+        inspect.getfile(Accuracy)
+    assert METRICS.get('Accuracy') is Accuracy
+    out = accuracy([[1 / 3] * 3] * 4, [0, 0, 1, 1], topk=(1, 3),
+                   metric=Accuracy(topk=(1, 3)))
+    assert out == {'top1': 50.0, 'top3': 100.0}

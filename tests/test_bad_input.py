@@ -4,6 +4,7 @@ Zero-byte images and maps, empty datasets, unknown optimizer types,
 misspelt top-level config keys, and ``load_from`` checkpoints of another
 architecture, through the transforms, datasets, Runner and tools/train.py.
 """
+import inspect
 import os
 import os.path as osp
 import shutil
@@ -34,46 +35,115 @@ def bad_root(demo_root, tmp_path_factory):
 
 
 def test_zero_byte_image_names_the_file(bad_root):
-    """It raised cv2's ``(-215:Assertion failed) !buf.empty()``."""
-    from m3i_mm.datasets import DemoDigits
+    """It raised cv2's ``(-215:Assertion failed) !buf.empty()``; the demo
+    config's train pipeline (``NamedLoadImageFromFile``) names the file,
+    mmcv's own ``LoadImageFromFile`` is left as upstream wrote it."""
+    from mmcv.transforms import LoadImageFromFile
+    from mmengine.registry import DefaultScope
+    from mmpretrain.registry import DATASETS
     root, image = bad_root
-    dataset = DemoDigits(
-        data_root=root, split='train',
-        pipeline=[dict(type='LoadImageFromFile'), dict(type='PackInputs')])
+    cfg = Config.fromfile(DEMO_CFG).train_dataloader.dataset
+    cfg.data_root = root
+    assert cfg.pipeline[0].type == 'NamedLoadImageFromFile'
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        dataset = DATASETS.build(cfg)
     with pytest.raises(ValueError, match=rf'{image}.*empty \(0 bytes\)'):
         dataset[0]
     assert dataset[1]['inputs'].shape == (3, 32, 32)
+    with pytest.raises(Exception) as upstream:
+        LoadImageFromFile()(dict(img_path=image))
+    assert image not in str(upstream.value)
 
 
-def test_zero_byte_segmentation_map_names_the_file(tmp_path):
-    from mmseg.datasets.transforms import LoadAnnotations
+@pytest.mark.parametrize('path,scope,extra', [
+    ('ade20k/upernet_vit-tiny_m3i_demo.py', 'mmseg',
+     dict(seg_fields=[], reduce_zero_label=False)),
+    ('coco/mask-rcnn_vitdet-tiny_m3i_demo.py', 'mmdet', {}),
+])
+def test_zero_byte_segmentation_map_names_the_file(tmp_path, path, scope,
+                                                   extra):
+    """The downstream configs' ``NamedLoadAnnotations`` (mmseg's and
+    mmdet's, the latter loading maps with ``with_seg``)."""
+    from mmengine.registry import TRANSFORMS, DefaultScope
+    step = Config.fromfile(
+        config_path('downstream', path)).train_pipeline[1]
+    assert step.type == 'NamedLoadAnnotations'
+    if scope == 'mmdet':
+        step.update(with_bbox=False, with_label=False, with_mask=False,
+                    with_seg=True)
     seg_map = tmp_path / 'map.png'
     seg_map.write_bytes(b'')
+    with DefaultScope.overwrite_default_scope(scope):
+        load = TRANSFORMS.build(step)
     with pytest.raises(ValueError, match=rf'{seg_map}.*empty'):
-        LoadAnnotations()(dict(seg_map_path=str(seg_map), seg_fields=[],
-                               reduce_zero_label=False))
+        load(dict(seg_map_path=str(seg_map), **extra))
 
 
 def test_missing_image_error_unchanged(tmp_path):
-    from mmcv.transforms import LoadImageFromFile
+    from m3i_mm.datasets import NamedLoadImageFromFile
     with pytest.raises(FileNotFoundError, match='nothing.png'):
-        LoadImageFromFile()(dict(img_path=str(tmp_path / 'nothing.png')))
+        NamedLoadImageFromFile()(dict(img_path=str(tmp_path / 'nothing.png')))
 
 
 @pytest.mark.parametrize('serialize', [True, False])
-@pytest.mark.parametrize('dataset', ['ImageTextDataset', 'CustomDataset'])
-def test_empty_dataset_names_its_annotation_file(tmp_path, dataset,
-                                                 serialize):
+@pytest.mark.parametrize('dataset', ['ImageTextDataset', 'DemoDigits',
+                                     'CustomDataset'])
+def test_empty_dataset_names_its_annotation_file(demo_root, tmp_path,
+                                                 dataset, serialize):
     """It raised numpy's ``need at least one array to concatenate`` (or,
-    unserialised, failed later in the sampler)."""
+    unserialised, failed later in the sampler). Our datasets name their
+    files; an upstream one does inside ``NonEmptyDataset``."""
     from mmpretrain.registry import DATASETS
     ann = tmp_path / ('train.jsonl'
                       if dataset == 'ImageTextDataset' else 'train.txt')
     ann.write_text('')
+    cfg = dict(type=dataset, data_root=str(tmp_path), ann_file=ann.name,
+               serialize_data=serialize)
+    if dataset == 'DemoDigits':
+        cfg.update(data_root=demo_root, ann_file=str(ann))
+    if dataset == 'CustomDataset':
+        cfg = dict(type='NonEmptyDataset', dataset=cfg)
     with pytest.raises(ValueError, match=rf'{dataset} has no samples: '
                        rf"ann_file='{ann}'"):
-        DATASETS.build(dict(type=dataset, data_root=str(tmp_path),
-                            ann_file=ann.name, serialize_data=serialize))
+        DATASETS.build(cfg)
+
+
+def test_empty_dataset_wrapper_is_transparent(demo_root, tmp_path):
+    """``NonEmptyDataset`` of a loadable dataset is that dataset; a loading
+    error of the wrapped dataset passes unchanged."""
+    from mmpretrain.registry import DATASETS
+    inner = dict(type='CustomDataset', data_root=demo_root,
+                 ann_file='meta/val.txt', indices=5,
+                 pipeline=[dict(type='NamedLoadImageFromFile'),
+                           dict(type='PackInputs')])
+    wrapped = DATASETS.build(dict(type='NonEmptyDataset', dataset=inner))
+    plain = DATASETS.build(inner)
+    assert len(wrapped) == 5
+    assert wrapped.metainfo == plain.metainfo
+    assert wrapped.get_data_info(4) == plain.get_data_info(4)
+    assert torch.equal(wrapped[4]['inputs'], plain[4]['inputs'])
+    bad = tmp_path / 'bad.jsonl'
+    bad.write_text('not json\n')
+    with pytest.raises(ValueError, match='bad.jsonl, line 1: not JSON'):
+        DATASETS.build(dict(type='NonEmptyDataset', dataset=dict(
+            type='ImageTextDataset', ann_file=str(bad))))
+
+
+def test_upstream_loaders_and_datasets_are_untouched():
+    """``import m3i_mm`` replaces none of the methods its named errors
+    extend."""
+    from mmcv.transforms import LoadAnnotations, LoadImageFromFile
+    from mmdet.datasets.transforms import LoadAnnotations as DetAnnotations
+    from mmengine.dataset import BaseDataset
+    from mmseg.datasets.transforms import LoadAnnotations as SegAnnotations
+    for cls, name in [(LoadImageFromFile, 'transform'),
+                      (LoadAnnotations, '_load_seg_map'),
+                      (DetAnnotations, '_load_seg_map'),
+                      (SegAnnotations, '_load_seg_map'),
+                      (BaseDataset, 'full_init'),
+                      (BaseDataset, '_serialize_data')]:
+        assert getattr(cls, name).__code__.co_filename == \
+            inspect.getfile(cls), (cls, name)
 
 
 def test_unknown_optimizer_type_is_named():

@@ -62,6 +62,10 @@ def test_m3iviews_decoding_names_a_broken_file(tmp_path):
     bad.write_bytes(b'not a jpeg')
     with pytest.raises(OSError, match='broken.jpg'):
         M3IViews(size=SIZE)(dict(img_path=str(bad)))
+    empty = tmp_path / 'empty.jpg'
+    empty.write_bytes(b'')
+    with pytest.raises(OSError, match=r'empty.jpg: the file is empty \(0 '):
+        M3IViews(size=SIZE)(dict(img_path=str(empty)))
 
 
 def view_statistics(views: np.ndarray) -> dict:

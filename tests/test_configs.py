@@ -60,7 +60,8 @@ def test_pretrain_pipeline_runs_on_a_real_image(path, demo_root):
     path = osp.join(demo_root, 'train', 'zero', 'digit_00000.png')
     results = dict(img_path=path)
     # M3IViews decodes img_path itself (the batched-augmentation pipelines).
-    if steps[0]['type'] not in ('LoadImageFromFile', 'M3IViews'):  # streamed
+    loaders = ('NamedLoadImageFromFile', 'M3IViews')
+    if steps[0]['type'] not in loaders:  # streamed
         import mmcv
         img = mmcv.imread(path)
         results = dict(img=img, img_shape=img.shape[:2], caption='a zero')

@@ -140,7 +140,7 @@ def test_streamed_shards_multisource_killed_and_resumed_is_the_same_run(
     cfg = Config.fromfile(
         config_path('pretrain', 'm3i_vit-tiny_multisource_demo.py'))
     pipeline = cfg.train_pipeline
-    assert pipeline[0]['type'] == 'LoadImageFromFile'  # shards: decoded
+    assert pipeline[0]['type'] == 'NamedLoadImageFromFile'  # shards: decoded
     cfg.train_dataloader.sampler = None
     cfg.train_dataloader.dataset = dict(
         type='MultiSourceDataset',

@@ -37,7 +37,7 @@ view_aug = [
         prob=0.8),
 ]
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='NamedLoadImageFromFile'),
     dict(
         type='M3IViews',
         size=img_size,

@@ -21,7 +21,7 @@ model = dict(
         templates=['a handwritten {}.', 'a scan of the digit {}.']))
 
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='NamedLoadImageFromFile'),
     dict(
         type='M3IViews',
         size=32,
@@ -70,7 +70,7 @@ val_dataloader = dict(
         split='val',
         pipeline=[dict(type='LoadImageFromFile'),
                   dict(type='PackInputs')]))
-val_evaluator = dict(type='Accuracy', topk=(1, ))
+val_evaluator = dict(type='TieAwareAccuracy', topk=(1, ))
 val_cfg = dict()
 test_dataloader = val_dataloader
 test_evaluator = val_evaluator

@@ -73,7 +73,7 @@ val_dataloader = dict(
             dict(type='CenterCrop', crop_size=224),
             dict(type='PackInputs')
         ]))
-val_evaluator = dict(type='Accuracy', topk=(1, 5))
+val_evaluator = dict(type='TieAwareAccuracy', topk=(1, 5))
 val_cfg = dict()
 
 max_iters = 500_000

@@ -29,14 +29,17 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from m3i_mm.registry import DATASETS
 from m3i_mm.utils.randomness import derive_seed, seed_all
+from .non_empty import NonEmptyMixin
 
 IMAGE_EXTS = ('jpg', 'jpeg', 'png', 'webp', 'bmp')
 TEXT_EXTS = ('txt', 'caption', 'json')
 
 
 @DATASETS.register_module()
-class ImageTextDataset(BaseDataset):
+class ImageTextDataset(NonEmptyMixin, BaseDataset):
     """Image-caption pairs listed in an annotation file.
+
+    A file with no pairs fails naming it (:class:`NonEmptyMixin`).
 
     Args:
         ann_file (str): ``.jsonl`` with ``image`` and ``caption`` keys, or

@@ -269,7 +269,7 @@ def load_demo_split(data_root: str,
     """Images and labels of a demo-digits split, optionally some classes.
 
     Read through :class:`m3i_mm.datasets.DemoDigits` (mmpretrain's
-    ``CustomDataset``, written on first use) with ``LoadImageFromFile``.
+    ``CustomDataset``, written on first use) with ``NamedLoadImageFromFile``.
 
     Args:
         data_root (str): Demo-digits folder.
@@ -285,7 +285,8 @@ def load_demo_split(data_root: str,
         data_root=data_root, split=split,
         indices=demo_class_indices(data_root, split, classes)
         if classes is not None else None,
-        pipeline=[dict(type='LoadImageFromFile'), dict(type='PackInputs')])
+        pipeline=[dict(type='NamedLoadImageFromFile'),
+                  dict(type='PackInputs')])
     items = [dataset[i] for i in range(len(dataset))]
     images = torch.stack([item['inputs'] for item in items])
     labels = torch.tensor([int(item['data_samples'].gt_label)

@@ -7,8 +7,8 @@ data_root = 'data/ade/ADEChallengeData2016'
 crop_size = (512, 512)
 
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='NamedLoadImageFromFile'),
+    dict(type='NamedLoadAnnotations', reduce_zero_label=True),
     dict(
         type='RandomResize',
         scale=(2048, 512),

@@ -12,7 +12,7 @@ data_preprocessor = dict(
 )
 
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='NamedLoadImageFromFile'),
     dict(type='RandomResizedCrop', scale=img_size, crop_ratio_range=(0.6, 1.0)),
     dict(type='PackInputs'),
 ]
@@ -43,6 +43,6 @@ val_dataloader = dict(
         split='val',
         pipeline=test_pipeline),
 )
-val_evaluator = dict(type='Accuracy', topk=(1, ))
+val_evaluator = dict(type='TieAwareAccuracy', topk=(1, ))
 test_dataloader = val_dataloader
 test_evaluator = val_evaluator

@@ -7,8 +7,8 @@ data_root = 'data/demo_digits_coco'
 
 # No flips: mirrored digits are other symbols.
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='NamedLoadImageFromFile'),
+    dict(type='NamedLoadAnnotations', with_bbox=True, with_mask=True),
     dict(type='PackDetInputs'),
 ]
 test_pipeline = [

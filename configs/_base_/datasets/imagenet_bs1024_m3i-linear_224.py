@@ -9,7 +9,7 @@ data_preprocessor = dict(
     to_rgb=True)
 
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='NamedLoadImageFromFile'),
     dict(
         type='RandomResizedCrop',
         scale=224,
@@ -53,6 +53,6 @@ val_dataloader = dict(
         data_root=data_root,
         split='val',
         pipeline=test_pipeline))
-val_evaluator = dict(type='Accuracy', topk=(1, 5))
+val_evaluator = dict(type='TieAwareAccuracy', topk=(1, 5))
 test_dataloader = val_dataloader
 test_evaluator = val_evaluator

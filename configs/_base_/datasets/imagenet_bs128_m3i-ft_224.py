@@ -12,7 +12,7 @@ bgr_mean = data_preprocessor['mean'][::-1]
 bgr_std = data_preprocessor['std'][::-1]
 
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='NamedLoadImageFromFile'),
     dict(
         type='RandomResizedCrop',
         scale=224,
@@ -72,6 +72,6 @@ val_dataloader = dict(
         data_root=data_root,
         split='val',
         pipeline=test_pipeline))
-val_evaluator = dict(type='Accuracy', topk=(1, 5))
+val_evaluator = dict(type='TieAwareAccuracy', topk=(1, 5))
 test_dataloader = val_dataloader
 test_evaluator = val_evaluator

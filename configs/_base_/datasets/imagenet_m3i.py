@@ -74,7 +74,7 @@ mask_and_pack = [
 ]
 train_pipeline = [views] + mask_and_pack
 per_image_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='NamedLoadImageFromFile'),
     dict(
         views,
         target_view_transforms=target_view_aug,

@@ -72,8 +72,8 @@ model = dict(
     test_cfg=dict(mode='whole'))
 
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='NamedLoadImageFromFile'),
+    dict(type='NamedLoadAnnotations', reduce_zero_label=True),
     dict(
         type='RandomResize',
         scale=(3584, 896),

@@ -50,8 +50,8 @@ model = dict(
 # 96x96 canvases, 64x64 crops; no flips (mirrored digits are other symbols).
 # reduce_zero_label comes from the dataset (True, as for ADE20KDataset).
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations'),
+    dict(type='NamedLoadImageFromFile'),
+    dict(type='NamedLoadAnnotations'),
     dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
     dict(type='PhotoMetricDistortion'),
     dict(type='PackSegInputs')

@@ -42,8 +42,8 @@ optim_wrapper = dict(paramwise_cfg=dict(num_layers=4))
 # 96x96 canvases, 64x64 crops; no flips (mirrored digits are other symbols).
 # reduce_zero_label comes from the dataset (True, as for ADE20KDataset).
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations'),
+    dict(type='NamedLoadImageFromFile'),
+    dict(type='NamedLoadAnnotations'),
     dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
     dict(type='PhotoMetricDistortion'),
     dict(type='PackSegInputs'),

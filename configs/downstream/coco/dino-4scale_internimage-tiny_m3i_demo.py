@@ -46,8 +46,8 @@ model = dict(
 # Digits on 96x96 canvases: resize to 96, pad to 96; no flips (mirrored
 # digits are other symbols).
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='NamedLoadImageFromFile'),
+    dict(type='NamedLoadAnnotations', with_bbox=True),
     dict(type='RandomResize', scale=image_size, ratio_range=(0.75, 1.25),
          keep_ratio=True),
     dict(

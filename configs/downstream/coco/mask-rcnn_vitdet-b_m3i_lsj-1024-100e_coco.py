@@ -174,8 +174,8 @@ dataset_type = 'CocoDataset'
 data_root = 'data/coco/'
 backend_args = None
 train_pipeline = [
-    dict(type='LoadImageFromFile', backend_args=backend_args),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='NamedLoadImageFromFile', backend_args=backend_args),
+    dict(type='NamedLoadAnnotations', with_bbox=True, with_mask=True),
     dict(
         type='RandomResize',
         scale=image_size,

@@ -73,8 +73,8 @@ model = dict(
 # Large-scale jitter at 96 (resize 0.5-2.0, crop 96); no flips (mirrored
 # digits are other symbols).
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='NamedLoadImageFromFile'),
+    dict(type='NamedLoadAnnotations', with_bbox=True, with_mask=True),
     dict(
         type='RandomResize',
         scale=image_size,

@@ -31,7 +31,7 @@ model = dict(
 # Table 8's augmentation at 32x32; no flips (mirrored digits are other
 # symbols), black padding.
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='NamedLoadImageFromFile'),
     dict(type='RandomResizedCrop', scale=img_size,
          crop_ratio_range=(0.6, 1.0), backend='pillow',
          interpolation='bicubic'),
@@ -75,7 +75,7 @@ val_dataloader = dict(
         split='val',
         pipeline=test_pipeline))
 test_dataloader = val_dataloader
-val_evaluator = dict(type='Accuracy', topk=(1, ))
+val_evaluator = dict(type='TieAwareAccuracy', topk=(1, ))
 test_evaluator = val_evaluator
 
 max_iters = 30

@@ -26,7 +26,7 @@ model = dict(
 
 # No flips: mirrored digits are other symbols.
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='NamedLoadImageFromFile'),
     dict(type='RandomResizedCrop', scale=img_size,
          crop_ratio_range=(0.6, 1.0), backend='pillow',
          interpolation='bicubic'),
@@ -54,7 +54,7 @@ val_dataloader = dict(
         split='val',
         pipeline=test_pipeline))
 test_dataloader = val_dataloader
-val_evaluator = dict(type='Accuracy', topk=(1, ))
+val_evaluator = dict(type='TieAwareAccuracy', topk=(1, ))
 test_evaluator = val_evaluator
 
 max_iters = 30

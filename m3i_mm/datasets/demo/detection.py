@@ -48,6 +48,7 @@ import numpy as np
 
 from mmdet.datasets import CocoDataset
 from mmdet.registry import DATASETS as MMDET_DATASETS
+from ..non_empty import NonEmptyMixin
 from .digits import (DIGIT_CLASSES, check_split, demo_digits_split,
                           digit_image, materialize_atomically)
 
@@ -274,11 +275,12 @@ def write_split(root: str, split: str,
 
 
 @MMDET_DATASETS.register_module()
-class DemoDigitsCoco(CocoDataset):
+class DemoDigitsCoco(NonEmptyMixin, CocoDataset):
     """The COCO-layout demo canvases read by mmdet's :class:`CocoDataset`.
 
     Only adds writing the files on first use
-    (:func:`materialize_demo_digits_coco`); annotation parsing (pycocotools),
+    (:func:`materialize_demo_digits_coco`) and the named error of an empty
+    dataset (:class:`NonEmptyMixin`); annotation parsing (pycocotools),
     box conversion and mask loading are mmdet's own, exactly as for COCO.
 
     Args:

@@ -25,6 +25,7 @@ import numpy as np
 
 from mmpretrain.datasets import CustomDataset
 from m3i_mm.registry import DATASETS
+from ..non_empty import NonEmptyMixin
 
 DIGIT_CLASSES = ('zero', 'one', 'two', 'three', 'four', 'five', 'six',
                  'seven', 'eight', 'nine')
@@ -138,10 +139,11 @@ def materialize_demo_digits(root: str, image_size: int = 32) -> str:
 
 
 @DATASETS.register_module()
-class DemoDigits(CustomDataset):
+class DemoDigits(NonEmptyMixin, CustomDataset):
     """The demo digits read by mmpretrain's :class:`CustomDataset`.
 
-    Only adds writing the files on first use (:func:`materialize_demo_digits`);
+    Only adds writing the files on first use (:func:`materialize_demo_digits`)
+    and the named error of an empty dataset (:class:`NonEmptyMixin`);
     annotation parsing and image loading are mmpretrain's own, exactly as for
     a real ImageNet-style folder.
 

@@ -48,6 +48,7 @@ import numpy as np
 
 from mmdet.datasets import LVISV1Dataset
 from mmdet.registry import DATASETS as MMDET_DATASETS
+from ..non_empty import NonEmptyMixin
 from .detection import (DEMO_DENSE_SEED, DIGIT_PALETTE,
                              MAX_DIGITS_PER_IMAGE, coco_annotations,
                              compose_canvas, render_demo_canvases,
@@ -181,11 +182,12 @@ def materialize_demo_digits_lvis(root: str) -> str:
 
 
 @MMDET_DATASETS.register_module()
-class DemoDigitsLvis(LVISV1Dataset):
+class DemoDigitsLvis(NonEmptyMixin, LVISV1Dataset):
     """The LVIS-layout demo canvases read by mmdet's :class:`LVISV1Dataset`.
 
     Only adds writing the files on first use
-    (:func:`materialize_demo_digits_lvis`); parsing (the LVIS API), paths
+    (:func:`materialize_demo_digits_lvis`) and the named error of an empty
+    dataset (:class:`NonEmptyMixin`); parsing (the LVIS API), paths
     from ``coco_url`` and mask loading are mmdet's own, as for LVIS v1.
 
     Args:

@@ -28,6 +28,7 @@ import numpy as np
 
 from mmseg.datasets import ADE20KDataset
 from mmseg.registry import DATASETS as MMSEG_DATASETS
+from ..non_empty import NonEmptyMixin
 from .detection import (DIGIT_PALETTE, render_demo_canvases,
                              save_rgb_png)
 from .digits import DIGIT_CLASSES, check_split, materialize_atomically
@@ -79,13 +80,14 @@ def materialize_demo_digits_ade(root: str) -> str:
 
 
 @MMSEG_DATASETS.register_module()
-class DemoDigitsSeg(ADE20KDataset):
+class DemoDigitsSeg(NonEmptyMixin, ADE20KDataset):
     """The ADE-layout demo canvases read by mmseg's :class:`ADE20KDataset`.
 
     Only adds writing the files on first use
-    (:func:`materialize_demo_digits_ade`), the 10 digit classes and PNG
-    images; file listing, ``reduce_zero_label`` and label loading are
-    mmseg's own, exactly as for ADE20k.
+    (:func:`materialize_demo_digits_ade`), the 10 digit classes, PNG
+    images and the named error of an empty dataset (:class:`NonEmptyMixin`);
+    file listing, ``reduce_zero_label`` and label loading are mmseg's own,
+    exactly as for ADE20k.
 
     Args:
         data_root (str): Folder of the demo data. Defaults to

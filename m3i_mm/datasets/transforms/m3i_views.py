@@ -13,6 +13,7 @@ from PIL import Image
 from mmpretrain.datasets.transforms import RandomResizedCrop
 
 from m3i_mm.registry import TRANSFORMS
+from .loading import load_error_detail
 from .masking import _to_pair
 
 Transform = Union[dict, Callable[[dict], dict]]
@@ -246,7 +247,8 @@ class M3IViews(BaseTransform):
                                   math.ceil(height / reduction)))
             img = img.convert('RGB')
         except (OSError, ValueError) as err:
-            raise OSError(f'M3IViews cannot decode {path}: {err}') from err
+            raise OSError(f'M3IViews cannot decode {path}: '
+                          f'{load_error_detail(path, err)}') from err
         sx, sy = width / img.size[0], height / img.size[1]
         resample = PIL_INTERPOLATION[self.cropper.interpolation]
         views = []

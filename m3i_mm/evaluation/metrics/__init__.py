@@ -1,3 +1,4 @@
+from .accuracy import TieAwareAccuracy, tie_aware_topk_accuracy
 from .retrieval import ImageTextRetrieval
 
-__all__ = ['ImageTextRetrieval']
+__all__ = ['ImageTextRetrieval', 'TieAwareAccuracy', 'tie_aware_topk_accuracy']

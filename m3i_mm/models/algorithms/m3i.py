@@ -230,7 +230,7 @@ class M3I(BaseSelfSupervisor):
         """Classification without fine-tuning and image/text embeddings.
 
         Each whole (unmixed) image is scored (``pred_score``, ``pred_label``,
-        for mmpretrain's ``Accuracy``): with ``zero_shot``, its text-head
+        for ``TieAwareAccuracy``): with ``zero_shot``, its text-head
         embedding against the class-name prompts; otherwise, with a category
         head, its category-head prediction against the pre-trained category
         embeddings, as in the category posterior (Table 4, "ImageNet w/o

@@ -420,3 +420,19 @@ def test_torch_allow_list_is_untouched():
     from torch._weights_only_unpickler import _get_user_allowed_globals
     assert [name for name in _get_user_allowed_globals()
             if not name.startswith('torch.')] == []
+
+
+@pytest.mark.parametrize('protocol', [2, 3, 4, 5])
+def test_every_pickle_protocol_of_torch_save_is_read(tmp_path, protocol):
+    buffer = HistoryBuffer()
+    buffer.update(2.0)
+    checkpoint = {'w': torch.arange(5), 'hub': buffer, 'n': np.float32(3),
+                  'set': {1, 2}, 'bytes': b'xy',
+                  'array': np.arange(6.).reshape(2, 3).T}
+    path = tmp_path / 'ckpt.pth'
+    torch.save(checkpoint, path, pickle_protocol=protocol)
+    loaded = parse_checkpoint(str(path))
+    assert loaded['hub'].current() == 2.0 and loaded['n'] == np.float32(3)
+    assert np.array_equal(loaded['array'], checkpoint['array'])
+    assert loaded['set'] == {1, 2} and loaded['bytes'] == b'xy'
+    assert torch.equal(loaded['w'], checkpoint['w'])

@@ -223,6 +223,7 @@ _LOCATION = re.compile(
 _MODULE_ALIASES = {
     '__builtin__': 'builtins',
     'numpy.core.multiarray': 'numpy._core.multiarray',
+    'numpy.core.numeric': 'numpy._core.numeric',
 }
 
 
@@ -256,11 +257,15 @@ def _global_table() -> Dict[Tuple[str, str], Tuple[str, Any]]:
         ('_codecs', 'encode'): ('encode', None),
         ('numpy._core.multiarray', '_reconstruct'): ('np_reconstruct', None),
         ('numpy._core.multiarray', 'scalar'): ('np_scalar', None),
+        ('numpy._core.numeric', '_frombuffer'): ('np_frombuffer', None),
         ('numpy', 'ndarray'): ('np_ndarray', None),
         ('numpy', 'dtype'): ('np_dtype', None),
         ('mmengine.logging.history_buffer', 'HistoryBuffer'):
         ('history_buffer', None),
     }
+    for method in _STATISTICS:  # protocol 4 names methods by qualname
+        table[('mmengine.logging.history_buffer',
+               f'HistoryBuffer.{method}')] = ('statistic', method)
     for name, dtype in _STORAGE_DTYPES.items():
         table[('torch', name)] = ('storage_type', dtype)
     for name, dtype in _TORCH_DTYPES.items():
@@ -632,6 +637,10 @@ class _PickleMachine:
     def binbytes8(self) -> None:
         self.push(self.read(self.read_uint(8)))
 
+    @_op(pickle.BYTEARRAY8)
+    def bytearray8(self) -> None:
+        self.push(bytearray(self.read(self.read_uint(8))))
+
     # -- containers
     @_op(pickle.EMPTY_TUPLE)
     def empty_tuple(self) -> None:
@@ -750,6 +759,8 @@ class _PickleMachine:
         kind, value = found
         if kind == 'dtype':
             self.push(value)  # a torch dtype is a value, not a callable
+        elif kind == 'statistic':
+            self.push(_Statistic(value))
         else:
             self.push(_Name(module, name, kind, value))
 
@@ -841,6 +852,12 @@ class _PickleMachine:
         if kind == 'np_dtype' and len(args) == 3 and args[1:] == (False,
                                                                  True):
             return _Pending('np_dtype', args[0])
+        if kind == 'np_frombuffer' and len(args) == 4 and args[3] in ('C',
+                                                                       'F'):
+            # numpy's pickle protocol 5: _frombuffer(data, dtype, shape, order)
+            raw = bytes(args[0]) if type(args[0]) is bytearray else args[0]
+            return _numpy_array(None, (1, args[2], args[1], args[3] == 'F',
+                                       raw))
         if kind == 'np_scalar' and len(args) == 2:
             dtype, raw = args
             if isinstance(dtype, np.dtype) and type(raw) is bytes and len(

@@ -136,7 +136,7 @@ train_cfg = dict(
     type='IterBasedTrainLoop', max_iters=max_iters, val_interval=2000)
 default_hooks = dict(
     checkpoint=dict(
-        type='CheckpointHook',
+        type='DurableCheckpointHook',
         by_epoch=False,
         interval=2000,
         max_keep_ckpts=1,

@@ -45,7 +45,7 @@ param_scheduler = [
 ]
 default_hooks = dict(
     checkpoint=dict(
-        type='CheckpointHook', interval=1, max_keep_ckpts=3,
+        type='DurableCheckpointHook', interval=1, max_keep_ckpts=3,
         save_best='auto'),
     # Stops at a NaN/inf loss or parameter (see default_runtime.py).
     finite_check=dict(type='mmpretrain.FiniteCheckHook'))

@@ -1,2 +1,5 @@
+from . import checkpoint  # noqa: F401
+from .dataloader import ExitWithParent, SeededDataset  # noqa: F401
 from .hooks import *  # noqa: F401,F403
 from .optimizers import *  # noqa: F401,F403
+from .runner import CheckpointMismatchError, M3IRunner  # noqa: F401

@@ -10,7 +10,7 @@ from m3i_mm.compat import close_matches
 # Top-level keys read by mmengine's Runner besides its ``__init__``
 # arguments (``Runner.from_cfg``, ``wrap_model``, ``build_optim_wrapper``,
 # ``setup_env``), by the OpenMMLab tools, and by m3i_mm (``load_strict``,
-# see :func:`m3i_mm.compat._patch_strict_load_from`).
+# see :meth:`m3i_mm.engine.M3IRunner.load_checkpoint`).
 EXTRA_TOP_LEVEL_KEYS = (
     'activation_checkpointing', 'compile', 'custom_imports',
     'efficient_conv_bn_eval', 'find_unused_parameters', 'launcher',

@@ -1,4 +1,5 @@
-"""Checkpoints: allow-listed loading and atomic writes (m3i_mm.compat).
+"""Checkpoints: allow-listed loading (m3i_mm.compat; atomic writes are in
+test_checkpoint_durability.py).
 
 The gadget suite crafts pickles that try to run code (each would write a
 marker file) through every global of our allow-list and through torch's
@@ -16,7 +17,6 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from mmengine.fileio.backends.local_backend import LocalBackend
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.runner.checkpoint import (CheckpointLoader, _load_checkpoint,
                                         get_torch_safe_globals)
@@ -302,20 +302,3 @@ def test_allow_list_is_not_process_wide():
     assert 'builtins.getattr' not in _get_user_allowed_globals()
     assert HistoryBuffer not in _get_user_allowed_globals().values()
 
-
-def test_local_writes_are_atomic(tmp_path, monkeypatch):
-    target = tmp_path / 'ckpt.pth'
-    backend = LocalBackend()
-    backend.put(b'old', str(target))
-
-    def fail(fd):
-        raise OSError('disk full')
-
-    monkeypatch.setattr(os, 'fsync', fail)
-    with pytest.raises(OSError, match='disk full'):
-        backend.put(b'new-but-interrupted', str(target))
-    assert target.read_bytes() == b'old'  # never truncated
-    assert sorted(os.listdir(tmp_path)) == ['ckpt.pth']  # no temp left
-    monkeypatch.undo()
-    backend.put_text('new', str(target))
-    assert target.read_text() == 'new'

@@ -77,9 +77,8 @@ class SeededDataset(Dataset):
     :class:`m3i_mm.engine.hooks.SeededSampler`) python ``random``, numpy and
     torch are seeded with the index's seed right before
     ``dataset[index]``, in whichever worker loads it; plain indices are
-    loaded as they are. Other attributes (``metainfo``, ...) are the
-    dataset's,
-    also to set.
+    loaded as they are. Every other attribute (``metainfo``, a wrapper's
+    ``dataset``, ...) is the dataset's, to get and to set.
 
     Args:
         dataset (Dataset | dict): The map-style dataset to wrap, or its
@@ -89,23 +88,25 @@ class SeededDataset(Dataset):
     def __init__(self, dataset: Union[Dataset, dict]) -> None:
         if isinstance(dataset, dict):
             dataset = DATASETS.build(dataset)
-        object.__setattr__(self, 'dataset', dataset)
+        # Not ``dataset``: wrappers (ClassBalancedDataset, ...) have their
+        # own ``dataset``, which stays reachable through this one.
+        object.__setattr__(self, '_inner', dataset)
 
     def __getitem__(self, index: int) -> Any:
         if isinstance(index, SeededIndex):
             seed_all(index.seed)
-        return self.dataset[index]
+        return self._inner[index]
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(self._inner)
 
     def __getattr__(self, name: str) -> Any:
         # Not dunders (torch looks for ``__getitems__``, which would bypass
-        # the seeding), nor ``dataset`` itself while unpickling.
-        if name.startswith('__') or name == 'dataset':
+        # the seeding), nor ``_inner`` itself while unpickling.
+        if name.startswith('__') or name == '_inner':
             raise AttributeError(name)
-        return getattr(self.dataset, name)
+        return getattr(self._inner, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
         # e.g. mmdet's PipelineSwitchHook sets ``dataset.pipeline``.
-        setattr(self.dataset, name, value)
+        setattr(self._inner, name, value)

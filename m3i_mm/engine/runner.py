@@ -9,8 +9,7 @@ import torch
 from mmengine.dist import is_distributed
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
-from mmengine.registry import (DATASETS, MODEL_WRAPPERS, OPTIMIZERS,
-                               RUNNERS)
+from mmengine.registry import DATASETS, MODEL_WRAPPERS, OPTIMIZERS, RUNNERS
 from mmengine.runner import Runner
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, IterableDataset
@@ -100,8 +99,9 @@ class M3IRunner(Runner):
                    model: torch.nn.Module) -> torch.nn.Module:
         """Without an accelerator, DDP gets no ``device_ids`` (mmengine
         gives ``[LOCAL_RANK]``, which DDP refuses for a CPU model)."""
-        if self.distributed and no_accelerator() and not is_model_wrapper(
-                model):
+        cpu_ddp = self.distributed and no_accelerator()
+        if cpu_ddp and not is_model_wrapper(model):
+            # mmengine's default wrapper, as a config
             cfg = dict(model_wrapper_cfg or dict(
                 broadcast_buffers=False,
                 find_unused_parameters=self.cfg.get(

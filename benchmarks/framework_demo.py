@@ -191,8 +191,8 @@ def pretrain(cfg: Config) -> Tuple[str, Dict[str, float]]:
         lambda_sp`` of those averages (the category cross-entropy before λ,
         nats).
     """
-    from mmengine.runner import Runner
-    runner = Runner.from_cfg(cfg)
+    from mmengine.registry import RUNNERS
+    runner = RUNNERS.build(cfg)  # the config's runner_type: M3IRunner
     runner.train()
     terms = {}
     for key, buffer in runner.message_hub.log_scalars.items():

@@ -24,8 +24,7 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)
 import m3i_mm  # noqa: E402,F401
 from mmengine.config import Config  # noqa: E402
-from mmengine.registry import DefaultScope  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
+from mmengine.registry import RUNNERS, DefaultScope  # noqa: E402
 
 CONFIG = osp.join(REPO, 'configs', 'downstream', 'lvis',
                   'mask-rcnn_vitdet-tiny_m3i_lvis_demo.py')
@@ -57,7 +56,7 @@ def train_and_evaluate(loss: dict, iters: int, seed: int,
     cfg.train_cfg.val_interval = iters + 1  # evaluated once, below
     cfg.default_hooks.checkpoint.interval = iters
     with DefaultScope.overwrite_default_scope('mmdet'):
-        runner = Runner.from_cfg(cfg)
+        runner = RUNNERS.build(cfg)  # the config's runner_type
         runner.train()
         return runner.val_loop.run()
 

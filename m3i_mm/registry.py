@@ -4,7 +4,10 @@ m3i_mm has no registries of its own: following the OpenMMLab plugin convention
 its modules live in the registries of the libraries that use them. Algorithms,
 transforms and hooks for pre-training go to mmpretrain; backbones and necks that
 transfer downstream are registered in mmpretrain, mmdet and mmseg at once with
-:func:`register_backbone`.
+:func:`register_backbone`. Engine parts any config may use (``M3IRunner``,
+``DurableCheckpointHook``, ``CPUAwareAmpOptimWrapper``) go to mmengine's root
+registries (``RUNNERS``, ``HOOKS``, ``OPTIM_WRAPPERS``), which every scope
+searches.
 """
 from typing import Callable, List, Optional, Type
 

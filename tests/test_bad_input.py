@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
-from mmengine.runner import Runner
+from mmengine.registry import RUNNERS
 
 from conftest import REPO, config_path, demo_loader_options
-from m3i_mm.compat import CheckpointMismatchError
+from m3i_mm.engine import CheckpointMismatchError
 from m3i_mm.utils import misspelt_top_level_keys
 
 DEMO_CFG = config_path('demo', 'vit-tiny_sup_demo.py')
@@ -146,17 +146,14 @@ def test_upstream_loaders_and_datasets_are_untouched():
             inspect.getfile(cls), (cls, name)
 
 
-def test_unknown_optimizer_type_is_named():
-    """It raised ``None is not a callable object``."""
-    from mmengine.optim import build_optim_wrapper
-    from mmengine.registry import DefaultScope
-    model = torch.nn.Linear(2, 2)
-    with DefaultScope.overwrite_default_scope('mmpretrain'):
-        with pytest.raises(KeyError, match=r"AdamWW.*did you mean 'AdamW'"):
-            build_optim_wrapper(
-                model, dict(optimizer=dict(type='AdamWW', lr=1e-3)))
-        wrapper = build_optim_wrapper(
-            model, dict(optimizer=dict(type='AdamW', lr=1e-3)))
+def test_unknown_optimizer_type_is_named(demo_root, tmp_path):
+    """It raised ``None is not a callable object`` (M3IRunner names it)."""
+    runner = RUNNERS.build(small_cfg(demo_root, tmp_path))
+    with pytest.raises(KeyError, match=r"AdamWW.*did you mean 'AdamW'"):
+        runner.build_optim_wrapper(
+            dict(optimizer=dict(type='AdamWW', lr=1e-3)))
+    wrapper = runner.build_optim_wrapper(
+        dict(optimizer=dict(type='AdamW', lr=1e-3)))
     assert type(wrapper.optimizer).__name__ == 'AdamW'
 
 
@@ -247,7 +244,7 @@ def test_load_from_of_another_architecture_is_refused(
     overrides = dict(load_from=paths[name])
     if strict is not None:
         overrides['load_strict'] = strict
-    runner = Runner.from_cfg(small_cfg(demo_root, tmp_path, **overrides))
+    runner = RUNNERS.build(small_cfg(demo_root, tmp_path, **overrides))
     if refused:
         with pytest.raises(CheckpointMismatchError,
                            match=rf'{paths[name]}.*{refused}.*load_strict'):

@@ -1,5 +1,7 @@
-"""kill -9 of tools/train.py at any moment of a checkpoint save loses nothing;
-a non-finite loss or parameter stops training before it reaches a checkpoint.
+"""kill -9 of tools/train.py at any moment of a checkpoint save loses nothing
+(``DurableCheckpointHook``, ``M3IRunner``); automatic resume continues only
+from the work dir's own checkpoints; a non-finite loss or parameter stops
+training before it reaches a checkpoint.
 
 Every run but the last test's is a real ``tools/train.py`` process (forked
 from tests/train_zygote.py, which imported the stack once), killed with
@@ -17,9 +19,11 @@ import pytest
 import torch
 from mmengine.config import Config
 from mmengine.evaluator import BaseMetric
-from mmengine.runner import Runner
+from mmengine.fileio import get_file_backend
+from mmengine.registry import RUNNERS
 
-from conftest import config_path
+from conftest import config_path, load_script
+from m3i_mm.engine.checkpoint import find_resumable_checkpoint
 from train_zygote import UMASK
 
 DEMO_CFG = config_path('demo', 'vit-tiny_sup_demo.py')
@@ -181,6 +185,55 @@ def test_resume_falls_back_when_last_checkpoint_is_broken(
     assert resumed_iter(log) == 2
 
 
+def test_durable_backend_writes_are_atomic(tmp_path, monkeypatch):
+    target = tmp_path / 'ckpt.pth'
+    backend = get_file_backend(backend_args=dict(backend='durable_local'))
+    backend.put(b'old', str(target))
+
+    def fail(fd):
+        raise OSError('disk full')
+
+    monkeypatch.setattr(os, 'fsync', fail)
+    with pytest.raises(OSError, match='disk full'):
+        backend.put(b'new-but-interrupted', str(target))
+    assert target.read_bytes() == b'old'  # never truncated
+    assert sorted(os.listdir(tmp_path)) == ['ckpt.pth']  # no temp left
+    monkeypatch.undo()
+    backend.put_text('new', str(target))
+    assert target.read_text() == 'new'
+
+
+@pytest.mark.parametrize('named', ['http://example.com/iter_2.pth',
+                                   'OUTSIDE', '../other/iter_2.pth'])
+def test_resume_refuses_last_checkpoint_outside_the_work_dir(tmp_path, named):
+    """mmengine loaded whatever ``last_checkpoint`` named (a URL, another
+    run's folder); a resumed run would continue from someone else's file."""
+    work, other = tmp_path / 'work', tmp_path / 'other'
+    work.mkdir(), other.mkdir()
+    torch.save(dict(meta={}), other / 'iter_2.pth')
+    torch.save(dict(meta={}), work / 'iter_1.pth')
+    if named == 'OUTSIDE':
+        named = str(other / 'iter_2.pth')
+    elif not named.startswith('http'):
+        named = str(work / named)
+    (work / 'last_checkpoint').write_text(named)
+    with pytest.raises(ValueError, match=re.escape(
+            f"{work / 'last_checkpoint'} names {named!r}")):
+        find_resumable_checkpoint(str(work))
+    (work / 'last_checkpoint').write_text(str(work / 'iter_1.pth'))
+    assert find_resumable_checkpoint(str(work)) == str(work / 'iter_1.pth')
+
+
+def test_train_cli_refuses_a_resume_url(monkeypatch):
+    train = load_script('tools', 'train.py')
+    monkeypatch.setattr('sys.argv', [
+        'train.py', DEMO_CFG, '--resume', 'https://example.com/iter_2.pth'])
+    args = train.parse_args()
+    with pytest.raises(ValueError, match='--resume takes a local checkpoint '
+                       'file, not the URL https://example.com/iter_2.pth'):
+        train.merge_args(Config.fromfile(args.config), args)
+
+
 def all_finite(path: str) -> bool:
     ckpt = torch.load(path, map_location='cpu', weights_only=True)
     tensors = list(ckpt['state_dict'].values()) + [
@@ -241,10 +294,10 @@ def test_failed_save_keeps_the_previous_best_checkpoint(demo_root, tmp_path):
     cfg.train_cfg = dict(
         type='IterBasedTrainLoop', max_iters=3, val_interval=1)
     cfg.default_hooks.checkpoint = dict(
-        type='CheckpointHook', by_epoch=False, interval=1, max_keep_ckpts=1,
-        save_best='count', rule='greater')
+        type='DurableCheckpointHook', by_epoch=False, interval=1,
+        max_keep_ckpts=1, save_best='count', rule='greater')
     cfg.log_level = 'WARNING'
-    runner = Runner.from_cfg(cfg)
+    runner = RUNNERS.build(cfg)
     save = runner.save_checkpoint
 
     def failing_save(out_dir, filename, *args, **kwargs):

@@ -9,8 +9,8 @@ import pytest
 import torch
 from mmengine.config import Config
 from mmengine.hooks import Hook
-from mmengine.registry import DefaultScope
-from mmengine.runner import Runner, save_checkpoint
+from mmengine.registry import RUNNERS, DefaultScope
+from mmengine.runner import save_checkpoint
 from mmengine.runner.checkpoint import _load_checkpoint
 from mmpretrain.registry import MODELS
 
@@ -75,7 +75,7 @@ class Probe(Hook):
 
 
 def train(cfg):
-    runner = Runner.from_cfg(cfg)
+    runner = RUNNERS.build(cfg)
     probe = Probe()
     runner.register_hook(probe, priority='LOWEST')
     runner.train()

@@ -13,8 +13,7 @@ import torch
 from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.optim.optimizer import amp_optimizer_wrapper
-from mmengine.registry import HOOKS, DefaultScope
-from mmengine.runner import Runner
+from mmengine.registry import HOOKS, RUNNERS, DefaultScope
 
 from conftest import config_path
 from m3i_mm.engine.hooks import FiniteCheckHook
@@ -33,7 +32,8 @@ def small_cfg(demo_root, work_dir, max_iters):
     cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
     cfg.test_cfg = cfg.test_dataloader = cfg.test_evaluator = None
     cfg.default_hooks.checkpoint = dict(
-        type='CheckpointHook', by_epoch=False, interval=1, max_keep_ckpts=1)
+        type='DurableCheckpointHook', by_epoch=False, interval=1,
+        max_keep_ckpts=1)
     cfg.log_level = 'WARNING'
     return cfg
 
@@ -76,7 +76,7 @@ class PoisonParameter(Hook):
 
 
 def test_non_finite_parameter_is_never_saved(demo_root, tmp_path):
-    runner = Runner.from_cfg(small_cfg(demo_root, tmp_path, max_iters=3))
+    runner = RUNNERS.build(small_cfg(demo_root, tmp_path, max_iters=3))
     runner.register_hook(PoisonParameter(at=2), priority='HIGHEST')
     with pytest.raises(FloatingPointError) as err:
         runner.train()
@@ -104,7 +104,7 @@ def test_amp_overflowing_gradients_do_not_stop_training(
     cfg.optim_wrapper.update(
         type='AmpOptimWrapper', dtype='bfloat16',
         loss_scale=dict(init_scale=2.**127))
-    runner = Runner.from_cfg(cfg)
+    runner = RUNNERS.build(cfg)
     assert any(isinstance(h, FiniteCheckHook) for h in runner.hooks)
     runner.train()
     scaler = runner.optim_wrapper.loss_scaler

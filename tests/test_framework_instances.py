@@ -451,10 +451,10 @@ def test_instance_discrimination_candidates_are_gathered(monkeypatch):
 
 def demo_run(demo_root, work_dir, model: dict, evaluate: bool = False):
     """One training iteration of ``model`` (shrunk, 32x32 demo views) on
-    the demo digits with mmengine's Runner, as tools/train.py runs it; with
+    the demo digits with the config's runner, as tools/train.py runs it; with
     ``evaluate``, then top-1 of ``mode='predict'`` on the validation digits.
     Returns the runner."""
-    from mmengine.runner import Runner
+    from mmengine.registry import RUNNERS
     cfg = Config.fromfile(config_path('pretrain', 'm3i_vit-tiny_demo.py'))
     data_preprocessor = cfg.model.data_preprocessor
     cfg.model = tiny_model_cfg(model, img_size=32)
@@ -482,7 +482,7 @@ def demo_run(demo_root, work_dir, model: dict, evaluate: bool = False):
         cfg.val_evaluator = dict(type='Accuracy', topk=(1, ))
         cfg.val_cfg = dict()
         cfg.train_cfg.val_interval = 1000
-    runner = Runner.from_cfg(cfg)
+    runner = RUNNERS.build(cfg)
     runner.train()
     return runner
 

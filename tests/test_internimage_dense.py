@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 from mmengine.hooks import Hook
-from mmengine.runner import Runner
+from mmengine.registry import RUNNERS
 
 from conftest import config_path
 from test_downstream_configs import Probe, small
@@ -32,7 +32,7 @@ class LossProbe(Hook):
 def run(cfg):
     """Trains the demo config; its runner, validation metrics and losses."""
     torch.manual_seed(0)
-    runner = Runner.from_cfg(cfg)
+    runner = RUNNERS.build(cfg)
     probe, losses = Probe(), LossProbe()
     runner.register_hook(probe, priority='LOWEST')
     runner.register_hook(losses, priority='LOWEST')

@@ -7,8 +7,7 @@ from collections import Counter
 import numpy as np
 from mmengine.config import Config
 from mmengine.hooks import Hook
-from mmengine.registry import DefaultScope
-from mmengine.runner import Runner
+from mmengine.registry import RUNNERS, DefaultScope
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -94,7 +93,7 @@ def test_lvis_demo_trains_and_evaluates(lvis_root, tmp_path):
     cfg.train_cfg.max_iters = cfg.train_cfg.val_interval = 3
     cfg.log_level = 'WARNING'
     with DefaultScope.overwrite_default_scope('mmdet'):
-        runner = Runner.from_cfg(cfg)
+        runner = RUNNERS.build(cfg)
         probe = LossProbe()
         runner.register_hook(probe, priority='LOWEST')
         runner.train()

@@ -220,7 +220,7 @@ def test_wo_mix_with_dropped_tokens_under_autocast():
 ], ids=['wo-mix-dropped-tokens', 'separate-decoders'])
 def test_demo_trains_through_the_runner(demo_root, tmp_path, options):
     from mmengine.config import Config
-    from mmengine.runner import Runner
+    from mmengine.registry import RUNNERS
 
     from conftest import config_path
     cfg = Config.fromfile(config_path('pretrain', 'm3i_vit-tiny_demo.py'))
@@ -232,9 +232,9 @@ def test_demo_trains_through_the_runner(demo_root, tmp_path, options):
     cfg.train_dataloader.batch_size = 8
     cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=2)
     cfg.default_hooks.checkpoint = dict(
-        type='CheckpointHook', by_epoch=False, interval=2)
+        type='DurableCheckpointHook', by_epoch=False, interval=2)
     cfg.log_level = 'WARNING'
-    runner = Runner.from_cfg(cfg)
+    runner = RUNNERS.build(cfg)
     runner.train()
     state = torch.load(tmp_path / 'iter_2.pth', map_location='cpu',
                        weights_only=True)['state_dict']

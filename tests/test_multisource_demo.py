@@ -1,7 +1,7 @@
 """Two sources in one stage: image-category and image-text demo digits."""
 from mmengine.config import Config
 from mmengine.hooks import Hook
-from mmengine.runner import Runner
+from mmengine.registry import RUNNERS
 
 from conftest import config_path
 from m3i_mm.datasets import DemoDigitsCaptions
@@ -44,7 +44,7 @@ def test_multisource_demo_trains_and_evaluates_zero_shot(demo_root, tmp_path):
         def after_val_epoch(self, runner, metrics=None):
             seen.update(metrics)
 
-    runner = Runner.from_cfg(cfg)
+    runner = RUNNERS.build(cfg)
     runner.register_hook(Record(), priority='LOWEST')
     runner.train()
     # Both global targets were trained in the same step, next to the image

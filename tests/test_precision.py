@@ -1,11 +1,12 @@
 """Mixed precision (issue 11): bf16 autocast on CPU for a whole M3I step and
-for InternImage with DCNv3; what must stay fp32 stays fp32."""
+for InternImage with DCNv3 (``CPUAwareAmpOptimWrapper``, the wrapper of
+``configs/_base_/precision``); what must stay fp32 stays fp32."""
 import pytest
 import torch
 from mmengine.config import Config
 from mmengine.logging import MessageHub
-from mmengine.optim import AmpOptimWrapper
 
+from m3i_mm.engine import CPUAwareAmpOptimWrapper
 from m3i_mm.models.backbones.internimage import InternImage
 from m3i_mm.models.losses import BoltzmannPosterior
 from m3i_mm.ops import DCNv3
@@ -31,7 +32,7 @@ def test_amp_flag_selects_bf16_on_cpu(monkeypatch):
     """``tools/train.py --amp`` refused to run without CUDA."""
     cfg = parse([config_path('pretrain', 'm3i_vit-tiny_demo.py'), '--amp'],
                 monkeypatch)
-    assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
+    assert cfg.optim_wrapper.type == 'CPUAwareAmpOptimWrapper'
     assert cfg.optim_wrapper.dtype == 'bfloat16'
 
 
@@ -43,25 +44,25 @@ def test_precision_switch_rewrites_the_wrapper(monkeypatch):
     assert 'loss_scale' not in fp32 and fp32.clip_grad.max_norm == 3.0
     bf16 = parse([config_path('pretrain', 'm3i_vit-tiny_demo.py'),
                   '--precision', 'bf16'], monkeypatch).optim_wrapper
-    assert (bf16.type, bf16.dtype) == ('AmpOptimWrapper', 'bfloat16')
+    assert bf16.type == 'CPUAwareAmpOptimWrapper' and bf16.dtype == 'bfloat16'
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='CPU behaviour')
 def test_fp16_on_cpu_is_refused_with_the_remedy():
     model = torch.nn.Linear(2, 2)
     with pytest.raises(ValueError, match='bfloat16'):
-        AmpOptimWrapper(
+        CPUAwareAmpOptimWrapper(
             dtype='float16', optimizer=torch.optim.SGD(model.parameters(),
                                                        lr=0.1))
 
 
 def test_whole_m3i_step_under_bf16_autocast(monkeypatch):
-    """Image, category and text targets and λ through mmengine's
-    AmpOptimWrapper (``train_step``): matmuls in bf16, the posteriors'
+    """Image, category and text targets and λ through m3i_mm's
+    CPUAwareAmpOptimWrapper (``train_step``): matmuls in bf16, the posteriors'
     logits, λ's norms and the EMA weights in fp32."""
     torch.manual_seed(0)
     model = multisource_model()
-    wrapper = AmpOptimWrapper(
+    wrapper = CPUAwareAmpOptimWrapper(
         dtype='bfloat16',
         optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3))
     logits_dtypes, matmul_dtypes = [], []

@@ -4,6 +4,7 @@ import pytest
 from mmengine.dataset import InfiniteSampler
 from torch.utils.data import DataLoader, Dataset
 
+from m3i_mm.engine import SeededDataset
 from m3i_mm.engine.hooks import SeededSampler
 from m3i_mm.utils.randomness import SeededIndex, derive_seed
 
@@ -22,7 +23,8 @@ def draws(num_workers: int, skipped: int = 0, num_batches: int = 6):
     ds = RandomDraws()
     sampler = InfiniteSampler(ds, seed=0)
     sampler.skip(skipped)  # mmengine's fast-forward on resume
-    loader = DataLoader(ds, batch_size=4, sampler=sampler,
+    # M3IRunner wraps a map-style train dataset so; the hook, the sampler.
+    loader = DataLoader(SeededDataset(ds), batch_size=4, sampler=sampler,
                         num_workers=num_workers, collate_fn=list)
     loader.batch_sampler.sampler = SeededSampler(sampler, ds, seed=3,
                                                  start=skipped)

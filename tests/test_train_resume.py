@@ -4,9 +4,11 @@ import os.path as osp
 import subprocess
 import sys
 
+import pytest
 import torch
 from mmengine.config import Config
 from mmengine.hooks import Hook
+from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from conftest import REPO, config_path, demo_loader_options
@@ -25,7 +27,7 @@ def small_cfg(demo_root, work_dir, max_iters):
     cfg.train_cfg = dict(
         type='IterBasedTrainLoop', max_iters=max_iters, val_interval=1000)
     cfg.default_hooks.checkpoint = dict(
-        type='CheckpointHook', by_epoch=False, interval=2)
+        type='DurableCheckpointHook', by_epoch=False, interval=2)
     cfg.default_hooks.logger = dict(type='LoggerHook', interval=1)
     cfg.param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False)]
     cfg.log_level = 'WARNING'
@@ -47,7 +49,7 @@ def train_recording_iters(runner: Runner) -> list:
 
 
 def test_checkpoint_then_resume_continues_from_saved_iter(demo_root, tmp_path):
-    runner = Runner.from_cfg(small_cfg(demo_root, tmp_path, max_iters=2))
+    runner = RUNNERS.build(small_cfg(demo_root, tmp_path, max_iters=2))
     runner.train()
     ckpt = tmp_path / 'iter_2.pth'
     assert ckpt.is_file()
@@ -58,7 +60,7 @@ def test_checkpoint_then_resume_continues_from_saved_iter(demo_root, tmp_path):
     cfg = small_cfg(demo_root, tmp_path, max_iters=4)
     cfg.resume = True
     cfg.load_from = str(ckpt)
-    resumed = Runner.from_cfg(cfg)
+    resumed = RUNNERS.build(cfg)
     seen = train_recording_iters(resumed)
     assert seen == [2, 3]  # continues at iteration 2, not 0
     assert resumed.iter == 4
@@ -109,10 +111,22 @@ def test_resume_finds_a_checkpoint_without_last_checkpoint(demo_root,
                                                            tmp_path):
     # A kill after iter_2.pth was written, before its name reached
     # last_checkpoint: --resume must not start again from iteration 0.
-    Runner.from_cfg(small_cfg(demo_root, tmp_path, max_iters=2)).train()
+    RUNNERS.build(small_cfg(demo_root, tmp_path, max_iters=2)).train()
     os.remove(tmp_path / 'last_checkpoint')
     cfg = small_cfg(demo_root, tmp_path, max_iters=3)
     cfg.resume = True
-    resumed = Runner.from_cfg(cfg)
+    resumed = RUNNERS.build(cfg)
     seen = train_recording_iters(resumed)
     assert seen == [2]
+
+
+def test_auto_resume_refuses_a_url_in_last_checkpoint(demo_root, tmp_path):
+    # mmengine loaded it from there: a resumed run would continue from a
+    # file of someone else's choosing.
+    (tmp_path / 'last_checkpoint').write_text('http://example.com/iter_2.pth')
+    cfg = small_cfg(demo_root, tmp_path, max_iters=3)
+    cfg.resume = True
+    runner = RUNNERS.build(cfg)
+    with pytest.raises(ValueError, match=f"{tmp_path / 'last_checkpoint'} "
+                       "names 'http://example.com/iter_2.pth', a URL"):
+        runner.load_or_resume()

@@ -9,8 +9,8 @@ import pytest
 import torch
 from mmengine.config import Config
 from mmengine.hooks import Hook
-from mmengine.registry import DefaultScope
-from mmengine.runner import Runner, load_checkpoint, save_checkpoint
+from mmengine.registry import RUNNERS, DefaultScope
+from mmengine.runner import load_checkpoint, save_checkpoint
 from mmengine.runner.checkpoint import _load_checkpoint
 from mmpretrain.models.utils import resize_pos_embed
 
@@ -264,7 +264,7 @@ def test_coco_demo_trains_and_evaluates_from_m3i_weights(
     # The runner makes 'mmdet' the default scope; restore it afterwards so
     # later tests build in their own scope.
     with DefaultScope.overwrite_default_scope('mmdet'):
-        runner = Runner.from_cfg(cfg)
+        runner = RUNNERS.build(cfg)
         probe = Probe()
         runner.register_hook(probe, priority='LOWEST')
         runner.train()

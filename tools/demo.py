@@ -22,7 +22,7 @@ import torch
 
 import m3i_mm  # noqa: F401
 from mmengine.config import Config
-from mmengine.runner import Runner
+from mmengine.registry import RUNNERS
 
 from m3i_mm.evaluation.probe import (build_backbone, evaluate_backbone,
                                      load_demo_split)
@@ -54,7 +54,7 @@ def pretrain(args) -> str:
     _set_data_root(cfg, args.data_root)
     if args.pretrain_iters:
         shorten_iter_schedule(cfg, args.pretrain_iters)
-    runner = Runner.from_cfg(cfg)
+    runner = RUNNERS.build(cfg)  # the config's runner_type: M3IRunner
     runner.train()
     return osp.join(cfg.work_dir, f'iter_{cfg.train_cfg.max_iters}.pth')
 

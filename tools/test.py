@@ -10,7 +10,7 @@ import os.path as osp
 
 import m3i_mm  # noqa: F401
 from mmengine.config import Config, DictAction
-from mmengine.runner import Runner
+from mmengine.registry import RUNNERS
 
 from m3i_mm.utils import warn_misspelt_keys
 
@@ -55,7 +55,7 @@ def main() -> None:
                                 osp.splitext(osp.basename(args.config))[0])
     cfg.load_from = args.checkpoint
     warn_misspelt_keys(cfg)
-    runner = Runner.from_cfg(cfg)
+    runner = RUNNERS.build(cfg)  # runner_type, default mmengine's Runner
     metrics = runner.test()
     if args.out:
         from mmengine.fileio import dump

@@ -8,6 +8,8 @@ Usage:
 ``--precision`` replaces the config's choice (``configs/_base_/precision``);
 ``--amp`` is mixed precision on whatever is there: fp16 on a GPU, bf16 on a
 CPU. On a CPU, ``--launcher pytorch`` (``tools/dist_train.sh``) uses gloo.
+The runner is the config's ``runner_type`` (``M3IRunner`` in m3i_mm's
+configs; mmengine's ``Runner`` without one).
 """
 import argparse
 import os
@@ -16,11 +18,12 @@ import os.path as osp
 import m3i_mm  # noqa: F401  (compat fixes + registration before anything else)
 import torch
 from mmengine.config import Config, ConfigDict, DictAction
-from mmengine.runner import Runner
+from mmengine.registry import RUNNERS
 
 from m3i_mm.utils import warn_misspelt_keys
 
 PRECISIONS = ('fp32', 'fp16', 'bf16')
+AMP_WRAPPERS = ('AmpOptimWrapper', 'CPUAwareAmpOptimWrapper')
 
 
 def parse_args() -> argparse.Namespace:
@@ -87,13 +90,16 @@ def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
 
     if args.precision is not None:
         set_precision(cfg, args.precision)
-    elif args.amp and cfg.optim_wrapper.get('type') != 'AmpOptimWrapper':
+    elif args.amp and cfg.optim_wrapper.get('type') not in AMP_WRAPPERS:
         set_precision(cfg, 'fp16' if torch.cuda.is_available() else 'bf16')
 
     if args.resume == 'auto':
         cfg.resume = True
         cfg.load_from = None
     elif args.resume is not None:
+        if '://' in args.resume:
+            raise ValueError(f'--resume takes a local checkpoint file, not '
+                             f'the URL {args.resume}: download it first')
         if not osp.isfile(args.resume):
             raise FileNotFoundError(f'--resume checkpoint not found: '
                                     f'{args.resume}')
@@ -117,7 +123,7 @@ def main() -> None:
     args = parse_args()
     cfg = merge_args(Config.fromfile(args.config), args)
     warn_misspelt_keys(cfg)
-    runner = Runner.from_cfg(cfg)
+    runner = RUNNERS.build(cfg)  # runner_type, default mmengine's Runner
     runner.train()
 
 

@@ -1,12 +1,18 @@
 # Runtime shared by every m3i_mm config (mmpretrain's defaults + our plugin).
 custom_imports = dict(imports=['m3i_mm'], allow_failed_imports=False)
 default_scope = 'mmpretrain'
+# m3i_mm's Runner (m3i_mm.engine.M3IRunner): strict load_from, safe automatic
+# resume, per-sample seeds, CPU launcher. mmpretrain's, mmdet's and mmseg's
+# tools/train.py build it too.
+runner_type = 'M3IRunner'
 
 default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=50),
     param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3),
+    # Atomic writes; a kill at any moment keeps the last checkpoint.
+    checkpoint=dict(
+        type='DurableCheckpointHook', interval=1, max_keep_ckpts=3),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='VisualizationHook', enable=False),
     # Stops at a NaN/inf loss or parameter before it reaches a checkpoint.

@@ -81,6 +81,6 @@ param_scheduler = [
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters)
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=50),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=200,
+    checkpoint=dict(type='DurableCheckpointHook', by_epoch=False, interval=200,
                     max_keep_ckpts=1))
 log_processor = dict(by_epoch=False)

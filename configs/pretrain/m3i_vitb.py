@@ -57,7 +57,8 @@ param_scheduler = [
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs)
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=100),
-    checkpoint=dict(type='CheckpointHook', interval=10, max_keep_ckpts=3))
+    checkpoint=dict(
+        type='DurableCheckpointHook', interval=10, max_keep_ckpts=3))
 # Table 7: batch 4096 = 8 GPUs x 512; other totals scale the lr linearly
 # with --auto-scale-lr.
 auto_scale_lr = dict(base_batch_size=4096)

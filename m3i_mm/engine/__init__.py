@@ -1,3 +1,5 @@
 from .checkpoint import *  # noqa: F401,F403
+from .dataloader import ExitWithParent, SeededDataset  # noqa: F401
 from .hooks import *  # noqa: F401,F403
 from .optimizers import *  # noqa: F401,F403
+from .runner import CheckpointMismatchError, M3IRunner  # noqa: F401

@@ -1,21 +1,30 @@
 """Checks of a whole config before it is run."""
+import difflib
 import inspect
 import warnings
-from typing import Dict, List
+from typing import Dict, Iterable, List
 
 from mmengine.config import Config
 
-from m3i_mm.compat import close_matches
 
 # Top-level keys read by mmengine's Runner besides its ``__init__``
 # arguments (``Runner.from_cfg``, ``wrap_model``, ``build_optim_wrapper``,
 # ``setup_env``), by the OpenMMLab tools, and by m3i_mm (``load_strict``,
-# see :func:`m3i_mm.compat._patch_strict_load_from`).
+# see :meth:`m3i_mm.engine.M3IRunner.load_checkpoint`).
 EXTRA_TOP_LEVEL_KEYS = (
     'activation_checkpointing', 'compile', 'custom_imports',
     'efficient_conv_bn_eval', 'find_unused_parameters', 'launcher',
     'load_strict', 'model_wrapper_cfg', 'runner_type', 'tta_model',
     'tta_pipeline')
+
+
+def close_matches(value: str, known: Iterable[str],
+                  cutoff: float = 0.6) -> str:
+    """`` (did you mean 'a', 'b'?)`` for the known names close to ``value``
+    (``difflib`` ratio >= ``cutoff``), else an empty string."""
+    found = difflib.get_close_matches(
+        value, sorted(set(known)), n=3, cutoff=cutoff)
+    return f' (did you mean {", ".join(map(repr, found))}?)' if found else ''
 
 
 def known_top_level_keys() -> List[str]:

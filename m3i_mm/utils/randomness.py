@@ -52,9 +52,10 @@ def seed_all(seed: int) -> None:
 class SeededIndex(int):
     """A dataset index carrying the seed of the sample's random transforms.
 
-    Yielded by :class:`m3i_mm.engine.hooks.SeededSampler`; the dataloader's
-    fetcher (patched in :mod:`m3i_mm.compat`) calls :func:`seed_all` with
-    ``seed`` right before ``dataset[index]``, in whichever worker loads it.
+    Yielded by :class:`m3i_mm.engine.hooks.SeededSampler`;
+    :class:`m3i_mm.engine.SeededDataset` (around the train dataset of
+    ``M3IRunner``) calls :func:`seed_all` with ``seed`` right before
+    ``dataset[index]``, in whichever worker loads it.
     Behaves as the plain ``int`` everywhere else.
     """
 

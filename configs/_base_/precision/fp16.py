@@ -3,4 +3,4 @@
 # inf/nan gradient is skipped and the scale halved). GPU only.
 # Switch: tools/train.py --precision {fp32,fp16,bf16}.
 optim_wrapper = dict(
-    type='AmpOptimWrapper', dtype='float16', loss_scale='dynamic')
+    type='CPUAwareAmpOptimWrapper', dtype='float16', loss_scale='dynamic')

@@ -27,6 +27,9 @@ _base_ = [
         'mask2former_swin-l-in22k-384x384-pre_8xb2-160k_ade20k-640x640.py')
 ]
 custom_imports = dict(imports=['m3i_mm'], allow_failed_imports=False)
+# m3i_mm's Runner (see configs/_base_/default_runtime.py); mmdet's and
+# mmseg's tools/train.py build it from runner_type.
+runner_type = 'M3IRunner'
 
 crop_size = (896, 896)
 num_classes = 150
@@ -136,7 +139,7 @@ train_cfg = dict(
     type='IterBasedTrainLoop', max_iters=max_iters, val_interval=2000)
 default_hooks = dict(
     checkpoint=dict(
-        type='CheckpointHook',
+        type='DurableCheckpointHook',
         by_epoch=False,
         interval=2000,
         max_keep_ckpts=1,

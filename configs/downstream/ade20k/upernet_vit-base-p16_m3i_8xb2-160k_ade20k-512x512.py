@@ -22,6 +22,9 @@
 # unexpected key).
 _base_ = ['../../_base_/datasets/ade20k_512x512.py']
 custom_imports = dict(imports=['m3i_mm'], allow_failed_imports=False)
+# m3i_mm's Runner (see configs/_base_/default_runtime.py); mmdet's and
+# mmseg's tools/train.py build it from runner_type.
+runner_type = 'M3IRunner'
 default_scope = 'mmseg'
 pretrained = 'checkpoints/m3i_vit-base-p16_512.pth'
 
@@ -125,7 +128,7 @@ default_hooks = dict(
     logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),
     param_scheduler=dict(type='ParamSchedulerHook'),
     checkpoint=dict(
-        type='CheckpointHook', by_epoch=False, interval=16000,
+        type='DurableCheckpointHook', by_epoch=False, interval=16000,
         max_keep_ckpts=3),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='SegVisualizationHook'),

@@ -11,6 +11,9 @@
 # The backbone starts from an M3I InternImage-L (set init_cfg or load_from).
 _base_ = ['mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py']
 custom_imports = dict(imports=['m3i_mm'], allow_failed_imports=False)
+# m3i_mm's Runner (see configs/_base_/default_runtime.py); mmdet's and
+# mmseg's tools/train.py build it from runner_type.
+runner_type = 'M3IRunner'
 
 model = dict(
     backbone=dict(
@@ -45,7 +48,7 @@ param_scheduler = [
 ]
 default_hooks = dict(
     checkpoint=dict(
-        type='CheckpointHook', interval=1, max_keep_ckpts=3,
+        type='DurableCheckpointHook', interval=1, max_keep_ckpts=3,
         save_best='auto'),
     # Stops at a NaN/inf loss or parameter (see default_runtime.py).
     finite_check=dict(type='mmpretrain.FiniteCheckHook'))

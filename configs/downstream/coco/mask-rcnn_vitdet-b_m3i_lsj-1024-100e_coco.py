@@ -24,6 +24,9 @@
 # absolute position embedding; test images resized to 1024 (longer side)
 # and padded to 1024x1024.
 custom_imports = dict(imports=['m3i_mm'], allow_failed_imports=False)
+# m3i_mm's Runner (see configs/_base_/default_runtime.py); mmdet's and
+# mmseg's tools/train.py build it from runner_type.
+runner_type = 'M3IRunner'
 default_scope = 'mmdet'
 pretrained = 'checkpoints/m3i_vitdet-b_1024.pth'
 
@@ -279,7 +282,7 @@ default_hooks = dict(
     logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),
     param_scheduler=dict(type='ParamSchedulerHook'),
     checkpoint=dict(
-        type='CheckpointHook', by_epoch=False, interval=18438,
+        type='DurableCheckpointHook', by_epoch=False, interval=18438,
         max_keep_ckpts=2),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='DetVisualizationHook'),

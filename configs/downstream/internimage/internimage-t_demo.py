@@ -14,5 +14,6 @@ optim_wrapper = dict(
     paramwise_cfg=dict(custom_keys={}))
 default_hooks = dict(
     logger=dict(interval=20),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=100))
+    checkpoint=dict(
+        type='DurableCheckpointHook', by_epoch=False, interval=100))
 log_processor = dict(by_epoch=False)

@@ -1,8 +1,9 @@
+from .checkpoint import DurableCheckpointHook
 from .finite_check_hook import FiniteCheckHook
 from .gradient_norm_sync import GradientNormSyncHook
 from .randomness import ResumableRandomnessHook, SeededSampler
 
 __all__ = [
-    'FiniteCheckHook', 'GradientNormSyncHook', 'ResumableRandomnessHook',
-    'SeededSampler'
+    'DurableCheckpointHook', 'FiniteCheckHook', 'GradientNormSyncHook',
+    'ResumableRandomnessHook', 'SeededSampler'
 ]

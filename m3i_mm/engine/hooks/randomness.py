@@ -13,8 +13,9 @@ from typing import Iterator, Optional, Sized
 from mmengine.dist import get_rank
 from mmengine.hooks import Hook
 from mmengine.runner import IterBasedTrainLoop
-from torch.utils.data import BatchSampler, Sampler
+from torch.utils.data import BatchSampler, IterableDataset, Sampler
 
+from m3i_mm.engine.dataloader import SeededDataset
 from m3i_mm.registry import HOOKS
 from m3i_mm.utils.randomness import (MAIN_PROCESS, SAMPLE, SeededIndex,
                                      derive_seed, seed_all)
@@ -89,10 +90,11 @@ class ResumableRandomnessHook(Hook):
       ``(seed, rank, i)`` only (validation and dataloader restarts in between
       do not shift them).
     - Data: the train dataloader's sampler is wrapped in
-      :class:`SeededSampler`, whose seeds the dataloader's fetcher sets before
-      loading each sample (see ``compat._patch_seeded_fetch``); the streaming
-      datasets seed their samples themselves from their epoch and stream
-      position, and get their epoch through :meth:`SeededSampler.set_epoch`.
+      :class:`SeededSampler`, whose seeds :class:`m3i_mm.engine.SeededDataset`
+      (``M3IRunner`` wraps a map-style train dataset in it) sets before
+      loading each sample; the streaming datasets seed their samples
+      themselves from their epoch and stream position, and get their epoch
+      through :meth:`SeededSampler.set_epoch`.
 
     The state this needs is the run's seed and the loop's epoch and
     iteration, all in mmengine's checkpoint ``meta`` (mmengine re-applies
@@ -114,6 +116,11 @@ class ResumableRandomnessHook(Hook):
             seed=runner.seed,
             rank=get_rank(),
             start=self._fast_forwarded(runner, loader))
+        if not isinstance(loader.dataset, (SeededDataset, IterableDataset)):
+            runner.logger.warning(
+                'The train samples are not seeded from their position: '
+                "their dataset is no SeededDataset (runner_type='M3IRunner' "
+                'wraps it).')
 
     @staticmethod
     def _fast_forwarded(runner, loader) -> int:

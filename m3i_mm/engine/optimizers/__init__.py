@@ -1,3 +1,6 @@
+from .amp import CPUAwareAmpOptimWrapper
 from .layer_decay import BackboneLayerDecayOptimWrapperConstructor
 
-__all__ = ['BackboneLayerDecayOptimWrapperConstructor']
+__all__ = [
+    'BackboneLayerDecayOptimWrapperConstructor', 'CPUAwareAmpOptimWrapper'
+]

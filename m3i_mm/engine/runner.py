@@ -1,0 +1,230 @@
+"""The runner of m3i_mm configs (``runner_type='M3IRunner'``)."""
+import copy
+import datetime
+import re
+from inspect import isclass
+from typing import List, Optional, Union
+
+import torch
+from mmengine.dist import is_distributed
+from mmengine.logging import print_log
+from mmengine.model import is_model_wrapper
+from mmengine.registry import DATASETS, MODEL_WRAPPERS, OPTIMIZERS, RUNNERS
+from mmengine.runner import Runner
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, IterableDataset
+
+from m3i_mm.utils.config import close_matches
+from m3i_mm.engine.checkpoint.resume import find_resumable_checkpoint
+from m3i_mm.engine.dataloader import ExitWithParent, SeededDataset
+from m3i_mm.engine.optimizers.amp import no_accelerator
+
+__all__ = ['CheckpointMismatchError', 'M3IRunner']
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint given by ``load_from`` does not fit the model."""
+
+
+def _mismatch_lists(message: str) -> dict:
+    """Keys named in mmengine's ``load_state_dict`` strict error message."""
+    lists = {}
+    for kind, pattern in (('unexpected', r'unexpected key in source '
+                           r'state_dict: ([^\n]*)'),
+                          ('missing', r'missing keys in source '
+                           r'state_dict: ([^\n]*)')):
+        found = re.search(pattern, message)
+        lists[kind] = found.group(1).split(', ') if found else []
+    lists['mismatched'] = re.findall(r'size mismatch for ([^:]+):', message)
+    return lists
+
+
+def _registry_names(registry) -> List[str]:
+    """Names registered in ``registry`` and its ancestors."""
+    names = []
+    while registry is not None:
+        names.extend(registry.module_dict)
+        registry = registry.parent
+    return names
+
+
+def _map_style(dataset_cfg: dict) -> bool:
+    """Whether ``dataset_cfg`` builds a map-style dataset (its class, looked
+    up in the current scope, is no ``IterableDataset``)."""
+    kind = dataset_cfg.get('type')
+    if isinstance(kind, str):
+        with DATASETS.switch_scope_and_registry(None) as registry:
+            kind = registry.get(kind)
+    return isclass(kind) and not issubclass(kind, IterableDataset)
+
+
+@RUNNERS.register_module()
+class M3IRunner(Runner):
+    """mmengine's ``Runner`` (onedl-mmengine 0.10.12, mmengine 0.10.7) with
+    the run behaviour of m3i_mm; chosen by ``runner_type='M3IRunner'``
+    (``configs/_base_/default_runtime.py``), also by mmpretrain's, mmdet's
+    and mmseg's ``tools/train.py``.
+
+    - ``load_from`` is strict (:meth:`load_checkpoint`, config key
+      ``load_strict``).
+    - Automatic resume finds an intact checkpoint of the work dir, refusing
+      a ``last_checkpoint`` that names a URL or another folder
+      (:func:`m3i_mm.engine.checkpoint.find_resumable_checkpoint`).
+    - Data-loader workers die with the trainer (:class:`ExitWithParent`)
+      and the map-style train dataset seeds each sample from its
+      :class:`~m3i_mm.utils.randomness.SeededIndex` (:class:`SeededDataset`).
+    - ``--launcher pytorch`` runs on a CPU (gloo, DDP without device ids).
+    - An unknown optimizer type is named when the optimizer is built.
+    """
+
+    def setup_env(self, env_cfg: dict) -> None:
+        """Without an accelerator, ``--launcher pytorch`` starts a gloo
+        group here: mmengine's ``_init_dist_pytorch`` calls
+        ``torch.cuda.set_device`` unconditionally and uses the config's
+        backend (``nccl``); ``Runner.setup_env`` skips an initialised group.
+        """
+        if (self.distributed and self.launcher == 'pytorch'
+                and not is_distributed() and no_accelerator()):
+            dist_cfg = dict(env_cfg.get('dist_cfg', {}))
+            if dist_cfg.pop('backend', 'nccl') != 'gloo':
+                print_log('No GPU: torch.distributed uses gloo',
+                          logger='current')
+            if dist_cfg.get('timeout') is not None:
+                dist_cfg['timeout'] = datetime.timedelta(
+                    seconds=dist_cfg['timeout'])
+            torch.distributed.init_process_group(backend='gloo', **dist_cfg)
+        super().setup_env(env_cfg)
+
+    def wrap_model(self, model_wrapper_cfg: Optional[dict],
+                   model: torch.nn.Module) -> torch.nn.Module:
+        """Without an accelerator, DDP gets no ``device_ids`` (mmengine
+        gives ``[LOCAL_RANK]``, which DDP refuses for a CPU model)."""
+        cpu_ddp = self.distributed and no_accelerator()
+        if cpu_ddp and not is_model_wrapper(model):
+            # mmengine's default wrapper, as a config
+            cfg = dict(model_wrapper_cfg or dict(
+                broadcast_buffers=False,
+                find_unused_parameters=self.cfg.get(
+                    'find_unused_parameters', False)))
+            cfg.setdefault('type', 'MMDistributedDataParallel')
+            wrapper = cfg['type']
+            if isinstance(wrapper, str):
+                wrapper = MODEL_WRAPPERS.get(wrapper)
+            if isclass(wrapper) and issubclass(wrapper,
+                                               DistributedDataParallel):
+                cfg.setdefault('device_ids', None)
+            model_wrapper_cfg = cfg
+        return super().wrap_model(model_wrapper_cfg, model)
+
+    def build_optim_wrapper(self, optim_wrapper):
+        """mmengine (all 0.10.x) fails on an unknown
+        ``optim_wrapper.optimizer.type`` (e.g. ``AdamWW``) with ``None is not
+        a callable object``: raise ``KeyError`` naming it and close names."""
+        optimizer = optim_wrapper.get('optimizer') if isinstance(
+            optim_wrapper, dict) else None
+        name = optimizer.get('type') if isinstance(optimizer, dict) else None
+        if isinstance(name, str):
+            with OPTIMIZERS.switch_scope_and_registry(None) as registry:
+                if registry.get(name) is None:
+                    raise KeyError(
+                        f'optim_wrapper.optimizer.type={name!r} is not in '
+                        f'the {registry.scope}::optimizer registry'
+                        f'{close_matches(name, _registry_names(registry))}')
+        return super().build_optim_wrapper(optim_wrapper)
+
+    def build_train_loop(self, loop):
+        """Wrap a map-style train dataset's config in :class:`SeededDataset`
+        (the train loop builds its loader from it)."""
+        loader = self._train_dataloader
+        if isinstance(loader, dict) and isinstance(
+                loader.get('dataset'), dict) and _map_style(loader['dataset']):
+            loader = copy.copy(loader)
+            loader['dataset'] = dict(
+                type=SeededDataset, dataset=loader['dataset'])
+            self._train_dataloader = loader
+        return super().build_train_loop(loop)
+
+    @staticmethod
+    def build_dataloader(dataloader: Union[DataLoader, dict],
+                         seed: Optional[int] = None,
+                         diff_rank_seed: bool = False) -> DataLoader:
+        """``Runner.build_dataloader`` whose workers die with the trainer
+        (:class:`ExitWithParent` around ``worker_init_fn``): mmengine's
+        persistent workers outlive a ``kill -9`` of the trainer (torch 2.x).
+        """
+        loader = Runner.build_dataloader(dataloader, seed, diff_rank_seed)
+        if (loader.num_workers > 0
+                and not isinstance(loader.worker_init_fn, ExitWithParent)):
+            loader.worker_init_fn = ExitWithParent(loader.worker_init_fn)
+        return loader
+
+    def load_or_resume(self) -> None:
+        """Automatic resume (``resume=True`` without ``load_from``) from
+        :func:`find_resumable_checkpoint` instead of mmengine's
+        ``find_latest_checkpoint``."""
+        if self._has_loaded or not self._resume or self._load_from:
+            return super().load_or_resume()
+        resume_from = find_resumable_checkpoint(self.work_dir)
+        if resume_from is not None:
+            self.logger.info(
+                f'Auto resumed from the latest checkpoint {resume_from}.')
+            self.resume(resume_from)
+            self._has_loaded = True
+
+    def load_checkpoint(self,
+                        filename: str,
+                        map_location='cpu',
+                        strict: Optional[bool] = None,
+                        revise_keys: list = [(r'^module.', '')]):
+        """``Runner.load_checkpoint`` that refuses a checkpoint of another
+        architecture.
+
+        mmengine (all 0.10.x) loads ``load_from`` (and ``tools/test.py``'s
+        checkpoint) non-strictly: a checkpoint of another architecture only
+        logs a warning and the run goes on with random weights. Without an
+        explicit ``strict``, the top-level config key ``load_strict`` rules:
+
+        - ``None`` (default): refuse a checkpoint with a shape mismatch, or
+          with more unexpected keys than loaded ones. Missing keys (a
+          pre-trained backbone for a model with a new head) and a few
+          unexpected ones (a converted backbone's final norm the downstream
+          model does not use) only warn.
+        - ``True``: refuse any difference (torch's ``strict=True``).
+        - ``False``: load what matches, warn about the rest (mmengine's).
+
+        Raises:
+            CheckpointMismatchError: Names the file and the keys. Only rank
+                0 detects it (mmengine's check), which ends the job.
+        """
+        load = super().load_checkpoint
+        if strict is not None:
+            return load(filename, map_location, strict, revise_keys)
+        mode = self.cfg.get('load_strict', None)
+        if mode not in (None, True, False):
+            raise ValueError(f'load_strict must be None, True or False, got '
+                             f'{mode!r}')
+        if mode is False:
+            return load(filename, map_location, False, revise_keys)
+        try:
+            return load(filename, map_location, True, revise_keys)
+        except RuntimeError as err:
+            keys = _mismatch_lists(str(err))
+            if not any(keys.values()):
+                raise
+            model = self.model.module if is_model_wrapper(
+                self.model) else self.model
+            loaded = sum('num_batches_tracked' not in k
+                         for k in model.state_dict()) - len(
+                             keys['missing']) - len(keys['mismatched'])
+            if not mode and not keys['mismatched'] and len(
+                    keys['unexpected']) <= loaded:
+                return load(filename, map_location, False, revise_keys)
+            summary = '; '.join(
+                f'{len(names)} {kind} key(s): {", ".join(names[:5])}'
+                f'{", ..." if len(names) > 5 else ""}'
+                for kind, names in keys.items() if names)
+            raise CheckpointMismatchError(
+                f'Checkpoint {filename} does not fit the model '
+                f'{type(model).__name__} ({summary}). Set '
+                'load_strict=False (e.g. --cfg-options load_strict=False) to '
+                'load the matching weights anyway.') from None

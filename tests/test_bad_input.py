@@ -108,6 +108,25 @@ def test_empty_dataset_names_its_annotation_file(demo_root, tmp_path,
         DATASETS.build(cfg)
 
 
+@pytest.mark.parametrize('loader', ['train_dataloader', 'val_dataloader'])
+def test_m3i_runner_names_an_empty_upstream_dataset(tmp_path, loader):
+    """Any config run by ``M3IRunner`` (ours: ImageNet, COCO, ADE20k with
+    upstream datasets) names an empty dataset without a wrapper; it raised
+    numpy's ``need at least one array to concatenate``."""
+    from m3i_mm.engine import M3IRunner, SeededDataset
+    ann = tmp_path / 'train.txt'
+    ann.write_text('')
+    cfg = dict(batch_size=2, num_workers=0,
+               sampler=dict(type='DefaultSampler', shuffle=False),
+               dataset=dict(type='CustomDataset', data_root=str(tmp_path),
+                            ann_file=ann.name, pipeline=[]))
+    if loader == 'train_dataloader':  # as M3IRunner.build_train_loop does
+        cfg['dataset'] = dict(type=SeededDataset, dataset=cfg['dataset'])
+    with pytest.raises(ValueError, match=rf"CustomDataset has no samples: "
+                       rf"ann_file='{ann}'"):
+        M3IRunner.build_dataloader(cfg)
+
+
 def test_empty_dataset_wrapper_is_transparent(demo_root, tmp_path):
     """``NonEmptyDataset`` of a loadable dataset is that dataset; a loading
     error of the wrapped dataset passes unchanged."""

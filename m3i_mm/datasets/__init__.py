@@ -5,7 +5,8 @@ from .demo import (CAPTION_TEMPLATES, DIGIT_CLASSES, DemoDigits,
                    materialize_demo_digits_lvis)
 from .image_text import ImageTextDataset, ImageTextShards, expand_shards
 from .multi_source import MultiSourceDataset
-from .non_empty import NonEmptyDataset, NonEmptyMixin, empty_dataset_error
+from .non_empty import (NonEmptyDataset, NonEmptyMixin, build_dataset,
+                        empty_dataset_error)
 from .transforms import (BlockwiseMaskGenerator, M3IViews,
                          NamedLoadDetAnnotations, NamedLoadImageFromFile,
                          NamedLoadSegAnnotations)
@@ -16,7 +17,7 @@ __all__ = [
     'DemoDigitsSeg', 'ImageTextDataset', 'ImageTextShards', 'M3IViews',
     'MultiSourceDataset', 'NamedLoadDetAnnotations', 'NamedLoadImageFromFile',
     'NamedLoadSegAnnotations', 'NonEmptyDataset', 'NonEmptyMixin',
-    'demo_digits_split', 'empty_dataset_error', 'expand_shards',
-    'materialize_demo_digits', 'materialize_demo_digits_ade',
+    'build_dataset', 'demo_digits_split', 'empty_dataset_error',
+    'expand_shards', 'materialize_demo_digits', 'materialize_demo_digits_ade',
     'materialize_demo_digits_coco', 'materialize_demo_digits_lvis'
 ]

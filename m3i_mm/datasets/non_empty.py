@@ -3,10 +3,13 @@
 mmengine 0.10.x (also onedl-mmengine 0.10.12) ``BaseDataset.full_init``
 fails on an empty dataset with numpy's ``need at least one array to
 concatenate`` (``_serialize_data``), or, unserialised, later in the sampler,
-naming nothing. Our datasets take :class:`NonEmptyMixin`; a config with an
-upstream dataset wraps it in :class:`NonEmptyDataset`.
+naming nothing. ``M3IRunner`` builds every loader's dataset with
+:func:`build_dataset`, which names an empty one of any class; our datasets
+also take :class:`NonEmptyMixin`, and a config run by another runner can
+wrap an upstream dataset in :class:`NonEmptyDataset`.
 """
 import contextlib
+from inspect import isclass
 from typing import Any, Iterator, Union
 
 from mmdet.registry import DATASETS as MMDET_DATASETS
@@ -40,6 +43,24 @@ def raising_if_empty(dataset: BaseDataset) -> Iterator[None]:
         raise empty_dataset_error(dataset) from err
     if len(dataset) == 0:
         raise empty_dataset_error(dataset)
+
+
+def build_dataset(cfg: dict) -> Any:
+    """``DATASETS.build(cfg)`` in the current scope; a ``BaseDataset`` is
+    loaded inside :func:`raising_if_empty`, so an empty one fails naming
+    where it looked, whatever its class (``M3IRunner`` builds every loader's
+    dataset with this)."""
+    with DATASETS.switch_scope_and_registry(None) as registry:
+        kind = cfg.get('type')
+        if isinstance(kind, str):
+            kind = registry.get(kind)
+        if (not (isclass(kind) and issubclass(kind, BaseDataset))
+                or cfg.get('lazy_init')):
+            return registry.build(cfg)
+        dataset = registry.build(dict(cfg, lazy_init=True))
+    with raising_if_empty(dataset):
+        dataset.full_init()
+    return dataset
 
 
 class NonEmptyMixin:

@@ -8,9 +8,9 @@ import threading
 import time
 from typing import Any, Callable, Union
 
-from mmengine.registry import DATASETS
 from torch.utils.data import Dataset
 
+from m3i_mm.datasets.non_empty import build_dataset
 from m3i_mm.utils.randomness import SeededIndex, seed_all
 
 __all__ = ['ExitWithParent', 'SeededDataset']
@@ -87,7 +87,7 @@ class SeededDataset(Dataset):
 
     def __init__(self, dataset: Union[Dataset, dict]) -> None:
         if isinstance(dataset, dict):
-            dataset = DATASETS.build(dataset)
+            dataset = build_dataset(dataset)
         # Not ``dataset``: wrappers (ClassBalancedDataset, ...) have their
         # own ``dataset``, which stays reachable through this one.
         object.__setattr__(self, '_inner', dataset)

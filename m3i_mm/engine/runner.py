@@ -14,10 +14,11 @@ from mmengine.runner import Runner
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, IterableDataset
 
-from m3i_mm.utils.config import close_matches
+from m3i_mm.datasets.non_empty import build_dataset
 from m3i_mm.engine.checkpoint.resume import find_resumable_checkpoint
 from m3i_mm.engine.dataloader import ExitWithParent, SeededDataset
 from m3i_mm.engine.optimizers.amp import no_accelerator
+from m3i_mm.utils.config import close_matches
 
 __all__ = ['CheckpointMismatchError', 'M3IRunner']
 
@@ -151,7 +152,13 @@ class M3IRunner(Runner):
         """``Runner.build_dataloader`` whose workers die with the trainer
         (:class:`ExitWithParent` around ``worker_init_fn``): mmengine's
         persistent workers outlive a ``kill -9`` of the trainer (torch 2.x).
+        The dataset is built by :func:`m3i_mm.datasets.build_dataset`, so an
+        empty one fails naming where it looked.
         """
+        if isinstance(dataloader, dict) and isinstance(
+                dataloader.get('dataset'), dict):
+            dataloader = dict(dataloader,
+                              dataset=build_dataset(dataloader['dataset']))
         loader = Runner.build_dataloader(dataloader, seed, diff_rank_seed)
         if (loader.num_workers > 0
                 and not isinstance(loader.worker_init_fn, ExitWithParent)):

@@ -343,7 +343,8 @@ def test_tensors_views_parameters_and_locations(tmp_path):
         'dtype': torch.float16, 'device': torch.device('cpu'),
         'set': {1, 2}, 'bytes': b'\x00\xff', 'complex': 1 + 2j,
         'slice': slice(1, None, 2),
-        'od': collections.OrderedDict(a=torch.zeros(1))
+        'od': collections.OrderedDict(a=torch.zeros(1)),
+        'milestones': collections.Counter({16: 1, 18: 1})  # MultiStepLR
     }
     checkpoint['od']._metadata = collections.OrderedDict({'': {'version': 2}})
     path = tmp_path / 'ok.pth'

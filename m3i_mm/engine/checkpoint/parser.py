@@ -20,6 +20,8 @@ pickle                                built, after validation
 ``collections.OrderedDict``           an empty ``OrderedDict``; ``BUILD``
                                       may only give it torch's ``_metadata``
                                       (plain data)
+``collections.Counter``               from a dict of plain data (mmengine's
+                                      ``MultiStepParamScheduler``)
 numpy ``_reconstruct`` / ``scalar``   arrays and scalars of numeric dtypes
 / ``dtype``                           (no fields, sub-arrays or objects);
                                       byte counts must match shapes
@@ -244,6 +246,7 @@ class _Name:
 def _global_table() -> Dict[Tuple[str, str], Tuple[str, Any]]:
     table = {
         ('collections', 'OrderedDict'): ('ordered_dict', None),
+        ('collections', 'Counter'): ('counter', None),
         ('torch._utils', '_rebuild_tensor_v2'): ('tensor', None),
         ('torch._utils', '_rebuild_parameter'): ('parameter', None),
         ('torch', 'Size'): ('size', None),
@@ -497,15 +500,15 @@ class _PickleMachine:
             if step is None:
                 raise _Refusal(f'opcode {bytes([code])!r} at byte {start} '
                                f'of data.pkl: not one torch.save writes')
-            method = _OPS[code]
+            method = _OPS[code].upper().removesuffix('_OP')
             try:
                 step()
             except _Refusal as err:
-                raise _Refusal(f'{err} ({method.upper()} at byte {start} '
+                raise _Refusal(f'{err} ({method} at byte {start} '
                                f'of data.pkl)') from None
             except (IndexError, KeyError, TypeError, ValueError,
                     OverflowError, RecursionError, UnicodeDecodeError) as err:
-                raise _Refusal(f'malformed {method.upper()} at byte {start} '
+                raise _Refusal(f'malformed {method} at byte {start} '
                                f'of data.pkl: {type(err).__name__}: '
                                f'{err}') from None
         if self.pos != len(self.data):
@@ -811,6 +814,9 @@ class _PickleMachine:
         kind = func.kind
         if kind == 'ordered_dict' and args == ():
             return collections.OrderedDict()
+        if kind == 'counter' and len(args) == 1 and type(args[0]) is dict:
+            # mmengine's MultiStepParamScheduler keeps its milestones so
+            return collections.Counter(_plain(args[0], 'a Counter'))
         if kind == 'tensor':
             return self._tensor(*args)
         if kind == 'parameter' and len(args) == 3:
@@ -946,7 +952,8 @@ class _PickleMachine:
 MAX_DEPTH = 100
 _LEAVES = (str, bytes, int, float, bool, type(None), complex, torch.dtype,
            torch.device, torch.Size, torch.Tensor, torch.nn.Parameter)
-_CONTAINERS = (dict, collections.OrderedDict, list, tuple, set, frozenset)
+_CONTAINERS = (dict, collections.OrderedDict, collections.Counter, list,
+               tuple, set, frozenset)
 
 
 def check_parsed(value: Any) -> None:

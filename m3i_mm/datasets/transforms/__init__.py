@@ -6,6 +6,7 @@ from .m3i_views import M3IViews
 from .masking import BlockwiseMaskGenerator
 
 __all__ = [
-    'BlockwiseMaskGenerator', 'ImageTooLargeError', 'M3IViews', 'NamedLoadDetAnnotations',
-    'NamedLoadImageFromFile', 'NamedLoadSegAnnotations'
+    'BlockwiseMaskGenerator', 'ImageTooLargeError', 'M3IViews',
+    'NamedLoadDetAnnotations', 'NamedLoadImageFromFile',
+    'NamedLoadSegAnnotations'
 ]

@@ -269,3 +269,18 @@ def test_adjacent_samples_with_one_key_are_skipped_and_named(tmp_path):
         samples = list(ds)
     assert [s['caption'] for s in samples] == ['digit 0', 'digit 2']
     assert ds.num_skipped == 1
+
+
+@pytest.mark.parametrize('name,line', [
+    ('pairs.jsonl', json.dumps({'image': 'b.png', 'caption': ' '})),
+    ('pairs.tsv', 'b.png\t'),
+])
+def test_annotation_file_empty_caption_is_named(tmp_path, name, line):
+    """An empty caption of an annotation file became a text target ``''``
+    (the shards skip such samples; a file's line is named, as its other
+    errors)."""
+    first = (json.dumps({'image': 'a.png', 'caption': 'a zero'})
+             if name.endswith('.jsonl') else 'a.png\ta zero')
+    (tmp_path / name).write_text(f'{first}\n{line}\n')
+    with pytest.raises(ValueError, match=rf'{name}, line 2: empty caption'):
+        ImageTextDataset(ann_file=name, data_root=str(tmp_path))

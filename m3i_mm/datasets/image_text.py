@@ -40,7 +40,8 @@ TEXT_EXTS = ('txt', 'caption', 'json')
 class ImageTextDataset(NonEmptyMixin, BaseDataset):
     """Image-caption pairs listed in an annotation file.
 
-    A file with no pairs fails naming it (:class:`NonEmptyMixin`).
+    A file with no pairs fails naming it (:class:`NonEmptyMixin`), a line
+    that is malformed or whose caption is empty naming the line.
 
     Args:
         ann_file (str): ``.jsonl`` with ``image`` and ``caption`` keys, or
@@ -72,6 +73,9 @@ class ImageTextDataset(NonEmptyMixin, BaseDataset):
                 if not line.strip():
                     continue
                 path, caption = self._parse(line, line_no)
+                if not str(caption).strip():
+                    raise ValueError(
+                        f'{self.ann_file}, line {line_no}: empty caption')
                 data_list.append(
                     dict(img_path=osp.join(prefix, path), caption=caption))
         return data_list

@@ -65,9 +65,9 @@ def open_image_header(source: Union[str, BinaryIO], path: str,
             img = Image.open(source)
         except Image.DecompressionBombError as err:
             raise ImageTooLargeError(
-                f'{path} is too large to decode (from its header): {err}; '
-                f'raise PIL.Image.MAX_IMAGE_PIXELS if it is '
-                f'intended') from None
+                f'{path} is too large to decode (Pillow, from its header): '
+                f'{err}; raise PIL.Image.MAX_IMAGE_PIXELS and max_pixels '
+                f'of the loading transform if it is intended') from None
     width, height = img.size
     if max_pixels is not None and width * height > max_pixels:
         img.close()

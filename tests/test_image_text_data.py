@@ -241,3 +241,46 @@ def test_source_without_shards_for_a_worker_is_an_error(tmp_path):
                        match=r'ImageTextShards.*00000.tar.*yielded no sample'
                        r'.*worker slot 1 of 2.*1 shards for 2 worker slots'):
         list(loader)
+
+
+@pytest.mark.parametrize('caption', [b'', b'  \n', b'{"caption": " "}'])
+def test_empty_caption_is_skipped_and_named(tmp_path, caption):
+    """An empty (or blank) caption became a text target ``''``."""
+    ext = 'json' if caption.startswith(b'{') else 'txt'
+    write_shard(str(tmp_path / '00000.tar'), [
+        good(0), ('00001', {'png': png_bytes(1), ext: caption}), good(2)])
+    ds = ImageTextShards(str(tmp_path / '00000.tar'), shuffle_shards=False)
+    with pytest.warns(UserWarning, match=r'sample 00001 of .*00000\.tar: '
+                      r'empty caption \(1 skipped so far\)'):
+        samples = list(ds)
+    assert [s['caption'] for s in samples] == ['digit 0', 'digit 2']
+    assert ds.num_skipped == 1
+
+
+def test_adjacent_samples_with_one_key_are_skipped_and_named(tmp_path):
+    """Two adjacent samples ``00001`` merged into one: the second's image
+    and caption replaced the first's, silently."""
+    write_shard(str(tmp_path / '00000.tar'), [
+        good(0), ('00001', {'png': png_bytes(1), 'txt': b'first'}),
+        ('00001', {'png': png_bytes(9), 'txt': b'second'}), good(2)])
+    ds = ImageTextShards(str(tmp_path / '00000.tar'), shuffle_shards=False)
+    with pytest.warns(UserWarning, match=r'sample 00001 of .*00000\.tar: '
+                      r'duplicate key, member 00001\.png more than once'):
+        samples = list(ds)
+    assert [s['caption'] for s in samples] == ['digit 0', 'digit 2']
+    assert ds.num_skipped == 1
+
+
+@pytest.mark.parametrize('name,line', [
+    ('pairs.jsonl', json.dumps({'image': 'b.png', 'caption': ' '})),
+    ('pairs.tsv', 'b.png\t'),
+])
+def test_annotation_file_empty_caption_is_named(tmp_path, name, line):
+    """An empty caption of an annotation file became a text target ``''``
+    (the shards skip such samples; a file's line is named, as its other
+    errors)."""
+    first = (json.dumps({'image': 'a.png', 'caption': 'a zero'})
+             if name.endswith('.jsonl') else 'a.png\ta zero')
+    (tmp_path / name).write_text(f'{first}\n{line}\n')
+    with pytest.raises(ValueError, match=rf'{name}, line 2: empty caption'):
+        ImageTextDataset(ann_file=name, data_root=str(tmp_path))

@@ -10,23 +10,31 @@ Usage:
 CPU. On a CPU, ``--launcher pytorch`` (``tools/dist_train.sh``) uses gloo.
 The runner is the config's ``runner_type`` (``M3IRunner`` in m3i_mm's
 configs; mmengine's ``Runner`` without one).
+
+Refused before the run is built (exit code 2, naming the option): a
+``--cfg-options`` item without ``=`` or with a value of another kind than
+the config's (``lr=1e-3x``), and ``--resume`` of a folder or of a file that
+is no ``torch.save`` archive (:func:`m3i_mm.engine.checkpoint.check_archive`).
 """
 import argparse
 import os
 import os.path as osp
+from typing import Optional
 
 import m3i_mm  # noqa: F401  (compat fixes + registration before anything else)
 import torch
-from mmengine.config import Config, ConfigDict, DictAction
+from mmengine.config import Config, ConfigDict
 from mmengine.registry import RUNNERS
 
-from m3i_mm.utils import warn_misspelt_keys
+from m3i_mm.engine.checkpoint import NotACheckpointError, check_archive
+from m3i_mm.utils import (CfgOptionsAction, check_option_values,
+                          warn_misspelt_keys)
 
 PRECISIONS = ('fp32', 'fp16', 'bf16')
 AMP_WRAPPERS = ('AmpOptimWrapper', 'CPUAwareAmpOptimWrapper')
 
 
-def parse_args() -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description='Train a model')
     parser.add_argument('config', help='train config file path')
     parser.add_argument('--work-dir', help='the dir to save logs and models')
@@ -55,7 +63,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         '--cfg-options',
         nargs='+',
-        action=DictAction,
+        action=CfgOptionsAction,
         help='override config settings, e.g. train_cfg.max_iters=10')
     parser.add_argument(
         '--launcher',
@@ -63,9 +71,38 @@ def parse_args() -> argparse.Namespace:
         default='none',
         help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
+    return parser
+
+
+def parse_args(parser: Optional[argparse.ArgumentParser] = None
+               ) -> argparse.Namespace:
+    args = (parser or build_parser()).parse_args()
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     return args
+
+
+def check_resume(path: str) -> None:
+    """Refuse a ``--resume`` path that is no checkpoint file, naming it.
+
+    Raises:
+        ValueError: A URL (resume reads local files only).
+        FileNotFoundError: Nothing at ``path``.
+        IsADirectoryError: A folder.
+        NotACheckpointError: Not a ``torch.save`` archive.
+        UnsafeCheckpointError: An archive the parser refuses (see
+            :func:`check_archive`).
+    """
+    if '://' in path:
+        raise ValueError(f'--resume takes a local checkpoint file, not the '
+                         f'URL {path}: download it first')
+    if osp.isdir(path):
+        raise IsADirectoryError(
+            f'--resume {path} is a folder; give a checkpoint file in it, or '
+            f'--resume without a path to resume from the latest checkpoint '
+            f'of --work-dir')
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'--resume checkpoint not found: {path}')
+    check_archive(path)
 
 
 def set_precision(cfg: Config, precision: str) -> None:
@@ -97,12 +134,7 @@ def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
         cfg.resume = True
         cfg.load_from = None
     elif args.resume is not None:
-        if '://' in args.resume:
-            raise ValueError(f'--resume takes a local checkpoint file, not '
-                             f'the URL {args.resume}: download it first')
-        if not osp.isfile(args.resume):
-            raise FileNotFoundError(f'--resume checkpoint not found: '
-                                    f'{args.resume}')
+        check_resume(args.resume)
         cfg.resume = True
         cfg.load_from = args.resume
 
@@ -115,13 +147,18 @@ def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
         cfg.setdefault('auto_scale_lr', {})['enable'] = True
 
     if args.cfg_options is not None:
+        check_option_values(cfg, args.cfg_options)
         cfg.merge_from_dict(args.cfg_options)
     return cfg
 
 
 def main() -> None:
-    args = parse_args()
-    cfg = merge_args(Config.fromfile(args.config), args)
+    parser = build_parser()
+    args = parse_args(parser)
+    try:
+        cfg = merge_args(Config.fromfile(args.config), args)
+    except (OSError, ValueError, NotACheckpointError) as err:
+        parser.error(f'{type(err).__name__}: {err}')
     warn_misspelt_keys(cfg)
     runner = RUNNERS.build(cfg)  # runner_type, default mmengine's Runner
     runner.train()

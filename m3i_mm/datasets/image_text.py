@@ -7,8 +7,9 @@
   distributed (WebDataset layout: the files of one sample are adjacent
   members sharing a key, e.g. ``000123.jpg`` + ``000123.txt``), without
   unpacking them. Shards are split over ranks and dataloader workers. A
-  corrupt sample (undecodable image, missing caption) or a truncated shard is
-  skipped with a counted warning, never a crash.
+  corrupt sample (undecodable image, missing or empty caption), adjacent
+  samples sharing a key (two members with one name) or a truncated shard is
+  skipped with a counted warning naming the shard and key, never a crash.
 
 Both produce ``img`` (or ``img_path``) and ``caption`` for the pipeline.
 """
@@ -39,7 +40,8 @@ TEXT_EXTS = ('txt', 'caption', 'json')
 class ImageTextDataset(NonEmptyMixin, BaseDataset):
     """Image-caption pairs listed in an annotation file.
 
-    A file with no pairs fails naming it (:class:`NonEmptyMixin`).
+    A file with no pairs fails naming it (:class:`NonEmptyMixin`), a line
+    that is malformed or whose caption is empty naming the line.
 
     Args:
         ann_file (str): ``.jsonl`` with ``image`` and ``caption`` keys, or
@@ -71,6 +73,9 @@ class ImageTextDataset(NonEmptyMixin, BaseDataset):
                 if not line.strip():
                     continue
                 path, caption = self._parse(line, line_no)
+                if not str(caption).strip():
+                    raise ValueError(
+                        f'{self.ann_file}, line {line_no}: empty caption')
                 data_list.append(
                     dict(img_path=osp.join(prefix, path), caption=caption))
         return data_list
@@ -296,7 +301,7 @@ class ImageTextShards(IterableDataset):
 
     def _samples(self, shard: str) -> Iterator[tuple]:
         """(key, {extension: bytes}) of each sample, in stream order."""
-        key, files = None, {}
+        key, files, repeated = None, {}, None
         try:
             with tarfile.open(
                     shard, mode='r|*', tarinfo=_EndCheckedTarInfo) as tar:
@@ -307,15 +312,31 @@ class ImageTextShards(IterableDataset):
                     stem, _, ext = name.partition('.')
                     member_key = osp.join(osp.dirname(member.name), stem)
                     if member_key != key and files:
-                        yield key, files
-                        files = {}
+                        yield from self._unless_repeated(
+                            shard, key, files, repeated)
+                        files, repeated = {}, None
                     key = member_key
+                    # Adjacent samples with one key: which image goes with
+                    # which caption is unknown, so the group is skipped.
+                    if ext.lower() in files:
+                        repeated = repeated or osp.basename(member.name)
                     files[ext.lower()] = tar.extractfile(member).read()
         except (tarfile.TarError, OSError, EOFError) as err:
             self._skip(f'the rest of shard {shard} after sample {key} '
                        f'(unreadable: {err})')
         if files:  # its members were read whole
+            yield from self._unless_repeated(shard, key, files, repeated)
+
+    def _unless_repeated(self, shard: str, key: str, files: Dict[str, bytes],
+                         repeated: Optional[str]) -> Iterator[tuple]:
+        """``(key, files)``, or a counted skip when a member name came
+        twice (``repeated``)."""
+        if repeated is None:
             yield key, files
+        else:
+            self._skip(f'sample {key} of {shard}: duplicate key, member '
+                       f'{repeated} more than once (adjacent samples share '
+                       'the key)')
 
     def _decode(self, shard: str, key: str,
                 files: Dict[str, bytes]) -> Optional[dict]:
@@ -334,6 +355,8 @@ class ImageTextShards(IterableDataset):
             caption = files[text].decode('utf-8').strip()
             if text == 'json':
                 caption = json.loads(caption)['caption']
+            if not str(caption).strip():
+                raise ValueError('empty caption')
         except Exception as err:  # any corrupt member: skip, never crash
             self._skip(f'{where}: {err}')
             return None

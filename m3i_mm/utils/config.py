@@ -1,10 +1,11 @@
-"""Checks of a whole config before it is run."""
+"""Checks of a whole config, and of its command-line options, before it is
+run."""
 import difflib
 import inspect
 import warnings
-from typing import Dict, Iterable, List
+from typing import Any, Dict, Iterable, List
 
-from mmengine.config import Config
+from mmengine.config import Config, DictAction
 
 
 # Top-level keys read by mmengine's Runner besides its ``__init__``
@@ -98,3 +99,66 @@ def shorten_iter_schedule(cfg: Config, iters: int) -> None:
     for scheduler in schedulers:
         scheduler['end'] = min(scheduler.get('end', iters), iters)
     cfg.param_scheduler = schedulers
+
+
+class CfgOptionsAction(DictAction):
+    """mmengine's ``DictAction`` (``--cfg-options KEY=VALUE ...``) that
+    refuses an item without ``=`` naming it (mmengine 0.10.x raised
+    ``not enough values to unpack``)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        for item in values or ():
+            if '=' not in item:
+                parser.error(f'{option_string} {item!r}: expected KEY=VALUE, '
+                             f'e.g. train_cfg.max_iters=10')
+        super().__call__(parser, namespace, values, option_string)
+
+
+_MISSING = object()
+
+
+def _config_value(cfg: Config, key: str) -> Any:
+    """The value at dotted ``key`` (list items by index), or ``_MISSING``."""
+    node: Any = cfg
+    for part in key.split('.'):
+        if hasattr(node, 'keys') and part in node.keys():  # Config, dicts
+            node = node[part]
+        elif isinstance(node, (list, tuple)) and part.isdigit() and \
+                int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return _MISSING
+    return node
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return 'bool'
+    if isinstance(value, (int, float)):
+        return 'number'
+    return 'other'
+
+
+def check_option_values(cfg: Config, options: Dict[str, Any]) -> None:
+    """Refuse a ``--cfg-options`` value that cannot replace the config's:
+    text where the config has a number or a bool, a number where it has a
+    bool, and so on. ``DictAction`` turns ``1e-3`` into a float but keeps
+    ``1e-3x`` as text, which failed far later (a ``TypeError`` inside the
+    optimizer). ``None`` and new keys are not checked.
+
+    Args:
+        cfg (Config): The config before the options are merged.
+        options (dict): Parsed ``--cfg-options``.
+
+    Raises:
+        ValueError: Naming the option, its value and the config's value.
+    """
+    for key, value in options.items():
+        old = _config_value(cfg, key)
+        if old is _MISSING or value is None:
+            continue
+        if _kind(old) != 'other' and _kind(value) != _kind(old):
+            raise ValueError(
+                f'--cfg-options {key}={value!r}: the config has {old!r} '
+                f'there, so it takes a {_kind(old)}, not '
+                f'{type(value).__name__} {value!r}')

@@ -26,6 +26,7 @@ import numpy as np
 from mmpretrain.datasets import CustomDataset
 from m3i_mm.registry import DATASETS
 from ..non_empty import NonEmptyMixin
+from ..labels import check_label_file
 
 DIGIT_CLASSES = ('zero', 'one', 'two', 'three', 'four', 'five', 'six',
                  'seven', 'eight', 'nine')
@@ -142,10 +143,10 @@ def materialize_demo_digits(root: str, image_size: int = 32) -> str:
 class DemoDigits(NonEmptyMixin, CustomDataset):
     """The demo digits read by mmpretrain's :class:`CustomDataset`.
 
-    Only adds writing the files on first use (:func:`materialize_demo_digits`)
-    and the named error of an empty dataset (:class:`NonEmptyMixin`);
-    annotation parsing and image loading are mmpretrain's own, exactly as for
-    a real ImageNet-style folder.
+    Only adds writing the files on first use (:func:`materialize_demo_digits`),
+    the named error of an empty dataset (:class:`NonEmptyMixin`) and of a bad
+    label (:func:`check_label_file`); annotation parsing and image loading
+    are mmpretrain's own, exactly as for a real ImageNet-style folder.
 
     Args:
         data_root (str): Folder of the demo data. Defaults to
@@ -172,6 +173,12 @@ class DemoDigits(NonEmptyMixin, CustomDataset):
             data_root=data_root,
             ann_file=ann_file or f'meta/{split}.txt',
             **kwargs)
+
+    def load_data_list(self) -> list:
+        """mmpretrain's, after checking the labels of ``ann_file``."""
+        if self.ann_file and self.with_label:
+            check_label_file(self.ann_file, len(self.metainfo['classes']))
+        return super().load_data_list()
 
 
 CAPTION_TEMPLATES = ('a handwritten {}.', 'a scan of the digit {}.',

@@ -1,11 +1,12 @@
 """M3I data transforms, registered in mmpretrain's TRANSFORMS (loaders also
 in mmdet's and mmseg's)."""
-from .loading import (NamedLoadDetAnnotations, NamedLoadImageFromFile,
-                      NamedLoadSegAnnotations)
+from .loading import (ImageTooLargeError, NamedLoadDetAnnotations,
+                      NamedLoadImageFromFile, NamedLoadSegAnnotations)
 from .m3i_views import M3IViews
 from .masking import BlockwiseMaskGenerator
 
 __all__ = [
-    'BlockwiseMaskGenerator', 'M3IViews', 'NamedLoadDetAnnotations',
-    'NamedLoadImageFromFile', 'NamedLoadSegAnnotations'
+    'BlockwiseMaskGenerator', 'ImageTooLargeError', 'M3IViews',
+    'NamedLoadDetAnnotations', 'NamedLoadImageFromFile',
+    'NamedLoadSegAnnotations'
 ]

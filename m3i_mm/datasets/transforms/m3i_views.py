@@ -13,7 +13,8 @@ from PIL import Image
 from mmpretrain.datasets.transforms import RandomResizedCrop
 
 from m3i_mm.registry import TRANSFORMS
-from .loading import load_error_detail
+from .loading import (DEFAULT_MAX_PIXELS, ImageTooLargeError,
+                      load_error_detail, open_image_header)
 from .masking import _to_pair
 
 Transform = Union[dict, Callable[[dict], dict]]
@@ -28,6 +29,19 @@ PIL_INTERPOLATION = {
     'box': Image.BOX,
     'lanczos': Image.LANCZOS,
     'hamming': Image.HAMMING,
+}
+# EXIF orientation (tag 0x0112) -> the transpose that shows the image
+# upright, as Pillow's ``ImageOps.exif_transpose`` (Pillow 13); cv2's
+# ``imdecode`` (mmcv's ``LoadImageFromFile``) applies it too.
+EXIF_ORIENTATION = 0x0112
+EXIF_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
 }
 
 
@@ -111,7 +125,9 @@ class M3IViews(BaseTransform):
     at 1/2, 1/4 or 1/8 scale when both crops stay at least ``size`` there
     (:func:`decode_reduction`), and crops and resizes each view in one
     Pillow call (``Image.resize(box=...)``), without copying the whole
-    image. Needs ``backend='pillow'``.
+    image. Needs ``backend='pillow'``. The EXIF orientation is applied as
+    ``LoadImageFromFile`` does (crops are sampled on the upright size), and
+    a file of more than ``max_pixels`` pixels is refused from its header.
 
     **Required Keys:**
 
@@ -157,6 +173,9 @@ class M3IViews(BaseTransform):
             ``'pillow'`` (as torchvision's ``RandomResizedCrop``).
         backend_args (dict, optional): File backend arguments for decoding
             here (see :func:`mmengine.fileio.get`). Defaults to None.
+        max_pixels (int, optional): Most pixels of a file decoded here;
+            None: only Pillow's own limit. Defaults to Pillow's
+            ``Image.MAX_IMAGE_PIXELS``.
     """
 
     def __init__(self,
@@ -169,7 +188,8 @@ class M3IViews(BaseTransform):
                  max_attempts: int = 10,
                  interpolation: str = 'bicubic',
                  backend: str = 'pillow',
-                 backend_args: Optional[dict] = None) -> None:
+                 backend_args: Optional[dict] = None,
+                 max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> None:
         self.size = _to_pair(size, 'size')
         if not (len(crop_scale) == 2 and 0 < crop_scale[0] <= crop_scale[1]
                 <= 1):
@@ -185,6 +205,7 @@ class M3IViews(BaseTransform):
                 f"backend must be 'cv2' or 'pillow', got {backend!r}")
         self.flip_prob = float(flip_prob)
         self.backend_args = backend_args
+        self.max_pixels = max_pixels
         # Only its crop sampling is used; cropping is done here so that the
         # crop box can be recorded.
         self.cropper = RandomResizedCrop(
@@ -235,17 +256,30 @@ class M3IViews(BaseTransform):
                              f"backend='pillow', got {self.cropper.backend!r}")
         path = results['img_path']
         try:
-            img = Image.open(io.BytesIO(fileio.get(path, self.backend_args)))
-            width, height = img.size
+            img = open_image_header(
+                io.BytesIO(fileio.get(path, self.backend_args)), path,
+                self.max_pixels)
+            transpose = EXIF_TRANSPOSE.get(
+                img.getexif().get(EXIF_ORIENTATION))
+            width, height = stored_w, stored_h = img.size
+            if transpose in (Image.Transpose.TRANSPOSE,
+                             Image.Transpose.TRANSVERSE,
+                             Image.Transpose.ROTATE_90,
+                             Image.Transpose.ROTATE_270):
+                width, height = height, width
             crops = [
                 self.cropper.rand_crop_params(
                     SimpleNamespace(shape=(height, width))) for _ in range(2)
             ]
             reduction = decode_reduction(crops, self.size)
             if reduction > 1 and img.format == 'JPEG':
-                img.draft('RGB', (math.ceil(width / reduction),
-                                  math.ceil(height / reduction)))
+                img.draft('RGB', (math.ceil(stored_w / reduction),
+                                  math.ceil(stored_h / reduction)))
             img = img.convert('RGB')
+            if transpose is not None:
+                img = img.transpose(transpose)
+        except ImageTooLargeError:
+            raise
         except (OSError, ValueError) as err:
             raise OSError(f'M3IViews cannot decode {path}: '
                           f'{load_error_detail(path, err)}') from err

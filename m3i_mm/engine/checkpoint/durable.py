@@ -56,7 +56,9 @@ def _atomic_write(data: Union[bytes, str], filepath: Union[str, Path],
     """Write ``filepath`` all at once: a temporary file in the same folder,
     fsync, rename, fsync of the folder. A kill at any moment leaves the old
     or the new content, never a part. The file gets the umask's mode like
-    any other output (``mkstemp`` alone gives 0600)."""
+    any other output (``mkstemp`` alone gives 0600). An ``OSError`` that
+    names no file (``write``/``fsync`` on a full disk: ``[Errno 28] No space
+    left on device``) is raised again naming ``filepath``."""
     filepath = str(filepath)
     directory = osp.dirname(osp.abspath(filepath))
     os.makedirs(directory, exist_ok=True)
@@ -70,9 +72,12 @@ def _atomic_write(data: Union[bytes, str], filepath: Union[str, Path],
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, filepath)
-    except BaseException:
+    except BaseException as err:
         if osp.exists(tmp):
             os.remove(tmp)
+        if isinstance(err, OSError) and err.errno is not None and \
+                err.filename is None:
+            raise OSError(err.errno, err.strerror, filepath) from err
         raise
     _fsync_dir(directory)
 

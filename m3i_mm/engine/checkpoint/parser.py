@@ -54,6 +54,7 @@ class) is changed while it runs. Reference: the pickle opcodes of CPython's
 ``_load``) of torch 2.13.
 """
 import collections
+import contextlib
 import io
 import os
 import pickle
@@ -61,7 +62,8 @@ import re
 import struct
 import zipfile
 import zlib
-from typing import Any, BinaryIO, Callable, Dict, List, Optional, Tuple, Union
+from typing import (Any, BinaryIO, Callable, Dict, Iterator, List, Optional,
+                    Tuple, Union)
 
 import numpy as np
 import torch
@@ -1078,15 +1080,8 @@ def parse_checkpoint(source: Union[str, os.PathLike, bytes, BinaryIO],
     name = name or repr(source)
     restore = _restorer(map_location)
     storages: Dict[str, _Storage] = {}
-    try:
-        head = source.read(4)
-        source.seek(0)
-        if head[:2] == b'\x80\x02':
-            raise NotACheckpointError(
-                f'Could not read checkpoint {name}: it is in torch\'s legacy '
-                f'(pre-1.6) format, which is not parsed; re-save it with '
-                f'torch.save of a current torch')
-        archive = _Archive(source, name)
+    with _named_errors(name):
+        archive = _open_archive(source, name)
         data = archive.read_small('data.pkl')
 
         def load_storage(dtype, key, location, numel):
@@ -1105,6 +1100,44 @@ def parse_checkpoint(source: Union[str, os.PathLike, bytes, BinaryIO],
         parsed = _PickleMachine(data, load_storage).run()
         check_parsed(parsed)
         return parsed
+
+
+def check_archive(path: Union[str, os.PathLike]) -> None:
+    """Check cheaply that ``path`` is a ``torch.save`` archive: a zip of
+    uncompressed members with one ``<archive>/data.pkl``, read from its
+    directory and member headers only (nothing unpickled, CRCs and tensors
+    not read). For refusing a file that is no checkpoint (an image, a
+    folder's config) before a run is built.
+
+    Raises:
+        NotACheckpointError: Not such an archive (or legacy format); names
+            the file.
+        UnsafeCheckpointError: An archive :func:`parse_checkpoint` refuses
+            (compressed or encrypted members, overlaps).
+    """
+    name = os.fspath(path)
+    with open(path, 'rb') as stream, _named_errors(name):
+        _open_archive(stream, name)
+
+
+def _open_archive(source: BinaryIO, name: str) -> _Archive:
+    """The archive of ``source``; a legacy (pickle) file is named as such."""
+    head = source.read(4)
+    source.seek(0)
+    if head[:2] == b'\x80\x02':
+        raise NotACheckpointError(
+            f'Could not read checkpoint {name}: it is in torch\'s legacy '
+            f'(pre-1.6) format, which is not parsed; re-save it with '
+            f'torch.save of a current torch')
+    return _Archive(source, name)
+
+
+@contextlib.contextmanager
+def _named_errors(name: str) -> Iterator[None]:
+    """Internal and file-format errors as :class:`UnsafeCheckpointError` or
+    :class:`NotACheckpointError` naming the file."""
+    try:
+        yield
     except _Refusal as err:
         raise UnsafeCheckpointError(f'Refusing to load checkpoint {name}: '
                                     f'{err}') from None

@@ -503,14 +503,31 @@ class M3I(BaseSelfSupervisor):
                 avg_factor=share)
         return loss
 
-    @staticmethod
-    def _labels(data_samples: List[DataSample], device: torch.device
+    def _labels(self, data_samples: List[DataSample], device: torch.device
                 ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(N,) labels (0 where absent) and (N,) bool "has a label"."""
+        """(N,) labels (0 where absent) and (N,) bool "has a label".
+
+        Raises:
+            ValueError: A label that is not an integer in ``[0,
+                num_classes)``, naming it, the sample's ``img_path`` and
+                ``num_classes`` (the posterior's cross entropy raised
+                ``IndexError: Target N is out of bounds``; ``int()``
+                truncated a float label).
+        """
+        num_classes = self.category_embedding.num_classes
         labels, present = [], []
         for sample in data_samples:
             label = sample.get('gt_label')
             present.append(label is not None and len(label) > 0)
+            if present[-1]:
+                value = label[0]
+                if value.is_floating_point() or value.is_complex() or \
+                        not 0 <= value < num_classes:
+                    raise ValueError(
+                        f'label {value.item()} of sample '
+                        f'{sample.get("img_path", "(no img_path)")} is not '
+                        f'an integer in [0, {num_classes}) (num_classes of '
+                        f'category_embedding)')
             labels.append(int(label[0]) if present[-1] else 0)
         return (torch.tensor(labels, device=device),
                 torch.tensor(present, device=device))

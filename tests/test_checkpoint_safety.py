@@ -8,6 +8,7 @@ m3i_mm ships, local and by URL, each file's loads in a subprocess
 (``tests/checkpoint_probe.py``) so that a crash fails the test instead of
 the suite. A fuzz run mutates real checkpoints 2,000 times.
 """
+import argparse
 import collections
 import json
 import os
@@ -392,11 +393,11 @@ def test_damaged_and_foreign_files_are_named(tmp_path):
 
 def test_trusted_override_unpickles(tmp_path, monkeypatch):
     path = tmp_path / 'trusted.pth'
-    torch.save({'extra': collections.Counter(a=1)}, path)
-    with pytest.raises(UnsafeCheckpointError, match='collections.Counter'):
+    torch.save({'extra': argparse.Namespace(a=1)}, path)  # as InternImage's
+    with pytest.raises(UnsafeCheckpointError, match='argparse.Namespace'):
         _load_checkpoint(str(path), map_location='cpu')
     monkeypatch.setenv('M3I_TRUST_CHECKPOINTS', '1')
-    assert _load_checkpoint(str(path), map_location='cpu')['extra']['a'] == 1
+    assert _load_checkpoint(str(path), map_location='cpu')['extra'].a == 1
 
 
 def test_loads_what_mmengine_writes(tmp_path):

@@ -31,7 +31,9 @@ def test_failed_checkpoint_write_names_the_file(tmp_path, monkeypatch,
         code = errno.EFBIG
     try:
         with pytest.raises(OSError) as info:
-            save_checkpoint(state, str(path))
+            # DurableCheckpointHook's backend (m3i_mm.engine.checkpoint)
+            save_checkpoint(state, str(path),
+                            backend_args=dict(backend='durable_local'))
     finally:
         if failure == 'write':
             resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))

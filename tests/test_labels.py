@@ -6,7 +6,6 @@ import pytest
 import torch
 from mmengine.logging import MessageHub
 from mmpretrain.registry import DATASETS
-from mmpretrain.structures import DataSample
 
 from conftest import tiny_m3i
 from test_m3i_model import make_batch

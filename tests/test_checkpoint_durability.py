@@ -311,3 +311,83 @@ def test_failed_save_keeps_the_previous_best_checkpoint(demo_root, tmp_path):
     assert (tmp_path / 'best_count_iter_1.pth').is_file(), sorted(
         os.listdir(tmp_path))
     assert recorded_checkpoint(tmp_path) == str(tmp_path / 'iter_2.pth')
+
+
+def flip_a_weight_bit(path) -> None:
+    """Flip one bit in the middle of the largest tensor record of ``path``
+    (a storage of the checkpoint; its CRC-32 no longer matches)."""
+    with zipfile.ZipFile(path) as archive:
+        info = max(archive.infolist(), key=lambda i: i.file_size)
+    with open(path, 'r+b') as f:
+        f.seek(info.header_offset)
+        header = f.read(30)
+        start = (info.header_offset + 30 + int.from_bytes(header[26:28],
+                                                          'little') +
+                 int.from_bytes(header[28:30], 'little'))
+        f.seek(start + info.file_size // 2)
+        byte = f.read(1)[0]
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte ^ 0x40]))
+
+
+def with_a_nan_weight(path) -> None:
+    """Rewrite ``path`` (valid zip and CRCs) with a NaN in one weight."""
+    ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    name = next(k for k, v in ckpt['state_dict'].items()
+                if v.is_floating_point())
+    ckpt['state_dict'][name].view(-1)[0] = float('nan')
+    torch.save(ckpt, path)
+
+
+@pytest.mark.parametrize('damage', [flip_a_weight_bit, with_a_nan_weight])
+def test_resume_skips_a_damaged_newest_checkpoint(zygote, demo_root,
+                                                  tmp_path, damage):
+    """A bit-flipped (or NaN) newest checkpoint was resumed from (today's
+    parser at least refuses the CRC mismatch, ending the run); the intact
+    older one beside it must be used, with a warning naming both."""
+    status, log = zygote.run(
+        train_args(demo_root, tmp_path, 2,
+                   'default_hooks.checkpoint.max_keep_ckpts=2'),
+        tmp_path / 'first.log')
+    assert status == 0, log[-3000:]
+    newest, older = tmp_path / 'iter_2.pth', tmp_path / 'iter_1.pth'
+    damage(newest)
+    status, log = zygote.run(
+        train_args(demo_root, tmp_path, 3,
+                   'default_hooks.checkpoint.max_keep_ckpts=2') + ['--resume'],
+        tmp_path / 'second.log')
+    assert status == 0, log[-3000:]
+    assert re.search(
+        rf"names '{re.escape(str(newest))}', which is unusable: .*"
+        rf'(CRC|NaN).*; resuming from the newest intact checkpoint '
+        rf'{re.escape(str(older))} instead', log), log[-3000:]
+    assert resumed_iter(log) == 1
+
+
+def truncate(path) -> None:
+    with open(path, 'r+b') as f:
+        f.truncate(1000)
+
+
+@pytest.mark.parametrize('damage', [truncate, flip_a_weight_bit])
+def test_resume_refuses_when_no_checkpoint_is_intact(zygote, demo_root,
+                                                     tmp_path, damage):
+    """``--resume`` with only a truncated checkpoint started over from
+    iteration 1 with exit code 0 (a bit-flipped one failed in the
+    parser, naming no way out)."""
+    status, log = zygote.run(train_args(demo_root, tmp_path, 1),
+                             tmp_path / 'first.log')
+    assert status == 0, log[-3000:]
+    only = tmp_path / 'iter_1.pth'
+    damage(only)
+    before = only.read_bytes()
+    status, log = zygote.run(
+        train_args(demo_root, tmp_path, 3) + ['--resume'],
+        tmp_path / 'second.log')
+    assert status == 1, log[-3000:]
+    assert (f'NoIntactCheckpointError: --resume found no intact checkpoint '
+            f'in {tmp_path}: {only}: it') in log, log[-3000:]
+    assert 'run without --resume to start over' in log
+    assert only.read_bytes() == before
+    assert sorted(n for n in os.listdir(tmp_path)
+                  if n.endswith('.pth')) == ['iter_1.pth']

@@ -15,7 +15,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, IterableDataset
 
 from m3i_mm.utils.config import close_matches
-from m3i_mm.engine.checkpoint.resume import find_resumable_checkpoint
+from m3i_mm.engine.checkpoint.resume import (NoIntactCheckpointError,
+                                             checkpoint_damage,
+                                             find_resumable_checkpoint)
 from m3i_mm.engine.dataloader import ExitWithParent, SeededDataset
 from m3i_mm.engine.optimizers.amp import no_accelerator
 
@@ -67,8 +69,10 @@ class M3IRunner(Runner):
 
     - ``load_from`` is strict (:meth:`load_checkpoint`, config key
       ``load_strict``).
-    - Automatic resume finds an intact checkpoint of the work dir, refusing
-      a ``last_checkpoint`` that names a URL or another folder
+    - Automatic resume finds an intact checkpoint of the work dir (every zip
+      member's CRC, finite weights), refusing a ``last_checkpoint`` that
+      names a URL or another folder, and never starts over when only
+      damaged checkpoints are there
       (:func:`m3i_mm.engine.checkpoint.find_resumable_checkpoint`).
     - Data-loader workers die with the trainer (:class:`ExitWithParent`)
       and the map-style train dataset seeds each sample from its
@@ -161,8 +165,16 @@ class M3IRunner(Runner):
     def load_or_resume(self) -> None:
         """Automatic resume (``resume=True`` without ``load_from``) from
         :func:`find_resumable_checkpoint` instead of mmengine's
-        ``find_latest_checkpoint``."""
-        if self._has_loaded or not self._resume or self._load_from:
+        ``find_latest_checkpoint``; a checkpoint named by ``--resume PATH``
+        must be intact too (:func:`checkpoint_damage`)."""
+        if self._has_loaded or not self._resume:
+            return super().load_or_resume()
+        if self._load_from:
+            local = '://' not in str(self._load_from)
+            damage = local and checkpoint_damage(self._load_from)
+            if damage:
+                raise NoIntactCheckpointError(
+                    f'Cannot resume from {self._load_from}: {damage}.')
             return super().load_or_resume()
         resume_from = find_resumable_checkpoint(self.work_dir)
         if resume_from is not None:

@@ -4,13 +4,15 @@ from .loader import (TRUST_ENV, load_checkpoint_file,
                      register_checkpoint_schemes)
 from .parser import NotACheckpointError, UnsafeCheckpointError, parse_checkpoint
 from .plain import PlainCheckpointHook, from_plain, to_plain
-from .resume import find_resumable_checkpoint
+from .resume import (NoIntactCheckpointError, checkpoint_damage,
+                     find_resumable_checkpoint)
 
 register_checkpoint_schemes()
 
 __all__ = [
-    'DurableLocalBackend', 'NotACheckpointError', 'PlainCheckpointHook',
-    'TRUST_ENV', 'UnsafeCheckpointError', 'find_resumable_checkpoint',
-    'from_plain', 'load_checkpoint_file', 'parse_checkpoint',
-    'register_checkpoint_schemes', 'remove_stale_temp_files', 'to_plain'
+    'DurableLocalBackend', 'NoIntactCheckpointError', 'NotACheckpointError',
+    'PlainCheckpointHook', 'TRUST_ENV', 'UnsafeCheckpointError',
+    'checkpoint_damage', 'find_resumable_checkpoint', 'from_plain',
+    'load_checkpoint_file', 'parse_checkpoint', 'register_checkpoint_schemes',
+    'remove_stale_temp_files', 'to_plain'
 ]

@@ -196,8 +196,12 @@ class M3IRunner(Runner):
         logs a warning and the run goes on with random weights. Without an
         explicit ``strict``, the top-level config key ``load_strict`` rules:
 
-        - ``None`` (default): refuse a checkpoint with a shape mismatch, or
-          with more unexpected keys than loaded ones. Missing keys (a
+        - ``None`` (default): refuse a checkpoint with a shape mismatch,
+          with more unexpected keys than loaded ones, that loads no tensor
+          (an empty or missing ``state_dict``: ``tools/test.py`` would report
+          the random-init model's metrics) or no tensor of a model's
+          ``backbone`` (keys without the ``backbone.`` prefix: mmengine
+          would only warn and train from a random backbone). Missing keys (a
           pre-trained backbone for a model with a new head) and a few
           unexpected ones (a converted backbone's final norm the downstream
           model does not use) only warn.
@@ -225,11 +229,31 @@ class M3IRunner(Runner):
                 raise
             model = self.model.module if is_model_wrapper(
                 self.model) else self.model
-            loaded = sum('num_batches_tracked' not in k
-                         for k in model.state_dict()) - len(
-                             keys['missing']) - len(keys['mismatched'])
+            own = [k for k in model.state_dict()
+                   if 'num_batches_tracked' not in k]
+            loaded = len(own) - len(keys['missing']) - len(
+                keys['mismatched'])
             if not mode and not keys['mismatched'] and len(
                     keys['unexpected']) <= loaded:
+                # Loading nothing, or no backbone, only warned upstream.
+                if loaded <= 0:
+                    raise CheckpointMismatchError(
+                        f'Checkpoint {filename} loads no tensor into the '
+                        f'model {type(model).__name__}: its state_dict is '
+                        'empty, missing or has none of the model\'s keys '
+                        f'({len(keys["unexpected"])} unexpected key(s)). '
+                        'Evaluating or training from it would use random '
+                        'weights (load_strict=False loads it anyway).')
+                backbone = [k for k in own if k.startswith('backbone.')]
+                if backbone and set(backbone) <= set(keys['missing']):
+                    raise CheckpointMismatchError(
+                        f'Checkpoint {filename} loads no backbone tensor '
+                        f'into the model {type(model).__name__}: all '
+                        f'{len(backbone)} backbone.* keys are missing (keys '
+                        'without the "backbone." prefix? unexpected: '
+                        f'{", ".join(keys["unexpected"][:3])}). Convert it '
+                        '(tools/model_converters/) or set load_strict=False '
+                        'to load the other weights anyway.')
                 return load(filename, map_location, False, revise_keys)
             summary = '; '.join(
                 f'{len(names)} {kind} key(s): {", ".join(names[:5])}'

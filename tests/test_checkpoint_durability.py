@@ -391,3 +391,29 @@ def test_resume_refuses_when_no_checkpoint_is_intact(zygote, demo_root,
     assert only.read_bytes() == before
     assert sorted(n for n in os.listdir(tmp_path)
                   if n.endswith('.pth')) == ['iter_1.pth']
+
+
+def test_next_run_removes_the_checkpoint_a_kill_left_undropped(
+        zygote, demo_root, tmp_path):
+    """Killed after ``last_checkpoint`` named the new checkpoint, before the
+    dropped one was removed: it stayed for good (``iter_1.pth`` beside
+    ``iter_3.pth`` with ``max_keep_ckpts=1``)."""
+    status, log = zygote.run(train_args(demo_root, tmp_path, 1),
+                             tmp_path / 'first.log')
+    assert status == 0, log[-3000:]
+    # Event 7 of a rotating save: before removing the dropped checkpoint.
+    status, log = zygote.run(
+        train_args(demo_root, tmp_path, 3) + ['--resume'],
+        tmp_path / 'killed.log', kill_at=7)
+    assert status == -signal.SIGKILL, log[-3000:]
+    assert f'SIGKILL at event 7, before remove {tmp_path / "iter_1.pth"}' \
+        in log, log[-3000:]
+    assert recorded_checkpoint(tmp_path) == str(tmp_path / 'iter_2.pth')
+    status, log = zygote.run(
+        train_args(demo_root, tmp_path, 3) + ['--resume'],
+        tmp_path / 'next.log')
+    assert status == 0, log[-3000:]
+    assert f'Removed {tmp_path / "iter_1.pth"}: max_keep_ckpts=1 had ' \
+        'dropped it' in log, log[-3000:]
+    assert sorted(n for n in os.listdir(tmp_path)
+                  if n.endswith('.pth')) == ['iter_3.pth']

@@ -1,5 +1,7 @@
 """A checkpoint hook that never loses the last checkpoint."""
+import os
 import os.path as osp
+import re
 from typing import Any, List
 
 from mmengine.dist import is_main_process
@@ -51,7 +53,12 @@ class DurableCheckpointHook(CheckpointHook):
     - the new checkpoint, then ``last_checkpoint`` (also atomically), are
       written before the dropped or previous best checkpoint is removed;
     - temporary files a killed save left are removed at the start of
-      training and after each save.
+      training and after each save;
+    - a checkpoint that ``max_keep_ckpts`` dropped but a kill left (between
+      the ``last_checkpoint`` rename and the removal) is removed at the
+      start of the resumed run: an ``filename_tmpl`` file of ``out_dir``
+      older than the newest kept one and not kept (mmengine only removes
+      the ids it still lists).
 
     Arguments are those of ``CheckpointHook``; with ``file_client_args`` or a
     remote ``out_dir`` only the order of rotation changes.
@@ -69,6 +76,28 @@ class DurableCheckpointHook(CheckpointHook):
             for path in self._remove_stale_temp_files(runner):
                 runner.logger.info(
                     f'Removed {path}, left by an interrupted save.')
+            for path in self._remove_dropped_checkpoints():
+                runner.logger.info(
+                    f'Removed {path}: max_keep_ckpts={self.max_keep_ckpts} '
+                    'had dropped it before the last run was interrupted.')
+
+    def _remove_dropped_checkpoints(self) -> List[str]:
+        kept = list(getattr(self, 'keep_ckpt_ids', ()))
+        if self.max_keep_ckpts <= 0 or not kept or (
+                self.backend_args or {}).get('backend') != 'durable_local':
+            return []
+        name = re.compile(
+            re.escape(self.filename_tmpl).replace(re.escape('{}'), r'(\d+)')
+            + '$')
+        removed = []
+        for entry in sorted(os.listdir(self.out_dir)):
+            found = name.match(entry)
+            if found and int(found.group(1)) < max(kept) and int(
+                    found.group(1)) not in kept:
+                path = osp.join(self.out_dir, entry)
+                _remove_checkpoint(self.file_backend, path)
+                removed.append(path)
+        return removed
 
     def _remove_stale_temp_files(self, runner) -> List[str]:
         folders = {runner.work_dir}

@@ -19,6 +19,7 @@ from m3i_mm.engine.checkpoint.resume import (NoIntactCheckpointError,
                                              checkpoint_damage,
                                              find_resumable_checkpoint)
 from m3i_mm.engine.dataloader import ExitWithParent, SeededDataset
+from m3i_mm.engine.hooks.preemption import PreemptionHook
 from m3i_mm.engine.optimizers.amp import no_accelerator
 
 __all__ = ['CheckpointMismatchError', 'M3IRunner']
@@ -79,6 +80,8 @@ class M3IRunner(Runner):
       :class:`~m3i_mm.utils.randomness.SeededIndex` (:class:`SeededDataset`).
     - ``--launcher pytorch`` runs on a CPU (gloo, DDP without device ids).
     - An unknown optimizer type is named when the optimizer is built.
+    - :class:`PreemptionHook`'s signal handlers are put back however
+      training ends.
     """
 
     def setup_env(self, env_cfg: dict) -> None:
@@ -161,6 +164,17 @@ class M3IRunner(Runner):
                 and not isinstance(loader.worker_init_fn, ExitWithParent)):
             loader.worker_init_fn = ExitWithParent(loader.worker_init_fn)
         return loader
+
+    def train(self) -> torch.nn.Module:
+        """``Runner.train`` that puts back the signal handlers of
+        :class:`PreemptionHook` however training ends (mmengine calls no
+        hook after an exception; an in-process caller keeps its own)."""
+        try:
+            return super().train()
+        finally:
+            for hook in self.hooks:
+                if isinstance(hook, PreemptionHook):
+                    hook.restore_signal_handlers()
 
     def load_or_resume(self) -> None:
         """Automatic resume (``resume=True`` without ``load_from``) from

@@ -68,3 +68,29 @@ def test_signal_saves_exits_75_and_resumes_bit_exactly(
     final = torch.load(tmp_path / f'iter_{MAX_ITERS}.pth', weights_only=True)
     for key, value in uninterrupted['state_dict'].items():
         assert torch.equal(final['state_dict'][key], value), key
+
+
+@pytest.mark.parametrize('restart', [0, 1])
+def test_slurm_script_requests_the_signal_and_requeues(tmp_path, restart):
+    """tools/slurm_train.sh with stand-ins for srun and scontrol: srun gets
+    ``--signal=USR1@180``, exit code 75 requeues the job, a requeued run
+    adds ``--resume``."""
+    import subprocess
+    from conftest import REPO
+    calls = tmp_path / 'calls'
+    for tool, code in (('srun', PREEMPTED_EXIT_CODE), ('scontrol', 0)):
+        (tmp_path / tool).write_text(
+            f'#!/bin/sh\necho {tool} "$@" >> {calls}\nexit {code}\n')
+        (tmp_path / tool).chmod(0o755)
+    env = dict(os.environ, PATH=f'{tmp_path}:{os.environ["PATH"]}',
+               SLURM_JOB_ID='4242', SLURM_RESTART_COUNT=str(restart))
+    done = subprocess.run(
+        ['bash', os.path.join(REPO, 'tools', 'slurm_train.sh'), 'part',
+         'job', 'cfg.py', 'work', '--cfg-options', 'a=1'],
+        env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    srun, scontrol = calls.read_text().splitlines()
+    assert '--signal=USR1@180' in srun.split()
+    assert srun.endswith('--cfg-options a=1' + (' --resume' if restart
+                                                 else '')), srun
+    assert scontrol == 'scontrol requeue 4242'

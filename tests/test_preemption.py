@@ -94,3 +94,68 @@ def test_slurm_script_requests_the_signal_and_requeues(tmp_path, restart):
     assert srun.endswith('--cfg-options a=1' + (' --resume' if restart
                                                  else '')), srun
     assert scontrol == 'scontrol requeue 4242'
+
+
+def two_ranks(demo_root, tmp_path, sig):
+    """Start 200 iterations on two gloo ranks (tools/dist_train.sh), send
+    ``sig`` to rank 1 at iteration 2; (launcher's exit code, seconds from
+    the signal to its end, log)."""
+    import subprocess
+    import sys
+    from conftest import REPO
+    from test_balancer import _free_port
+    from test_checkpoint_durability import children
+    env = dict(os.environ, PYTHONPATH=REPO, PORT=str(_free_port()),
+               PATH=f'{os.path.dirname(sys.executable)}:{os.environ["PATH"]}',
+               OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='')
+    log = tmp_path / 'run.log'
+    options = train_args(demo_root, tmp_path, 200,
+                         'default_hooks.checkpoint.interval=200')
+    with open(log, 'w') as out:
+        launcher = subprocess.Popen(
+            ['bash', os.path.join(REPO, 'tools', 'dist_train.sh'),
+             options[0], '2', *options[1:]],
+            env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        assert wait_for(lambda: re.search(r'Iter\(train\) \[\s*2/',
+                                          log.read_text()), 300), \
+            log.read_text()[-3000:]
+
+        def rank(pid):
+            with open(f'/proc/{pid}/environ', 'rb') as f:
+                return dict(v.split(b'=', 1) for v in f.read().split(b'\0')
+                            if b'=' in v).get(b'RANK')
+
+        rank1 = [p for c in children(launcher.pid) for p in [c, *children(c)]
+                 if rank(p) == b'1']
+        assert len(rank1) == 1, rank1
+        os.kill(rank1[0], sig)
+        sent = time.monotonic()
+        code = launcher.wait(120)
+        return code, time.monotonic() - sent, log.read_text()
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+
+
+def test_one_rank_signalled_all_ranks_save_the_same_iteration(
+        demo_root, tmp_path):
+    """Only rank 1 gets SIGUSR1: rank 0 learns it from the all-reduced flag,
+    one checkpoint of that iteration is written, the ranks exit with 75."""
+    _, _, text = two_ranks(demo_root, tmp_path, signal.SIGUSR1)
+    found = re.search(r'Preempted by another rank after iteration (\d+): '
+                      r'checkpoint (\S+); exiting with code 75', text)
+    assert found, text[-3000:]
+    assert re.search(r'exitcode\s*:\s*75', text), text[-3000:]
+    assert recorded_checkpoint(tmp_path) == found.group(2)
+    assert saved_iter(found.group(2)) == int(found.group(1))
+    assert sorted(n for n in os.listdir(tmp_path) if n.endswith('.pth')) \
+        == [os.path.basename(found.group(2))]
+
+
+def test_kill9_of_one_rank_still_ends_the_job_at_once(demo_root, tmp_path):
+    """torchrun sends SIGTERM to the surviving rank, which PreemptionHook
+    now catches: the rank must still end at once (its next collective
+    fails; 0.7 s measured), not train on or wait for torchrun's SIGKILL."""
+    code, seconds, text = two_ranks(demo_root, tmp_path, signal.SIGKILL)
+    assert code != 0 and seconds < 5, (seconds, text[-3000:])

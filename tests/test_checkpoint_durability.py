@@ -417,3 +417,61 @@ def test_next_run_removes_the_checkpoint_a_kill_left_undropped(
         'dropped it' in log, log[-3000:]
     assert sorted(n for n in os.listdir(tmp_path)
                   if n.endswith('.pth')) == ['iter_3.pth']
+
+
+def epoch_args(demo_root, tmp_path, work_dir):
+    """2 epochs of 20 iterations, an epoch checkpoint each, an iteration
+    checkpoint every 5 iterations (the pre-training configs' settings)."""
+    cfg = tmp_path / 'epochs.py'
+    cfg.write_text(f"""
+_base_ = [{DEMO_CFG!r}]
+train_cfg = dict(_delete_=True, type='ResumableEpochBasedTrainLoop',
+                 max_epochs=2)
+default_hooks = dict(checkpoint=dict(by_epoch=True, interval=1,
+                                     max_keep_ckpts=1, last_interval=5))
+""")
+    return [str(cfg)] + [
+        a for a in train_args(demo_root, work_dir, 0)[1:]
+        if not a.startswith('train_cfg.max_iters')] + [
+        'train_dataloader.dataset.indices=40',
+        'train_dataloader.sampler.type=DefaultSampler',
+        'default_hooks.checkpoint.interval=1']
+
+
+def test_epoch_based_run_killed_mid_epoch_loses_minutes_not_the_epoch(
+        zygote, demo_root, tmp_path):
+    """An epoch-based run checkpointed only per epoch, so a kill -9 lost the
+    epoch; mmengine's EpochBasedTrainLoop also restarted an epoch from its
+    first batch. Now: a rolling iteration checkpoint every 5 iterations,
+    resumed in the middle of its epoch to the uninterrupted run's weights."""
+    full, cut = tmp_path / 'full', tmp_path / 'cut'
+    status, log = zygote.run(epoch_args(demo_root, tmp_path, full),
+                             tmp_path / 'full.log')
+    assert status == 0, log[-3000:]
+    assert sorted(n for n in os.listdir(full) if n.endswith('.pth')) == [
+        'epoch_2.pth']  # the iteration checkpoints were removed
+
+    log = tmp_path / 'killed.log'
+    pid = zygote.start(epoch_args(demo_root, tmp_path, cut), log)
+    assert wait_for(lambda: (cut / 'iter_25.pth').is_file(), 120, 0.01), \
+        log.read_text()[-3000:]
+    os.kill(pid, signal.SIGKILL)
+    assert zygote.wait(pid) == -signal.SIGKILL
+    assert not (cut / 'epoch_2.pth').exists()
+    last = recorded_checkpoint(cut)
+    assert re.fullmatch(r'iter_(25|30|35)\.pth', osp.basename(last)), last
+    assert not (cut / 'iter_15.pth').exists()  # removed after epoch_1
+
+    status, text = zygote.run(
+        epoch_args(demo_root, tmp_path, cut) + ['--resume'],
+        tmp_path / 'resumed.log')
+    assert status == 0, text[-3000:]
+    done = resumed_iter(text)
+    assert f'Resuming epoch 2 after its batch {done - 20}.' in text
+    want = torch.load(full / 'epoch_2.pth', weights_only=True)
+    got = torch.load(cut / 'epoch_2.pth', weights_only=True)
+    assert got['meta']['iter'] == want['meta']['iter'] == 40
+    for key, value in want['state_dict'].items():
+        assert torch.equal(got['state_dict'][key], value), key
+    assert sorted(n for n in os.listdir(cut) if n.endswith('.pth')) == [
+        'epoch_2.pth']

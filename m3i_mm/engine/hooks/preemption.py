@@ -51,9 +51,10 @@ class PreemptionHook(Hook):
     rank 0 still writes) the trainer raises ``SystemExit(exit_code)``;
     ``--resume`` continues exactly there.
 
-    An epoch-based loop (mmengine's ``EpochBasedTrainLoop``) has no
-    mid-epoch resume: the checkpoint then resumes at the start of its
-    epoch, which is said in the log.
+    :class:`ResumableEpochBasedTrainLoop` continues a checkpoint of the
+    middle of an epoch there; mmengine's ``EpochBasedTrainLoop`` has no
+    mid-epoch resume and repeats the epoch from its start (said in the
+    log).
 
     Args:
         signals (Sequence[str | int]): Signals that preempt, by name
@@ -116,7 +117,11 @@ class PreemptionHook(Hook):
                 runner.logger.info(f'{what}: saving checkpoint at {step} '
                                    'iterations')
                 hook._save_checkpoint(runner)
-        else:  # mid-epoch or no checkpoint hook: one iteration checkpoint
+        elif hasattr(hook, 'save_iteration_checkpoint'):  # mid-epoch
+            runner.logger.info(f'{what}: saving checkpoint at {step} '
+                               'iterations')
+            path = hook.save_iteration_checkpoint(runner)
+        else:  # mmengine's epoch-based hook, or none
             out_dir = hook.out_dir if hook else runner.work_dir
             path = osp.join(out_dir, f'iter_{step}.pth')
             runner.logger.info(f'{what}: saving checkpoint at {step} '
@@ -129,9 +134,10 @@ class PreemptionHook(Hook):
                                              'last_checkpoint'), 'w')
         if is_distributed():
             barrier()
-        epoch_note = (' (an epoch-based loop: --resume repeats epoch '
-                      f'{runner.epoch + 1} from its start)' if isinstance(
-                          runner.train_loop, EpochBasedTrainLoop) else '')
+        epoch_note = (' (mmengine\'s EpochBasedTrainLoop: --resume repeats '
+                      f'epoch {runner.epoch + 1} from its start)'
+                      if type(runner.train_loop) is EpochBasedTrainLoop
+                      else '')
         runner.logger.info(
             f'Preempted by {what} after iteration {step}: checkpoint {path}'
             f'{epoch_note}; exiting with code {self.exit_code}. Continue '

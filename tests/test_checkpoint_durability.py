@@ -453,8 +453,9 @@ def test_epoch_based_run_killed_mid_epoch_loses_minutes_not_the_epoch(
 
     log = tmp_path / 'killed.log'
     pid = zygote.start(epoch_args(demo_root, tmp_path, cut), log)
-    assert wait_for(lambda: (cut / 'iter_25.pth').is_file(), 120, 0.01), \
-        log.read_text()[-3000:]
+    record = cut / 'last_checkpoint'
+    assert wait_for(lambda: record.is_file() and 'iter_25.pth' in
+                    record.read_text(), 120, 0.01), log.read_text()[-3000:]
     os.kill(pid, signal.SIGKILL)
     assert zygote.wait(pid) == -signal.SIGKILL
     assert not (cut / 'epoch_2.pth').exists()

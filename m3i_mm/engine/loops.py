@@ -26,8 +26,10 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
     """
 
     def run_epoch(self) -> None:
+        # done == len: saved after the epoch's last iteration, before its
+        # after_train_epoch hooks (a preemption); they run now.
         done = self._iter - self._epoch * len(self.dataloader)
-        if not 0 < done < len(self.dataloader):
+        if not 0 < done <= len(self.dataloader):
             return super().run_epoch()
         self.runner.call_hook('before_train_epoch')
         self.runner.model.train()

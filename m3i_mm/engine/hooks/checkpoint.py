@@ -56,7 +56,7 @@ class DurableCheckpointHook(CheckpointHook):
       training and after each save;
     - a checkpoint that ``max_keep_ckpts`` dropped but a kill left (between
       the ``last_checkpoint`` rename and the removal) is removed at the
-      start of the resumed run: an ``filename_tmpl`` file of ``out_dir``
+      start of the resumed run: a ``filename_tmpl`` file of ``out_dir``
       older than the newest kept one and not kept (mmengine only removes
       the ids it still lists).
 

@@ -45,11 +45,11 @@ class PreemptionHook(Hook):
     checkpoint hook (:class:`DurableCheckpointHook`: atomic, rotation
     after the save) unless that hook has just saved this iteration; with an
     epoch-based checkpoint hook (or none), as ``iter_N.pth`` in its
-    ``out_dir``, named by ``last_checkpoint``. Further
-    signals during the save are recorded and ignored: the save completes.
-    After a barrier (no rank exits, and is killed by the launcher, while
-    rank 0 still writes) the trainer raises ``SystemExit(exit_code)``;
-    ``--resume`` continues exactly there.
+    ``out_dir``, named by ``last_checkpoint``. Further signals during the
+    save are recorded and ignored: the save completes. After a barrier (no
+    rank exits, and is killed by the launcher, while rank 0 still writes)
+    the trainer raises ``SystemExit(exit_code)``; ``--resume`` continues
+    exactly there.
 
     :class:`ResumableEpochBasedTrainLoop` continues a checkpoint of the
     middle of an epoch there; mmengine's ``EpochBasedTrainLoop`` has no

@@ -61,8 +61,8 @@ def test_skip_leaves_out_indices_but_keeps_their_positions():
     first indices of one pass; the rest keep the seeds of the full pass."""
     sampler = SeededSampler(list(range(6)), seed=3)
     full = [(int(i), i.seed) for i in sampler]
-    sampler.skip(4)
+    sampler.leave_out(4)
     assert [(int(i), i.seed) for i in sampler] == full[4:]
     assert [(int(i), i.seed) for i in sampler] == full  # one pass only
-    sampler.skip(6)
+    sampler.leave_out(6)
     assert list(sampler) == []

@@ -35,7 +35,7 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
         self.runner.model.train()
         sampler = getattr(self.dataloader.batch_sampler, 'sampler', None)
         if isinstance(sampler, SeededSampler):
-            sampler.skip(done * self.dataloader.batch_size)
+            sampler.leave_out(done * self.dataloader.batch_size)
             batches = enumerate(self.dataloader, done)
         else:
             batches = itertools.islice(enumerate(self.dataloader), done, None)

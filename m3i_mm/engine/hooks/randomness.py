@@ -60,10 +60,13 @@ class SeededSampler(Sampler):
         self.start = start
         self._skip = 0
 
-    def skip(self, num: int) -> None:
+    def leave_out(self, num: int) -> None:
         """Leave out the first ``num`` indices of the next pass (their
         positions still count): a mid-epoch resume
-        (:class:`m3i_mm.engine.ResumableEpochBasedTrainLoop`)."""
+        (:class:`m3i_mm.engine.ResumableEpochBasedTrainLoop`). Not named
+        ``skip``: onedl-mmengine's ``IterBasedTrainLoop`` fast-forwards any
+        sampler with a ``skip`` method (``InfiniteSampler``'s contract), and
+        this one forwards nothing to the wrapped sampler."""
         self._skip = num
 
     def __iter__(self) -> Iterator:

@@ -3,10 +3,11 @@
 mmengine's ``find_latest_checkpoint`` (onedl-mmengine 0.10.12, mmengine
 0.10.7) trusts ``last_checkpoint`` blindly: an empty one or one naming a
 deleted checkpoint fails the run, one naming a URL or another folder is
-loaded from there, and a damaged checkpoint is resumed from (a bit flip in a
-weight turns the loss NaN an iteration later). :func:`find_resumable_checkpoint`
-is used instead by :class:`m3i_mm.engine.M3IRunner`, and
-:func:`checkpoint_damage` checks a whole checkpoint before it is trusted.
+loaded from there, and a damaged checkpoint is resumed from (a bit flip in
+a weight turns the loss NaN an iteration later).
+:func:`find_resumable_checkpoint` is used instead by
+:class:`m3i_mm.engine.M3IRunner`, and :func:`checkpoint_damage` checks a
+whole checkpoint before it is trusted.
 """
 import logging
 import os

@@ -274,7 +274,8 @@ def test_test_cli_refuses_a_checkpoint_without_weights(
     test = load_script('tools', 'test.py')
     monkeypatch.setattr('sys.argv', [
         'test.py', DEMO_CFG, paths['empty'], '--work-dir', str(tmp_path),
-        '--cfg-options', *demo_loader_options(demo_root, ('test_dataloader', )),
+        '--cfg-options',
+        *demo_loader_options(demo_root, ('test_dataloader', )),
         'model.backbone.arch.num_layers=1'
     ])
     with pytest.raises(CheckpointMismatchError,

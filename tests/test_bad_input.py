@@ -16,7 +16,7 @@ import torch
 from mmengine.config import Config
 from mmengine.registry import RUNNERS
 
-from conftest import REPO, config_path, demo_loader_options
+from conftest import REPO, config_path, demo_loader_options, load_script
 from m3i_mm.engine import CheckpointMismatchError
 from m3i_mm.utils import misspelt_top_level_keys
 
@@ -229,6 +229,12 @@ def checkpoints(tmp_path_factory):
         # a converted backbone with a final norm the model does not use
         'extra': dict(own, **{'backbone.ln_final.weight': torch.ones(4),
                               'backbone.ln_final.bias': torch.zeros(4)}),
+        # keys without 'backbone.': only the head would load
+        'unprefixed': {k.replace('backbone.', '', 1): v
+                       for k, v in own.items() if k.startswith((
+                           'head.', 'backbone.cls_token',
+                           'backbone.pos_embed'))},
+        'empty': {},
         'other': {'backbone.conv1.weight': torch.zeros(8, 3, 7, 7),
                   'backbone.layer1.0.bn1.weight': torch.ones(8),
                   'head.fc.weight': torch.zeros(10, 8)},
@@ -251,6 +257,10 @@ def checkpoints(tmp_path_factory):
      r'backbone\.layer1\.0\.bn1\.weight; \d+ missing key\(s\): '
      r'backbone\.cls_token.*1 mismatched key\(s\): head\.fc\.weight'),
     ('other', False, None),
+    ('unprefixed', None, r'loads no backbone tensor into the model '
+     r'ImageClassifier: all \d+ backbone\.\* keys are missing'),
+    ('empty', None, r'loads no tensor into the model ImageClassifier: its '
+     r'state_dict is empty'),
 ])
 def test_load_from_of_another_architecture_is_refused(
         demo_root, tmp_path, checkpoints, name, strict, refused):
@@ -272,6 +282,23 @@ def test_load_from_of_another_architecture_is_refused(
     loaded = runner.model.state_dict()
     key = 'backbone.patch_embed.projection.weight'
     assert torch.equal(loaded[key], own[key]) == (name != 'other')
+
+
+def test_test_cli_refuses_a_checkpoint_without_weights(
+        demo_root, tmp_path, checkpoints, monkeypatch):
+    """tools/test.py on a checkpoint with an empty state_dict exited 0 with
+    the random-init model's metrics."""
+    paths, _ = checkpoints
+    test = load_script('tools', 'test.py')
+    monkeypatch.setattr('sys.argv', [
+        'test.py', DEMO_CFG, paths['empty'], '--work-dir', str(tmp_path),
+        '--cfg-options',
+        *demo_loader_options(demo_root, ('test_dataloader', )),
+        'model.backbone.arch.num_layers=1'
+    ])
+    with pytest.raises(CheckpointMismatchError,
+                       match=f'Checkpoint {paths["empty"]} loads no tensor'):
+        test.main()
 
 
 def test_train_cli_names_bad_keys_and_checkpoint(demo_root, tmp_path,

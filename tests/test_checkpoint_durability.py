@@ -311,3 +311,168 @@ def test_failed_save_keeps_the_previous_best_checkpoint(demo_root, tmp_path):
     assert (tmp_path / 'best_count_iter_1.pth').is_file(), sorted(
         os.listdir(tmp_path))
     assert recorded_checkpoint(tmp_path) == str(tmp_path / 'iter_2.pth')
+
+
+def flip_a_weight_bit(path) -> None:
+    """Flip one bit in the middle of the largest tensor record of ``path``
+    (a storage of the checkpoint; its CRC-32 no longer matches)."""
+    with zipfile.ZipFile(path) as archive:
+        info = max(archive.infolist(), key=lambda i: i.file_size)
+    with open(path, 'r+b') as f:
+        f.seek(info.header_offset)
+        header = f.read(30)
+        start = (info.header_offset + 30 + int.from_bytes(header[26:28],
+                                                          'little') +
+                 int.from_bytes(header[28:30], 'little'))
+        f.seek(start + info.file_size // 2)
+        byte = f.read(1)[0]
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte ^ 0x40]))
+
+
+def with_a_nan_weight(path) -> None:
+    """Rewrite ``path`` (valid zip and CRCs) with a NaN in one weight."""
+    ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    name = next(k for k, v in ckpt['state_dict'].items()
+                if v.is_floating_point())
+    ckpt['state_dict'][name].view(-1)[0] = float('nan')
+    torch.save(ckpt, path)
+
+
+@pytest.mark.parametrize('damage', [flip_a_weight_bit, with_a_nan_weight])
+def test_resume_skips_a_damaged_newest_checkpoint(zygote, demo_root,
+                                                  tmp_path, damage):
+    """A bit-flipped (or NaN) newest checkpoint was resumed from (today's
+    parser at least refuses the CRC mismatch, ending the run); the intact
+    older one beside it must be used, with a warning naming both."""
+    status, log = zygote.run(
+        train_args(demo_root, tmp_path, 2,
+                   'default_hooks.checkpoint.max_keep_ckpts=2'),
+        tmp_path / 'first.log')
+    assert status == 0, log[-3000:]
+    newest, older = tmp_path / 'iter_2.pth', tmp_path / 'iter_1.pth'
+    damage(newest)
+    status, log = zygote.run(
+        train_args(demo_root, tmp_path, 3,
+                   'default_hooks.checkpoint.max_keep_ckpts=2') + ['--resume'],
+        tmp_path / 'second.log')
+    assert status == 0, log[-3000:]
+    assert re.search(
+        rf"names '{re.escape(str(newest))}', which is unusable: .*"
+        rf'(CRC|NaN).*; resuming from the newest intact checkpoint '
+        rf'{re.escape(str(older))} instead', log), log[-3000:]
+    assert resumed_iter(log) == 1
+
+
+def truncate(path) -> None:
+    with open(path, 'r+b') as f:
+        f.truncate(1000)
+
+
+@pytest.mark.parametrize('damage', [truncate, flip_a_weight_bit])
+def test_resume_refuses_when_no_checkpoint_is_intact(zygote, demo_root,
+                                                     tmp_path, damage):
+    """``--resume`` with only a truncated checkpoint started over from
+    iteration 1 with exit code 0 (a bit-flipped one failed in the
+    parser, naming no way out)."""
+    status, log = zygote.run(train_args(demo_root, tmp_path, 1),
+                             tmp_path / 'first.log')
+    assert status == 0, log[-3000:]
+    only = tmp_path / 'iter_1.pth'
+    damage(only)
+    before = only.read_bytes()
+    status, log = zygote.run(
+        train_args(demo_root, tmp_path, 3) + ['--resume'],
+        tmp_path / 'second.log')
+    assert status == 1, log[-3000:]
+    assert (f'NoIntactCheckpointError: --resume found no intact checkpoint '
+            f'in {tmp_path}: {only}: it') in log, log[-3000:]
+    assert 'run without --resume to start over' in log
+    assert only.read_bytes() == before
+    assert sorted(n for n in os.listdir(tmp_path)
+                  if n.endswith('.pth')) == ['iter_1.pth']
+
+
+def test_next_run_removes_the_checkpoint_a_kill_left_undropped(
+        zygote, demo_root, tmp_path):
+    """Killed after ``last_checkpoint`` named the new checkpoint, before the
+    dropped one was removed: it stayed for good (``iter_1.pth`` beside
+    ``iter_3.pth`` with ``max_keep_ckpts=1``)."""
+    status, log = zygote.run(train_args(demo_root, tmp_path, 1),
+                             tmp_path / 'first.log')
+    assert status == 0, log[-3000:]
+    # Event 7 of a rotating save: before removing the dropped checkpoint.
+    status, log = zygote.run(
+        train_args(demo_root, tmp_path, 3) + ['--resume'],
+        tmp_path / 'killed.log', kill_at=7)
+    assert status == -signal.SIGKILL, log[-3000:]
+    assert f'SIGKILL at event 7, before remove {tmp_path / "iter_1.pth"}' \
+        in log, log[-3000:]
+    assert recorded_checkpoint(tmp_path) == str(tmp_path / 'iter_2.pth')
+    status, log = zygote.run(
+        train_args(demo_root, tmp_path, 3) + ['--resume'],
+        tmp_path / 'next.log')
+    assert status == 0, log[-3000:]
+    assert f'Removed {tmp_path / "iter_1.pth"}: max_keep_ckpts=1 had ' \
+        'dropped it' in log, log[-3000:]
+    assert sorted(n for n in os.listdir(tmp_path)
+                  if n.endswith('.pth')) == ['iter_3.pth']
+
+
+def epoch_args(demo_root, tmp_path, work_dir):
+    """2 epochs of 20 iterations, an epoch checkpoint each, an iteration
+    checkpoint every 5 iterations (the pre-training configs' settings)."""
+    cfg = tmp_path / 'epochs.py'
+    cfg.write_text(f"""
+_base_ = [{DEMO_CFG!r}]
+train_cfg = dict(_delete_=True, type='ResumableEpochBasedTrainLoop',
+                 max_epochs=2)
+default_hooks = dict(checkpoint=dict(by_epoch=True, interval=1,
+                                     max_keep_ckpts=1, last_interval=5))
+""")
+    return [str(cfg)] + [
+        a for a in train_args(demo_root, work_dir, 0)[1:]
+        if not a.startswith('train_cfg.max_iters')] + [
+        'train_dataloader.dataset.indices=40',
+        'train_dataloader.sampler.type=DefaultSampler',
+        'default_hooks.checkpoint.interval=1']
+
+
+def test_epoch_based_run_killed_mid_epoch_loses_minutes_not_the_epoch(
+        zygote, demo_root, tmp_path):
+    """An epoch-based run checkpointed only per epoch, so a kill -9 lost the
+    epoch; mmengine's EpochBasedTrainLoop also restarted an epoch from its
+    first batch. Now: a rolling iteration checkpoint every 5 iterations,
+    resumed in the middle of its epoch to the uninterrupted run's weights."""
+    full, cut = tmp_path / 'full', tmp_path / 'cut'
+    status, log = zygote.run(epoch_args(demo_root, tmp_path, full),
+                             tmp_path / 'full.log')
+    assert status == 0, log[-3000:]
+    assert sorted(n for n in os.listdir(full) if n.endswith('.pth')) == [
+        'epoch_2.pth']  # the iteration checkpoints were removed
+
+    log = tmp_path / 'killed.log'
+    pid = zygote.start(epoch_args(demo_root, tmp_path, cut), log)
+    record = cut / 'last_checkpoint'
+    assert wait_for(lambda: record.is_file() and 'iter_25.pth' in
+                    record.read_text(), 120, 0.01), log.read_text()[-3000:]
+    os.kill(pid, signal.SIGKILL)
+    assert zygote.wait(pid) == -signal.SIGKILL
+    assert not (cut / 'epoch_2.pth').exists()
+    last = recorded_checkpoint(cut)
+    assert re.fullmatch(r'iter_(25|30|35)\.pth', osp.basename(last)), last
+    assert not (cut / 'iter_15.pth').exists()  # removed after epoch_1
+
+    status, text = zygote.run(
+        epoch_args(demo_root, tmp_path, cut) + ['--resume'],
+        tmp_path / 'resumed.log')
+    assert status == 0, text[-3000:]
+    done = resumed_iter(text)
+    assert f'Resuming epoch 2 after its batch {done - 20}.' in text
+    want = torch.load(full / 'epoch_2.pth', weights_only=True)
+    got = torch.load(cut / 'epoch_2.pth', weights_only=True)
+    assert got['meta']['iter'] == want['meta']['iter'] == 40
+    for key, value in want['state_dict'].items():
+        assert torch.equal(got['state_dict'][key], value), key
+    assert sorted(n for n in os.listdir(cut) if n.endswith('.pth')) == [
+        'epoch_2.pth']

@@ -54,3 +54,15 @@ def test_derive_seed_is_a_pure_function_and_checks_keys():
     assert derive_seed(0, 1, 2) == derive_seed(0, 1, 2) != derive_seed(0, 2, 1)
     with pytest.raises(ValueError, match='non-negative'):
         derive_seed(0, -1)
+
+
+def test_skip_leaves_out_indices_but_keeps_their_positions():
+    """A mid-epoch resume (ResumableEpochBasedTrainLoop) leaves out the
+    first indices of one pass; the rest keep the seeds of the full pass."""
+    sampler = SeededSampler(list(range(6)), seed=3)
+    full = [(int(i), i.seed) for i in sampler]
+    sampler.leave_out(4)
+    assert [(int(i), i.seed) for i in sampler] == full[4:]
+    assert [(int(i), i.seed) for i in sampler] == full  # one pass only
+    sampler.leave_out(6)
+    assert list(sampler) == []

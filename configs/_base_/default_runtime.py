@@ -20,6 +20,9 @@ default_hooks = dict(
     # Random draws seeded from (seed, rank, iteration / sample position):
     # a resumed run draws what the uninterrupted one drew (m3i_mm).
     randomness=dict(type='ResumableRandomnessHook'),
+    # SIGTERM / SIGUSR1 (e.g. srun --signal=USR1@180): finish the
+    # iteration, save, exit with code 75 (m3i_mm); --resume continues.
+    preemption=dict(type='PreemptionHook', signals=('SIGTERM', 'SIGUSR1')),
 )
 
 custom_hooks = [

@@ -67,8 +67,11 @@ param_scheduler = [
          eta_min=1e-6, by_epoch=True, begin=warmup_epochs, end=max_epochs,
          convert_to_iter_based=True),
 ]
-train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs)
-default_hooks = dict(checkpoint=dict(interval=1, max_keep_ckpts=3))
+# Continues an iteration checkpoint in the middle of its epoch (m3i_mm).
+train_cfg = dict(type='ResumableEpochBasedTrainLoop', max_epochs=max_epochs)
+# Epoch checkpoints, and a rolling iteration checkpoint every 500 iterations.
+default_hooks = dict(
+    checkpoint=dict(interval=1, max_keep_ckpts=3, last_interval=500))
 # Peak lr: ViT-B's 1e-3 at batch 4096 scaled by the square root of the batch
 # ratio (the rule for Adam-type optimisers; a linear rule would give ~1e-2):
 # 1e-3 * sqrt(40000 / 4096) = 3.125e-3. --auto-scale-lr scales linearly

@@ -15,8 +15,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, IterableDataset
 
 from m3i_mm.datasets.non_empty import build_dataset
-from m3i_mm.engine.checkpoint.resume import find_resumable_checkpoint
+from m3i_mm.engine.checkpoint.resume import (NoIntactCheckpointError,
+                                             checkpoint_damage,
+                                             find_resumable_checkpoint)
 from m3i_mm.engine.dataloader import ExitWithParent, SeededDataset
+from m3i_mm.engine.hooks.preemption import PreemptionHook
 from m3i_mm.engine.optimizers.amp import no_accelerator
 from m3i_mm.utils.config import close_matches
 
@@ -68,14 +71,18 @@ class M3IRunner(Runner):
 
     - ``load_from`` is strict (:meth:`load_checkpoint`, config key
       ``load_strict``).
-    - Automatic resume finds an intact checkpoint of the work dir, refusing
-      a ``last_checkpoint`` that names a URL or another folder
+    - Automatic resume finds an intact checkpoint of the work dir (every zip
+      member's CRC, finite weights), refusing a ``last_checkpoint`` that
+      names a URL or another folder, and never starts over when only
+      damaged checkpoints are there
       (:func:`m3i_mm.engine.checkpoint.find_resumable_checkpoint`).
     - Data-loader workers die with the trainer (:class:`ExitWithParent`)
       and the map-style train dataset seeds each sample from its
       :class:`~m3i_mm.utils.randomness.SeededIndex` (:class:`SeededDataset`).
     - ``--launcher pytorch`` runs on a CPU (gloo, DDP without device ids).
     - An unknown optimizer type is named when the optimizer is built.
+    - :class:`PreemptionHook`'s signal handlers are put back however
+      training ends.
     """
 
     def setup_env(self, env_cfg: dict) -> None:
@@ -165,11 +172,30 @@ class M3IRunner(Runner):
             loader.worker_init_fn = ExitWithParent(loader.worker_init_fn)
         return loader
 
+    def train(self) -> torch.nn.Module:
+        """``Runner.train`` that puts back the signal handlers of
+        :class:`PreemptionHook` however training ends (mmengine calls no
+        hook after an exception; an in-process caller keeps its own)."""
+        try:
+            return super().train()
+        finally:
+            for hook in self.hooks:
+                if isinstance(hook, PreemptionHook):
+                    hook.restore_signal_handlers()
+
     def load_or_resume(self) -> None:
         """Automatic resume (``resume=True`` without ``load_from``) from
         :func:`find_resumable_checkpoint` instead of mmengine's
-        ``find_latest_checkpoint``."""
-        if self._has_loaded or not self._resume or self._load_from:
+        ``find_latest_checkpoint``; a checkpoint named by ``--resume PATH``
+        must be intact too (:func:`checkpoint_damage`)."""
+        if self._has_loaded or not self._resume:
+            return super().load_or_resume()
+        if self._load_from:
+            local = '://' not in str(self._load_from)
+            damage = local and checkpoint_damage(self._load_from)
+            if damage:
+                raise NoIntactCheckpointError(
+                    f'Cannot resume from {self._load_from}: {damage}.')
             return super().load_or_resume()
         resume_from = find_resumable_checkpoint(self.work_dir)
         if resume_from is not None:
@@ -191,8 +217,12 @@ class M3IRunner(Runner):
         logs a warning and the run goes on with random weights. Without an
         explicit ``strict``, the top-level config key ``load_strict`` rules:
 
-        - ``None`` (default): refuse a checkpoint with a shape mismatch, or
-          with more unexpected keys than loaded ones. Missing keys (a
+        - ``None`` (default): refuse a checkpoint with a shape mismatch,
+          with more unexpected keys than loaded ones, that loads no tensor
+          (an empty or missing ``state_dict``: ``tools/test.py`` would report
+          the random-init model's metrics) or no tensor of a model's
+          ``backbone`` (keys without the ``backbone.`` prefix: mmengine
+          would only warn and train from a random backbone). Missing keys (a
           pre-trained backbone for a model with a new head) and a few
           unexpected ones (a converted backbone's final norm the downstream
           model does not use) only warn.
@@ -220,11 +250,31 @@ class M3IRunner(Runner):
                 raise
             model = self.model.module if is_model_wrapper(
                 self.model) else self.model
-            loaded = sum('num_batches_tracked' not in k
-                         for k in model.state_dict()) - len(
-                             keys['missing']) - len(keys['mismatched'])
+            own = [k for k in model.state_dict()
+                   if 'num_batches_tracked' not in k]
+            loaded = len(own) - len(keys['missing']) - len(
+                keys['mismatched'])
             if not mode and not keys['mismatched'] and len(
                     keys['unexpected']) <= loaded:
+                # Loading nothing, or no backbone, only warned upstream.
+                if loaded <= 0:
+                    raise CheckpointMismatchError(
+                        f'Checkpoint {filename} loads no tensor into the '
+                        f'model {type(model).__name__}: its state_dict is '
+                        'empty, missing or has none of the model\'s keys '
+                        f'({len(keys["unexpected"])} unexpected key(s)). '
+                        'Evaluating or training from it would use random '
+                        'weights (load_strict=False loads it anyway).')
+                backbone = [k for k in own if k.startswith('backbone.')]
+                if backbone and set(backbone) <= set(keys['missing']):
+                    raise CheckpointMismatchError(
+                        f'Checkpoint {filename} loads no backbone tensor '
+                        f'into the model {type(model).__name__}: all '
+                        f'{len(backbone)} backbone.* keys are missing (keys '
+                        'without the "backbone." prefix? unexpected: '
+                        f'{", ".join(keys["unexpected"][:3])}). Convert it '
+                        '(tools/model_converters/) or set load_strict=False '
+                        'to load the other weights anyway.')
                 return load(filename, map_location, False, revise_keys)
             summary = '; '.join(
                 f'{len(names)} {kind} key(s): {", ".join(names[:5])}'

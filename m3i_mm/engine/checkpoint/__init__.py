@@ -5,14 +5,16 @@ from .loader import (TRUST_ENV, load_checkpoint_file,
 from .parser import (NotACheckpointError, UnsafeCheckpointError, check_archive,
                      parse_checkpoint)
 from .plain import PlainCheckpointHook, from_plain, to_plain
-from .resume import find_resumable_checkpoint
+from .resume import (NoIntactCheckpointError, checkpoint_damage,
+                     find_resumable_checkpoint)
 
 register_checkpoint_schemes()
 
 __all__ = [
-    'DurableLocalBackend', 'NotACheckpointError', 'PlainCheckpointHook',
-    'TRUST_ENV', 'UnsafeCheckpointError', 'check_archive',
-    'find_resumable_checkpoint', 'from_plain', 'load_checkpoint_file',
-    'parse_checkpoint', 'register_checkpoint_schemes',
+    'DurableLocalBackend', 'NoIntactCheckpointError', 'NotACheckpointError',
+    'PlainCheckpointHook', 'TRUST_ENV', 'UnsafeCheckpointError',
+    'check_archive', 'checkpoint_damage', 'find_resumable_checkpoint',
+    'from_plain', 'load_checkpoint_file', 'parse_checkpoint',
+    'register_checkpoint_schemes',
     'remove_stale_temp_files', 'to_plain'
 ]

@@ -1,5 +1,7 @@
 """A checkpoint hook that never loses the last checkpoint."""
+import os
 import os.path as osp
+import re
 from typing import Any, List
 
 from mmengine.dist import is_main_process
@@ -51,11 +53,34 @@ class DurableCheckpointHook(CheckpointHook):
     - the new checkpoint, then ``last_checkpoint`` (also atomically), are
       written before the dropped or previous best checkpoint is removed;
     - temporary files a killed save left are removed at the start of
-      training and after each save.
+      training and after each save;
+    - a checkpoint that ``max_keep_ckpts`` dropped but a kill left (between
+      the ``last_checkpoint`` rename and the removal) is removed at the
+      start of the resumed run: a ``filename_tmpl`` file of ``out_dir``
+      older than the newest kept one and not kept (mmengine only removes
+      the ids it still lists).
 
-    Arguments are those of ``CheckpointHook``; with ``file_client_args`` or a
-    remote ``out_dir`` only the order of rotation changes.
+    With ``by_epoch=True`` and ``last_interval=N``, every ``N`` iterations
+    inside an epoch the hook also writes an iteration checkpoint
+    ``iter_<iter>.pth`` (named by ``last_checkpoint``, apart from
+    ``max_keep_ckpts``), removing the previous one after it, and the last
+    one after the next epoch checkpoint: a kill loses at most ``N``
+    iterations, not an epoch. :class:`ResumableEpochBasedTrainLoop`
+    continues it in the middle of its epoch.
+
+    Args:
+        last_interval (int): Iterations between iteration checkpoints of an
+            epoch-based hook; -1 (default) writes none.
+
+    Other arguments are those of ``CheckpointHook``; with
+    ``file_client_args`` or a remote ``out_dir`` only the order of rotation
+    changes.
     """
+
+    def __init__(self, *args, last_interval: int = -1, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.last_interval = last_interval
+        self._iteration_ckpts: List[str] = []  # the rolling ones to remove
 
     def before_train(self, runner) -> None:
         if self.file_client_args is None and type(
@@ -69,6 +94,82 @@ class DurableCheckpointHook(CheckpointHook):
             for path in self._remove_stale_temp_files(runner):
                 runner.logger.info(
                     f'Removed {path}, left by an interrupted save.')
+            for path in self._remove_dropped_checkpoints():
+                runner.logger.info(
+                    f'Removed {path}: max_keep_ckpts={self.max_keep_ckpts} '
+                    'had dropped it before the last run was interrupted.')
+            if self.by_epoch and self.last_interval > 0 and (
+                    self.backend_args or {}).get('backend') == 'durable_local':
+                # an earlier run's: removed after this run's next save
+                self._iteration_ckpts = [
+                    osp.join(self.out_dir, n) for n in os.listdir(self.out_dir)
+                    if re.fullmatch(r'iter_\d+\.pth', n)]
+
+    def after_train_iter(self,
+                         runner,
+                         batch_idx: int,
+                         data_batch=None,
+                         outputs=None) -> None:
+        super().after_train_iter(runner, batch_idx, data_batch, outputs)
+        if (self.by_epoch and self.last_interval > 0
+                and self.every_n_train_iters(runner, self.last_interval)
+                and batch_idx + 1 < len(runner.train_dataloader)):
+            runner.logger.info(
+                f'Saving iteration checkpoint at {runner.iter + 1} '
+                'iterations')
+            self.save_iteration_checkpoint(runner)
+
+    def save_iteration_checkpoint(self, runner) -> str:
+        """Save ``iter_<iter>.pth`` in ``out_dir`` (also mid-epoch), name it
+        in ``last_checkpoint``, then remove the previous iteration
+        checkpoint; used by ``last_interval`` and :class:`PreemptionHook`.
+
+        Returns:
+            str: The checkpoint's path.
+        """
+        step = runner.iter + 1
+        filename = f'iter_{step}.pth'
+        runner.save_checkpoint(
+            self.out_dir,
+            filename,
+            self.file_client_args,
+            save_optimizer=self.save_optimizer,
+            save_param_scheduler=self.save_param_scheduler,
+            meta=dict(epoch=runner.epoch, iter=step),
+            by_epoch=False,
+            backend_args=self.backend_args,
+            **self.args)
+        path = self.file_backend.join_path(self.out_dir, filename)
+        if is_main_process():
+            _atomic_write(path, osp.join(runner.work_dir, 'last_checkpoint'),
+                          'w')
+            self._remove_iteration_checkpoints(keep=path)
+            self._iteration_ckpts = [path]
+        return path
+
+    def _remove_iteration_checkpoints(self, keep: str = None) -> None:
+        for path in self._iteration_ckpts:
+            if path != keep:
+                _remove_checkpoint(self.file_backend, path)
+        self._iteration_ckpts = []
+
+    def _remove_dropped_checkpoints(self) -> List[str]:
+        kept = list(getattr(self, 'keep_ckpt_ids', ()))
+        if self.max_keep_ckpts <= 0 or not kept or (
+                self.backend_args or {}).get('backend') != 'durable_local':
+            return []
+        name = re.compile(
+            re.escape(self.filename_tmpl).replace(re.escape('{}'), r'(\d+)')
+            + '$')
+        removed = []
+        for entry in sorted(os.listdir(self.out_dir)):
+            found = name.match(entry)
+            if found and int(found.group(1)) < max(kept) and int(
+                    found.group(1)) not in kept:
+                path = osp.join(self.out_dir, entry)
+                _remove_checkpoint(self.file_backend, path)
+                removed.append(path)
+        return removed
 
     def _remove_stale_temp_files(self, runner) -> List[str]:
         folders = {runner.work_dir}
@@ -110,6 +211,7 @@ class DurableCheckpointHook(CheckpointHook):
             return
         _atomic_write(self.last_ckpt, osp.join(runner.work_dir,
                                                'last_checkpoint'), 'w')
+        self._remove_iteration_checkpoints(keep=self.last_ckpt)
         if dropped is not None:
             _remove_checkpoint(
                 self.file_backend,

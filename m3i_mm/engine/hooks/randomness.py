@@ -58,11 +58,24 @@ class SeededSampler(Sampler):
         self.seed = seed
         self.rank = rank
         self.start = start
+        self._skip = 0
+
+    def leave_out(self, num: int) -> None:
+        """Leave out the first ``num`` indices of the next pass (their
+        positions still count): a mid-epoch resume
+        (:class:`m3i_mm.engine.ResumableEpochBasedTrainLoop`). Not named
+        ``skip``: onedl-mmengine's ``IterBasedTrainLoop`` fast-forwards any
+        sampler with a ``skip`` method (``InfiniteSampler``'s contract), and
+        this one forwards nothing to the wrapped sampler."""
+        self._skip = num
 
     def __iter__(self) -> Iterator:
         epoch = getattr(self.sampler, 'epoch', 0)
         start, self.start = self.start, 0
+        skip, self._skip = self._skip, 0
         for position, index in enumerate(self.sampler, start):
+            if position < start + skip:
+                continue
             if isinstance(index, int):
                 index = SeededIndex(
                     index,

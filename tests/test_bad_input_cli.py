@@ -1,13 +1,16 @@
 """Bad input on ``tools/train.py``'s command line, as users type it (real
 runs, forked from the ``zygote``): refused before the run is built, naming
 the option, file or value."""
+import os
 import re
+import subprocess
+import sys
 import time
 
 import pytest
 from PIL import Image
 
-from conftest import config_path
+from conftest import REPO, config_path
 from test_labels import bad_ann_file
 
 DEMO_CFG = config_path('demo', 'vit-tiny_sup_demo.py')
@@ -95,3 +98,32 @@ def test_label_out_of_range_names_file_line_and_num_classes(
     assert status == 1, log[-2000:]
     assert f'{ann}, line 3 ({image}): label 10 is outside 0..9 ' \
         '(num_classes=10)' in log, log[-2000:]
+
+
+@pytest.mark.parametrize('case', ['no_equals', 'bad_number', 'folder'])
+def test_test_cli_names_bad_options_and_folders(demo_root, tmp_path, case):
+    """``tools/test.py`` used mmengine's plain ``DictAction`` (``ValueError:
+    not enough values to unpack``; ``lr=1e-3x`` went unchecked) and called a
+    checkpoint folder that exists "not found"."""
+    checkpoint = tmp_path / 'iter_1.pth'
+    checkpoint.write_bytes(b'')
+    options = {'no_equals': ['test_dataloader.batch_size'],
+               'bad_number': ['test_dataloader.batch_size=8x'],
+               'folder': []}[case]
+    if case == 'folder':
+        checkpoint = tmp_path
+    res = subprocess.run(
+        [sys.executable, 'tools/test.py', DEMO_CFG, str(checkpoint),
+         '--work-dir', str(tmp_path / 'work'), '--cfg-options',
+         f'test_dataloader.dataset.data_root={demo_root}', *options],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, PYTHONPATH=REPO))
+    assert res.returncode == 2, res.stderr[-2000:]
+    refusal = {
+        'no_equals': "--cfg-options 'test_dataloader.batch_size': expected "
+                     'KEY=VALUE',
+        'bad_number': "--cfg-options test_dataloader.batch_size='8x': the "
+                      'config has',
+        'folder': f'checkpoint {tmp_path} is a folder; give a file'}[case]
+    assert refusal in res.stderr, res.stderr[-2000:]
+    assert not (tmp_path / 'work').exists()

@@ -9,13 +9,14 @@ import os
 import os.path as osp
 
 import m3i_mm  # noqa: F401
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 from mmengine.registry import RUNNERS
 
-from m3i_mm.utils import warn_misspelt_keys
+from m3i_mm.utils import (CfgOptionsAction, check_option_values,
+                          warn_misspelt_keys)
 
 
-def parse_args() -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description='Test (and eval) a model')
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file')
@@ -25,7 +26,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         '--cfg-options',
         nargs='+',
-        action=DictAction,
+        action=CfgOptionsAction,
         help='override config settings')
     parser.add_argument(
         '--launcher',
@@ -33,20 +34,26 @@ def parse_args() -> argparse.Namespace:
         default='none',
         help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    return parser
 
 
 def main() -> None:
-    args = parse_args()
+    parser = build_parser()
+    args = parser.parse_args()
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     for path, what in ((args.config, 'config'), (args.checkpoint,
                                                  'checkpoint')):
+        if osp.isdir(path):
+            parser.error(f'{what} {path} is a folder; give a file')
         if not osp.isfile(path):
             raise FileNotFoundError(f'{what} file not found: {path}')
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
+        try:
+            check_option_values(cfg, args.cfg_options)
+        except ValueError as err:
+            parser.error(str(err))
         cfg.merge_from_dict(args.cfg_options)
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir

@@ -8,12 +8,12 @@ import threading
 import time
 from typing import Any, Callable, Union
 
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from m3i_mm.datasets.non_empty import build_dataset
 from m3i_mm.utils.randomness import SeededIndex, seed_all
 
-__all__ = ['ExitWithParent', 'SeededDataset']
+__all__ = ['ExitWithParent', 'SeededDataset', 'stop_workers']
 
 
 def _set_parent_death_signal() -> bool:
@@ -66,6 +66,32 @@ class ExitWithParent:
                 daemon=True).start()
         if self.init_fn is not None:
             self.init_fn(worker_id)
+
+
+def stop_workers(loader: DataLoader) -> bool:
+    """Stop the worker processes and the pin-memory thread that a loader
+    with ``persistent_workers=True`` keeps between epochs, now.
+
+    torch (2.x) stops them only when its iterator is collected or from an
+    ``atexit`` handler, after the run is over and in whatever order the
+    interpreter tears down (with ``pin_memory=True`` a trainer hung there
+    on a GPU, issue 19). The next ``iter(loader)`` starts new workers.
+
+    Args:
+        loader (DataLoader): Any loader; without live workers nothing
+            happens.
+
+    Returns:
+        bool: Whether workers were stopped.
+    """
+    # torch keeps the persistent workers' iterator in ``_iterator``.
+    iterator = getattr(loader, '_iterator', None)
+    shutdown = getattr(iterator, '_shutdown_workers', None)
+    if shutdown is None:
+        return False
+    loader._iterator = None
+    shutdown()
+    return True
 
 
 class SeededDataset(Dataset):

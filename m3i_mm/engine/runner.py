@@ -1,4 +1,5 @@
 """The runner of m3i_mm configs (``runner_type='M3IRunner'``)."""
+import atexit
 import copy
 import datetime
 import re
@@ -18,7 +19,8 @@ from m3i_mm.datasets.non_empty import build_dataset
 from m3i_mm.engine.checkpoint.resume import (NoIntactCheckpointError,
                                              checkpoint_damage,
                                              find_resumable_checkpoint)
-from m3i_mm.engine.dataloader import ExitWithParent, SeededDataset
+from m3i_mm.engine.dataloader import (ExitWithParent, SeededDataset,
+                                      stop_workers)
 from m3i_mm.engine.hooks.preemption import PreemptionHook
 from m3i_mm.engine.optimizers.amp import no_accelerator
 from m3i_mm.utils.config import close_matches
@@ -62,6 +64,11 @@ def _map_style(dataset_cfg: dict) -> bool:
     return isclass(kind) and not issubclass(kind, IterableDataset)
 
 
+def _destroy_process_group() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 @RUNNERS.register_module()
 class M3IRunner(Runner):
     """mmengine's ``Runner`` (onedl-mmengine 0.10.12, mmengine 0.10.7) with
@@ -81,6 +88,9 @@ class M3IRunner(Runner):
       :class:`~m3i_mm.utils.randomness.SeededIndex` (:class:`SeededDataset`).
     - ``--launcher pytorch`` runs on a CPU (gloo, DDP without device ids).
     - An unknown optimizer type is named when the optimizer is built.
+    - The run's loaders stop their workers when ``train`` / ``val`` /
+      ``test`` returns (:func:`stop_workers`), and a process group the
+      runner started is destroyed at exit: the trainer exits when done.
     - :class:`PreemptionHook`'s signal handlers are put back however
       training ends.
     """
@@ -90,7 +100,9 @@ class M3IRunner(Runner):
         group here: mmengine's ``_init_dist_pytorch`` calls
         ``torch.cuda.set_device`` unconditionally and uses the config's
         backend (``nccl``); ``Runner.setup_env`` skips an initialised group.
+        A group started here is destroyed at exit.
         """
+        started = self.distributed and not is_distributed()
         if (self.distributed and self.launcher == 'pytorch'
                 and not is_distributed() and no_accelerator()):
             dist_cfg = dict(env_cfg.get('dist_cfg', {}))
@@ -102,6 +114,10 @@ class M3IRunner(Runner):
                     seconds=dist_cfg['timeout'])
             torch.distributed.init_process_group(backend='gloo', **dist_cfg)
         super().setup_env(env_cfg)
+        if started and is_distributed():
+            # mmengine never destroys the group it starts (NCCL's teardown
+            # at exit can then wait on the other ranks).
+            atexit.register(_destroy_process_group)
 
     def wrap_model(self, model_wrapper_cfg: Optional[dict],
                    model: torch.nn.Module) -> torch.nn.Module:
@@ -174,14 +190,37 @@ class M3IRunner(Runner):
 
     def train(self) -> torch.nn.Module:
         """``Runner.train`` that puts back the signal handlers of
-        :class:`PreemptionHook` however training ends (mmengine calls no
-        hook after an exception; an in-process caller keeps its own)."""
+        :class:`PreemptionHook` and stops the loaders' workers however
+        training ends (mmengine calls no hook after an exception; an
+        in-process caller keeps its own handlers)."""
         try:
             return super().train()
         finally:
             for hook in self.hooks:
                 if isinstance(hook, PreemptionHook):
                     hook.restore_signal_handlers()
+            self._stop_loader_workers()
+
+    def val(self) -> dict:
+        """``Runner.val`` that stops the loader's workers at the end."""
+        try:
+            return super().val()
+        finally:
+            self._stop_loader_workers()
+
+    def test(self) -> dict:
+        """``Runner.test`` that stops the loader's workers at the end."""
+        try:
+            return super().test()
+        finally:
+            self._stop_loader_workers()
+
+    def _stop_loader_workers(self) -> None:
+        # Loops not built (still configs) have no loader.
+        for loop in (self._train_loop, self._val_loop, self._test_loop):
+            loader = getattr(loop, 'dataloader', None)
+            if isinstance(loader, DataLoader):
+                stop_workers(loader)
 
     def load_or_resume(self) -> None:
         """Automatic resume (``resume=True`` without ``load_from``) from

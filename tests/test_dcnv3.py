@@ -6,6 +6,7 @@ float64, and against closed forms (zero offsets and a uniform mask make
 DCNv3 a 3x3 box filter). CUDA tests run where a GPU and the extension exist;
 the nvcc compile check runs wherever nvcc does.
 """
+import glob
 import itertools
 import math
 import os
@@ -481,9 +482,18 @@ def test_extension_is_built_only_when_wanted(monkeypatch):
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
     assert dcnv3_build.get_dcnv3_extensions() == []
     from torch.utils import cpp_extension
-    if cpp_extension.CUDA_HOME is None:
+    home = _real_toolkit()
+    if cpp_extension.CUDA_HOME is None or home is None:
         pytest.skip('no CUDA toolkit: CUDAExtension cannot be declared')
     monkeypatch.setenv(dcnv3_build.FORCE_ENV, '1')
+    # torch read CUDA_HOME when this process imported it (its guess may
+    # differ from the toolkit found): a build must not go on with another.
+    monkeypatch.setenv('CUDA_HOME', home)
+    monkeypatch.setattr(cpp_extension, 'CUDA_HOME', '/elsewhere')
+    with pytest.raises(dcnv3_build.CudaToolkitNotFound,
+                       match='already uses CUDA_HOME=/elsewhere'):
+        dcnv3_build.get_dcnv3_extensions()
+    monkeypatch.setattr(cpp_extension, 'CUDA_HOME', home)
     (ext, ) = dcnv3_build.get_dcnv3_extensions()
     assert ext.name == 'm3i_mm._ext_dcnv3'
     root = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -523,3 +533,55 @@ def test_cuda_sources_compile_with_nvcc(tmp_path):
         log, _ = job.communicate(timeout=900)
         assert job.returncode == 0, f'nvcc failed on {source}:\n{log[-5000:]}'
         assert output.stat().st_size > 0
+
+
+def _real_toolkit():
+    try:
+        return dcnv3_build.find_cuda_home()
+    except dcnv3_build.CudaToolkitNotFound:
+        return None
+
+
+def _build_env(**extra):
+    """This environment without CUDA_HOME / CUDA_PATH, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ('CUDA_HOME', 'CUDA_PATH')}
+    env.update(extra)
+    return env
+
+
+@pytest.mark.skipif(_real_toolkit() is None, reason='no CUDA toolkit here')
+def test_extension_links_the_toolkit_behind_an_nvcc_wrapper(tmp_path):
+    """With only a wrapper script ``nvcc`` on PATH, the extension's library
+    folders hold libcudart (torch alone guesses the wrapper's parent
+    folder and the link fails: ``cannot find -lcudart``)."""
+    real = osp.join(_real_toolkit(), 'bin', 'nvcc')
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    (bin_dir / 'nvcc').write_text(f'#!/bin/sh\nexec {real} "$@"\n')
+    (bin_dir / 'nvcc').chmod(0o755)
+    env = _build_env(M3I_FORCE_CUDA='1',
+                     PATH=f'{bin_dir}:{os.environ["PATH"]}')
+    script = ('from m3i_mm.ops.dcnv3 import build\n'
+              'print(build.get_dcnv3_extensions()[0].library_dirs)')
+    run = subprocess.run([sys.executable, '-c', script], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    dirs = eval(run.stdout.strip().splitlines()[-1])
+    assert any(
+        glob.glob(osp.join(d, 'libcudart.so*')) for d in dirs), dirs
+
+
+def test_missing_toolkit_names_the_variable_to_set(tmp_path, monkeypatch):
+    monkeypatch.setenv('CUDA_HOME', str(tmp_path))
+    with pytest.raises(dcnv3_build.CudaToolkitNotFound,
+                       match=f'CUDA_HOME={tmp_path} has no bin/nvcc'):
+        dcnv3_build.find_cuda_home()
+    monkeypatch.delenv('CUDA_HOME')
+    monkeypatch.delenv('CUDA_PATH', raising=False)
+    (tmp_path / 'nvcc').write_text('#!/bin/sh\nexit 1\n')
+    (tmp_path / 'nvcc').chmod(0o755)
+    monkeypatch.setenv('PATH', str(tmp_path))
+    with pytest.raises(dcnv3_build.CudaToolkitNotFound,
+                       match='set CUDA_HOME to the toolkit folder'):
+        dcnv3_build.find_cuda_home(fallbacks=())

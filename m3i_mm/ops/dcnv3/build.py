@@ -19,9 +19,12 @@ pure-PyTorch DCNv3 everywhere.
 """
 import glob
 import os
+import re
 import shutil
+import subprocess
+import sys
 import sysconfig
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 EXT_NAME = 'm3i_mm._ext_dcnv3'
 FORCE_ENV = 'M3I_FORCE_CUDA'
@@ -79,9 +82,13 @@ def get_dcnv3_extensions() -> list:
     Returns:
         list: ``[CUDAExtension('m3i_mm._ext_dcnv3', ...)]`` when
         :func:`want_cuda_extension`, else ``[]``.
+
+    Raises:
+        CudaToolkitNotFound: See :func:`find_cuda_home`.
     """
     if not want_cuda_extension():
         return []
+    use_cuda_home(find_cuda_home())
     from torch.utils.cpp_extension import CUDAExtension
     return [
         CUDAExtension(
@@ -95,20 +102,107 @@ def get_dcnv3_extensions() -> list:
     ]
 
 
+def use_cuda_home(home: str) -> None:
+    """Make torch's extension builder use the toolkit ``home``.
+
+    torch reads ``CUDA_HOME`` once, when ``torch.utils.cpp_extension`` is
+    first imported; its documented door is the environment variable.
+
+    Raises:
+        CudaToolkitNotFound: ``torch.utils.cpp_extension`` was imported
+            earlier with another toolkit.
+    """
+    os.environ['CUDA_HOME'] = home
+    loaded = sys.modules.get('torch.utils.cpp_extension')
+    chosen = getattr(loaded, 'CUDA_HOME', None)
+    if loaded is not None and chosen and (os.path.realpath(chosen) !=
+                                          os.path.realpath(home)):
+        raise CudaToolkitNotFound(
+            f'torch.utils.cpp_extension already uses CUDA_HOME={chosen}, '
+            f'not the toolkit {home}; set CUDA_HOME={home} before building')
+
+
 def get_cmdclass() -> dict:
     """``{'build_ext': BuildExtension}`` for ``setup(cmdclass=...)``."""
     from torch.utils.cpp_extension import BuildExtension
     return {'build_ext': BuildExtension}
 
 
+class CudaToolkitNotFound(RuntimeError):
+    """No usable CUDA toolkit (nvcc and the CUDA runtime library)."""
+
+
+def _has_cudart(home: str) -> bool:
+    patterns = ('lib64/libcudart.so*', 'lib/libcudart.so*',
+                'targets/*/lib/libcudart.so*', 'lib/x64/cudart.lib')
+    return any(glob.glob(os.path.join(home, p)) for p in patterns)
+
+
+def _nvcc_top(nvcc: str) -> Optional[str]:
+    """The toolkit folder nvcc itself uses (its ``TOP`` in ``-dryrun``):
+    right also when ``nvcc`` on ``PATH`` is a wrapper script."""
+    try:
+        out = subprocess.run(
+            [nvcc, '-dryrun', '-c', '-x', 'cu', os.devnull, '-o',
+             os.devnull], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = re.search(r'^#\$ TOP=(.+)$', out.stderr + out.stdout, re.M)
+    return os.path.realpath(found.group(1).strip()) if found else None
+
+
+def find_cuda_home(fallbacks: Sequence[str] = ('/usr/local/cuda', )) -> str:
+    """The CUDA toolkit to build against, the way users have it.
+
+    In order: ``$CUDA_HOME`` (or ``$CUDA_PATH``), which must hold
+    ``bin/nvcc``; the folder of the ``nvcc`` on ``PATH``, through symlinks
+    and wrapper scripts (nvcc's own ``TOP``); then ``fallbacks``. A
+    candidate must also hold the CUDA runtime library (``libcudart``):
+    torch guesses ``CUDA_HOME`` from ``nvcc``'s folder, which for
+    ``/usr/local/bin/nvcc`` is ``/usr/local``, and the link then fails
+    with ``cannot find -lcudart`` (issue 19).
+
+    Returns:
+        str: The toolkit folder.
+
+    Raises:
+        CudaToolkitNotFound: ``CUDA_HOME`` names a folder without
+            ``bin/nvcc``, or no candidate has nvcc and libcudart; the
+            message says which variable to set.
+    """
+    for var in ('CUDA_HOME', 'CUDA_PATH'):
+        home = os.environ.get(var)
+        if home:
+            if not os.path.isfile(os.path.join(home, 'bin', 'nvcc')):
+                raise CudaToolkitNotFound(
+                    f'{var}={home} has no bin/nvcc; set {var} to the CUDA '
+                    'toolkit folder (the one holding bin/nvcc and '
+                    'lib64/libcudart.so)')
+            return home
+    candidates = []
+    nvcc = shutil.which('nvcc')
+    if nvcc:
+        real = os.path.realpath(nvcc)
+        candidates.append(os.path.dirname(os.path.dirname(real)))
+        candidates.append(_nvcc_top(real))
+    candidates += list(fallbacks)
+    for home in filter(None, candidates):
+        if (os.path.isfile(os.path.join(home, 'bin', 'nvcc'))
+                and _has_cudart(home)):
+            return home
+    seen = ', '.join(filter(None, candidates)) or 'none'
+    raise CudaToolkitNotFound(
+        f'No CUDA toolkit with nvcc and libcudart found (looked at: {seen}; '
+        f'nvcc on PATH: {nvcc}); set CUDA_HOME to the toolkit folder (the '
+        'one holding bin/nvcc and lib64/libcudart.so)')
+
+
 def find_nvcc() -> Optional[str]:
-    """Path of nvcc: ``$CUDA_HOME/bin/nvcc``, then ``$PATH``, else None."""
-    for home in (os.environ.get('CUDA_HOME'), os.environ.get('CUDA_PATH')):
-        if home and os.path.isfile(os.path.join(home, 'bin', 'nvcc')):
-            return os.path.join(home, 'bin', 'nvcc')
-    return shutil.which('nvcc') or ('/usr/local/cuda/bin/nvcc' if
-                                    os.path.isfile('/usr/local/cuda/bin/nvcc')
-                                    else None)
+    """nvcc of :func:`find_cuda_home`, else None."""
+    try:
+        return os.path.join(find_cuda_home(), 'bin', 'nvcc')
+    except CudaToolkitNotFound:
+        return None
 
 
 def nvcc_flags() -> List[str]:
@@ -139,7 +233,8 @@ def nvcc_compile_command(source: str,
     from torch.utils.cpp_extension import include_paths
     nvcc = nvcc or find_nvcc()
     if nvcc is None:
-        raise FileNotFoundError('nvcc not found (set CUDA_HOME)')
+        raise CudaToolkitNotFound('nvcc not found; set CUDA_HOME to the CUDA '
+                                  'toolkit folder')
     includes = [path for path in include_paths() if os.path.isdir(path)]
     includes += pip_cuda_include_dirs()
     includes.append(sysconfig.get_paths()['include'])

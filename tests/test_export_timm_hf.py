@@ -10,7 +10,6 @@ and the class token (``out_type='cls_token'``) against timm's
 """
 import copy
 import json
-import logging
 import os.path as osp
 import subprocess
 import sys
@@ -234,3 +233,7 @@ def test_refusals_name_the_file_and_key(layer_scale, tmp_path):
                        'configured backbone is missing from the checkpoint'):
         conv.main([bare, str(tmp_path / 'x'), '--format', 'timm',
                    '--config', DEMO])
+    with pytest.raises(SystemExit, match="model.backbone.type='InternImage': "
+                       "only mmpretrain's VisionTransformer exports"):
+        conv.main([path, str(tmp_path / 'x'), '--format', 'timm',
+                   '--config', config_path('pretrain', 'm3i_internimage-h.py')])

@@ -63,12 +63,14 @@ _TIMM_RULES = [
     (r'(cls_token|pos_embed)', r'\1'),
     (r'patch_embed\.projection\.(weight|bias)', r'patch_embed.proj.\1'),
     (r'pre_norm\.(weight|bias)', r'norm_pre.\1'),
-    (r'layers\.(\d+)\.(ln1|ln2)\.(weight|bias)',
-     lambda m: f'blocks.{m[1]}.norm{m[2][-1]}.{m[3]}'),
-    (r'layers\.(\d+)\.attn\.(qkv|proj)\.(weight|bias)', r'blocks.\1.attn.\2.\3'),
+    (r'layers\.(\d+)\.ln([12])\.(weight|bias)', r'blocks.\1.norm\2.\3'),
+    (r'layers\.(\d+)\.attn\.(qkv|proj)\.(weight|bias)',
+     r'blocks.\1.attn.\2.\3'),
     (r'layers\.(\d+)\.attn\.gamma1\.weight', r'blocks.\1.ls1.gamma'),
-    (r'layers\.(\d+)\.ffn\.layers\.0\.0\.(weight|bias)', r'blocks.\1.mlp.fc1.\2'),
-    (r'layers\.(\d+)\.ffn\.layers\.1\.(weight|bias)', r'blocks.\1.mlp.fc2.\2'),
+    (r'layers\.(\d+)\.ffn\.layers\.0\.0\.(weight|bias)',
+     r'blocks.\1.mlp.fc1.\2'),
+    (r'layers\.(\d+)\.ffn\.layers\.1\.(weight|bias)',
+     r'blocks.\1.mlp.fc2.\2'),
     (r'layers\.(\d+)\.ffn\.gamma2\.weight', r'blocks.\1.ls2.gamma'),
     (r'ln1\.(weight|bias)', r'norm.\1'),
 ]
@@ -78,8 +80,10 @@ _HF_RULES = [
     (r'pos_embed', 'embeddings.position_embeddings'),
     (r'patch_embed\.projection\.(weight|bias)',
      r'embeddings.patch_embeddings.projection.\1'),
-    (r'layers\.(\d+)\.ln1\.(weight|bias)', r'encoder.layer.\1.layernorm_before.\2'),
-    (r'layers\.(\d+)\.ln2\.(weight|bias)', r'encoder.layer.\1.layernorm_after.\2'),
+    (r'layers\.(\d+)\.ln1\.(weight|bias)',
+     r'encoder.layer.\1.layernorm_before.\2'),
+    (r'layers\.(\d+)\.ln2\.(weight|bias)',
+     r'encoder.layer.\1.layernorm_after.\2'),
     (r'layers\.(\d+)\.attn\.qkv\.(weight|bias)',
      r'encoder.layer.\1.attention.attention.{}.\2'),
     (r'layers\.(\d+)\.attn\.proj\.(weight|bias)',
@@ -174,12 +178,12 @@ def vit_spec(backbone_cfg: Dict[str, Any], state: Dict[str, torch.Tensor],
     """
     from mmpretrain.models import VisionTransformer
     from mmpretrain.registry import MODELS
-    with torch.device('meta'):
-        vit = MODELS.build(dict(backbone_cfg, init_cfg=None))
-    if type(vit) is not VisionTransformer:
+    if MODELS.get(backbone_cfg.get('type')) is not VisionTransformer:
         raise ExportError(
             f'model.backbone.type={backbone_cfg.get("type")!r}: only '
             f"mmpretrain's VisionTransformer exports to timm / transformers")
+    with torch.device('meta'):
+        vit = MODELS.build(dict(backbone_cfg, init_cfg=None))
     norms = [m for m in vit.modules() if 'Norm' in type(m).__name__]
     if any(type(m) is not torch.nn.LayerNorm for m in norms):
         raise ExportError('model.backbone.norm_cfg: only LayerNorm exports')
@@ -216,12 +220,12 @@ def vit_spec(backbone_cfg: Dict[str, Any], state: Dict[str, torch.Tensor],
         pre_norm='pre_norm.weight' in state, final_norm='ln1.weight' in state)
 
 
-def _rename(key: str, rules: List[Tuple[str, Any]], encoder: str,
+def _rename(key: str, rules: List[Tuple[str, str]], encoder: str,
             target: str) -> str:
     for pattern, repl in rules:
         match = re.fullmatch(pattern, key)
         if match:
-            return repl(match) if callable(repl) else match.expand(repl)
+            return match.expand(repl)
     raise ExportError(f'"{ENCODER_PREFIXES[encoder]}{key}" has no counterpart '
                       f'in {target}')
 
@@ -270,12 +274,8 @@ def timm_export(state: Dict[str, torch.Tensor], spec: Dict[str, Any],
 def hf_export(state: Dict[str, torch.Tensor], spec: Dict[str, Any],
               encoder: str = 'online'
               ) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
-    """transformers ``ViTModel`` weights and ``ViTConfig`` arguments.
-
-    Args:
-        state (dict): Bare mmpretrain ViT keys -> tensors.
-        spec (dict): :func:`vit_spec` of it.
-        encoder (str): Which encoder (for errors).
+    """transformers ``ViTModel`` weights and ``ViTConfig`` arguments
+    (arguments as :func:`timm_export`).
 
     Returns:
         tuple: (ViTModel keys -> tensors, with an identity ``pooler.dense``;
@@ -305,7 +305,8 @@ def hf_export(state: Dict[str, torch.Tensor], spec: Dict[str, Any],
                 out[name.format(part)] = chunk
         else:
             out[name] = value
-    out['pooler.dense.weight'] = torch.eye(dim, dtype=state['ln1.weight'].dtype)
+    out['pooler.dense.weight'] = torch.eye(
+        dim, dtype=state['ln1.weight'].dtype)
     out['pooler.dense.bias'] = torch.zeros_like(state['ln1.weight'])
     if spec['patch_size'][0] != spec['patch_size'][1] or \
             spec['img_size'][0] != spec['img_size'][1]:
@@ -330,9 +331,9 @@ def _check_keys(exported: Dict[str, torch.Tensor], model: torch.nn.Module,
     for key in sorted(set(wanted) | set(exported)):
         if key not in exported or key not in wanted or \
                 exported[key].shape != wanted[key].shape:
-            raise ExportError(f'{target}: "{key}" would not load '
-                              f'(exported {key in exported}, expected '
-                              f'{tuple(wanted[key].shape) if key in wanted else None})')
+            shape = tuple(wanted[key].shape) if key in wanted else None
+            raise ExportError(f'{target}: "{key}" would not load (exported: '
+                              f'{key in exported}, expected shape {shape})')
 
 
 def _save(tensors: Dict[str, torch.Tensor], out_dir: str) -> str:

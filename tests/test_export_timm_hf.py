@@ -20,12 +20,12 @@ import timm
 import torch
 from mmengine.config import Config
 from mmengine.logging import MessageHub
-from mmengine.runner import save_checkpoint
+from mmengine.runner import CheckpointLoader, save_checkpoint
 from mmpretrain.registry import MODELS
 from safetensors.torch import load_file
 from transformers import ViTModel
 
-from conftest import REPO, config_path, load_script
+from conftest import REPO, config_path, demo_loader_options, load_script
 
 TOOL = osp.join(REPO, 'tools', 'model_converters', 'm3i_to_timm_hf.py')
 conv = load_script('tools', 'model_converters', 'm3i_to_timm_hf.py')
@@ -151,6 +151,26 @@ def test_img_size_resizes_pos_embed_as_our_backbone_does(demo, tmp_path, fmt):
     conv.main([path, str(tmp_path), '--format', fmt, '--img-size', '48'])
     x = digits(48)
     assert_same(FEATURES[fmt](str(tmp_path), x), ours(model.backbone, x))
+
+
+def test_checkpoint_of_a_real_training_run(zygote, demo_root, tmp_path):
+    """``tools/train.py`` on the demo (one iteration): the runner's own
+    ``meta.cfg`` describes the backbone; its weights load in both."""
+    work = tmp_path / 'work'
+    status, log = zygote.run([
+        DEMO, '--work-dir', str(work), '--no-validate', '--cfg-options',
+        *demo_loader_options(demo_root, ('train_dataloader',)),
+        'train_dataloader.batch_size=4', 'train_cfg.max_iters=1'
+    ], tmp_path / 'log.txt')
+    assert status == 0, log[-2000:]
+    path = str(work / 'iter_1.pth')
+    backbone = MODELS.build(Config.fromfile(DEMO).model.backbone)
+    state = CheckpointLoader.load_checkpoint(path, map_location='cpu')
+    backbone.load_state_dict(conv.convert(state, prefix=''), strict=True)
+    x = digits(32)
+    for fmt in FEATURES:
+        conv.main([path, str(tmp_path / fmt), '--format', fmt])
+        assert_same(FEATURES[fmt](str(tmp_path / fmt), x), ours(backbone, x))
 
 
 @pytest.fixture(scope='module')

@@ -71,17 +71,17 @@ def digits(size):
     return (x - 127.5) / 127.5
 
 
-def photos(size):
-    """Real photos shipped with scikit-learn, ImageNet-normalised."""
+def photos(size, mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375)):
+    """Real RGB photos shipped with scikit-learn, normalised (ImageNet's
+    mean and std by default)."""
     from PIL import Image
     from sklearn.datasets import load_sample_images
     images = [np.asarray(Image.fromarray(im).resize((size, size),
                                                     Image.BICUBIC), np.float32)
               for im in load_sample_images().images]
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
-    mean = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
-    std = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / \
+        torch.tensor(std).view(1, 3, 1, 1)
 
 
 def ours(backbone, x):
@@ -173,6 +173,18 @@ def test_checkpoint_of_a_real_training_run(zygote, demo_root, tmp_path):
         assert_same(FEATURES[fmt](str(tmp_path / fmt), x), ours(backbone, x))
 
 
+@pytest.mark.parametrize('fmt', ['timm', 'hf'])
+def test_bgr_trained_backbone_takes_rgb(demo, tmp_path, fmt):
+    """The demo config keeps mmcv's BGR order (``to_rgb=False``): our
+    backbone on BGR photos = the export on the same photos in RGB."""
+    model, path = demo
+    conv.main([path, str(tmp_path), '--format', fmt])
+    rgb = photos(32, mean=(127.5,) * 3, std=(127.5,) * 3)
+    assert (rgb - rgb.flip(1)).abs().max() > 0.5  # colour photos
+    assert_same(FEATURES[fmt](str(tmp_path), rgb),
+                ours(model.backbone, rgb.flip(1)))
+
+
 @pytest.fixture(scope='module')
 def vitb(tmp_path_factory):
     """The ViT-B config's backbone (random init) in a runner-style file."""
@@ -255,5 +267,5 @@ def test_refusals_name_the_file_and_key(layer_scale, tmp_path):
                    '--config', DEMO])
     with pytest.raises(SystemExit, match="model.backbone.type='InternImage': "
                        "only mmpretrain's VisionTransformer exports"):
-        conv.main([path, str(tmp_path / 'x'), '--format', 'timm',
-                   '--config', config_path('pretrain', 'm3i_internimage-h.py')])
+        conv.main([path, str(tmp_path / 'x'), '--format', 'timm', '--config',
+                   config_path('pretrain', 'm3i_internimage-h.py')])

@@ -9,6 +9,10 @@ as data, never unpickled); ``--img-size`` resizes the absolute position
 embedding (bicubic, mmpretrain's ``resize_pos_embed``, the class-token entry
 kept), as our backbone does at run time for that input size.
 
+The export takes RGB input: for a config whose data preprocessor keeps
+mmcv's BGR order (``to_rgb=False``, our demo configs) the input channels of
+``patch_embed.projection.weight`` and the mean / std are reversed.
+
 The architecture (heads, LayerNorm eps, ...) comes from the checkpoint's
 ``meta.cfg`` (the config text the runner stores) or ``--config``: its
 ``model.backbone`` must be mmpretrain's ``VisionTransformer`` with exact GELU
@@ -144,13 +148,20 @@ def backbone_config(cfg: Any, where: str) -> Dict[str, Any]:
     return backbone.to_dict() if hasattr(backbone, 'to_dict') else backbone
 
 
-def normalization(cfg: Any) -> Tuple[List[float], List[float]]:
-    """Mean and std of ``model.data_preprocessor`` on a 0..1 scale
-    (ImageNet's when the config has none)."""
+def normalization(cfg: Any) -> Tuple[List[float], List[float], bool]:
+    """Input convention of ``model.data_preprocessor``.
+
+    Returns:
+        tuple: (mean, std) on a 0..1 scale in the channel order the backbone
+        sees (ImageNet's RGB values when the config has none), and whether
+        that order is BGR (mmcv's, kept with ``to_rgb=False``, mmpretrain's
+        default).
+    """
     pre = cfg.get('model', {}).get('data_preprocessor') or {}
     mean = pre.get('mean', [123.675, 116.28, 103.53])
     std = pre.get('std', [58.395, 57.12, 57.375])
-    return [m / 255 for m in mean], [s / 255 for s in std]
+    bgr = not pre.get('to_rgb', pre.get('bgr_to_rgb', False))
+    return [m / 255 for m in mean], [s / 255 for s in std], bgr
 
 
 def vit_spec(backbone_cfg: Dict[str, Any], state: Dict[str, torch.Tensor],
@@ -372,7 +383,11 @@ def export(src: str, out_dir: str, fmt: str, encoder: str = 'online',
     state = convert(checkpoint, encoder=encoder, img_size=img_size, prefix='')
     cfg, where = checkpoint_config(checkpoint, src, config)
     spec = vit_spec(backbone_config(cfg, where), state, encoder)
-    mean, std = normalization(cfg)
+    mean, std, bgr = normalization(cfg)
+    if bgr and spec['in_chans'] == 3:  # timm and transformers take RGB
+        weight = state['patch_embed.projection.weight']
+        state['patch_embed.projection.weight'] = weight.flip(1)
+        mean, std = mean[::-1], std[::-1]
     os.makedirs(out_dir, exist_ok=True)
     if fmt == 'timm':
         import timm

@@ -13,8 +13,9 @@ configs; mmengine's ``Runner`` without one).
 
 Refused before the run is built (exit code 2, naming the option): a
 ``--cfg-options`` item without ``=`` or with a value of another kind than
-the config's (``lr=1e-3x``), and ``--resume`` of a folder or of a file that
-is no ``torch.save`` archive (:func:`m3i_mm.engine.checkpoint.check_archive`).
+the config's (``lr=1e-3x``), ``--resume`` of a folder or of a file that
+is no ``torch.save`` archive (:func:`m3i_mm.engine.checkpoint.check_archive`),
+and ``--auto-scale-lr`` on a config without ``auto_scale_lr.base_batch_size``.
 """
 import argparse
 import os
@@ -143,13 +144,29 @@ def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
         cfg.val_dataloader = None
         cfg.val_evaluator = None
 
-    if args.auto_scale_lr:
-        cfg.setdefault('auto_scale_lr', {})['enable'] = True
-
     if args.cfg_options is not None:
         check_option_values(cfg, args.cfg_options)
         cfg.merge_from_dict(args.cfg_options)
+
+    if args.auto_scale_lr:
+        enable_auto_scale_lr(cfg, args.config)
     return cfg
+
+
+def enable_auto_scale_lr(cfg: Config, config: str) -> None:
+    """Turn on mmengine's lr scaling (lr * total batch / base batch).
+
+    Raises:
+        ValueError: The config (after ``--cfg-options``) has no
+            ``auto_scale_lr.base_batch_size``, naming ``config``.
+    """
+    scale = cfg.get('auto_scale_lr')
+    if not isinstance(scale, dict) or 'base_batch_size' not in scale:
+        raise ValueError(
+            f'--auto-scale-lr: {config} has no auto_scale_lr.base_batch_size '
+            f'(the total batch size its lr is set for); pass --cfg-options '
+            f'auto_scale_lr.base_batch_size=N')
+    cfg.merge_from_dict({'auto_scale_lr.enable': True})
 
 
 def main() -> None:

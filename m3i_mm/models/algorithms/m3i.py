@@ -62,6 +62,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from mmcv.cnn.bricks import DropPath
 
 from mmpretrain.models import BaseSelfSupervisor
 from mmpretrain.structures import DataSample
@@ -70,6 +71,7 @@ from ..heads import AttentionPoolingHead
 from ..losses import BoltzmannPosterior, DenseBoltzmannPosterior
 from ..necks import ImageTargetDecoder
 from ..target_encoders import backbone_tokens
+from ..utils.checks import check_all
 from ..utils.distributed import gather_with_grad, per_rank_share
 from ..utils.masked_encoding import vit_visible_tokens
 from ..utils.view_geometry import (patch_centers, target_positions_in_input,
@@ -159,6 +161,12 @@ class M3I(BaseSelfSupervisor):
             backbone=backbone,
             data_preprocessor=data_preprocessor,
             init_cfg=init_cfg)
+        # mmpretrain's ViT gives DropPath numpy rates (np.linspace), on
+        # which torch.compile cannot branch: Python floats, before the
+        # momentum target copies the backbone.
+        for module in self.backbone.modules():
+            if isinstance(module, DropPath):
+                module.drop_prob = float(module.drop_prob)
         self.mixer = MODELS.build(mixer)
         if (image_target is None) != (image_decoder is None):
             raise ValueError('image_target and image_decoder must be given '
@@ -345,11 +353,11 @@ class M3I(BaseSelfSupervisor):
         if self.category_head is not None:
             labels, has_label = self._labels(data_samples, device)
             share = per_rank_share(has_label.sum())
-            losses['loss_cls'] = lam * sum(
-                self._category_loss(tokens_multi[has_label[who]],
-                                    idx[has_label[who]],
-                                    labels[who][has_label[who]], share)
-                for idx, who in images)
+            loss_cls = 0.0
+            for idx, who in images:
+                loss_cls = loss_cls + self._category_loss(
+                    tokens_multi, idx, labels[who], has_label[who], share)
+            losses['loss_cls'] = lam * loss_cls
         if self.text_head is not None:
             # text_symmetric: _text_loss sums both directions; their mean.
             directions = 2 if self.text_symmetric else 1
@@ -462,15 +470,18 @@ class M3I(BaseSelfSupervisor):
         return self.image_posterior(pred, target)
 
     def _category_loss(self, tokens: torch.Tensor, token_idx: torch.Tensor,
-                       labels: torch.Tensor,
+                       labels: torch.Tensor, has_label: torch.Tensor,
                        share: torch.Tensor) -> torch.Tensor:
+        """Category cross-entropy of every image of the batch, rows
+        without a label weighted 0 (fixed shapes, no row selection)."""
         pred = self.category_head(_gather_tokens(tokens, token_idx))
         return self.category_posterior(
             pred,
             self.category_embedding.weight,
             labels,
             bias=self.category_embedding.bias,
-            avg_factor=share)
+            avg_factor=share,
+            sample_weight=has_label)
 
     def _text_loss(self, tokens: torch.Tensor, images: list,
                    data_samples: List[DataSample],
@@ -519,18 +530,27 @@ class M3I(BaseSelfSupervisor):
         for sample in data_samples:
             label = sample.get('gt_label')
             present.append(label is not None and len(label) > 0)
-            if present[-1]:
-                value = label[0]
-                if value.is_floating_point() or value.is_complex() or \
-                        not 0 <= value < num_classes:
-                    raise ValueError(
-                        f'label {value.item()} of sample '
-                        f'{sample.get("img_path", "(no img_path)")} is not '
-                        f'an integer in [0, {num_classes}) (num_classes of '
-                        f'category_embedding)')
-            labels.append(int(label[0]) if present[-1] else 0)
-        return (torch.tensor(labels, device=device),
-                torch.tensor(present, device=device))
+            value = torch.as_tensor(label[0] if present[-1] else 0,
+                                    device=device)
+            if value.is_floating_point() or value.is_complex():
+                raise ValueError(self._label_error(sample, value))
+            labels.append(value.long())
+        labels = torch.stack(labels)
+        present = torch.tensor(present, device=device)
+
+        def first_bad() -> str:
+            bad = int(((labels < 0) | (labels >= num_classes)).nonzero()[0])
+            return self._label_error(data_samples[bad], labels[bad])
+
+        check_all(~present | ((labels >= 0) & (labels < num_classes)),
+                  first_bad)
+        return labels, present
+
+    def _label_error(self, sample: DataSample, value: torch.Tensor) -> str:
+        return (f'label {value.item()} of sample '
+                f'{sample.get("img_path", "(no img_path)")} is not an '
+                f'integer in [0, {self.category_embedding.num_classes}) '
+                '(num_classes of category_embedding)')
 
     def _global_image_losses(self, tokens: torch.Tensor,
                              targets: torch.Tensor, mixed,
@@ -631,14 +651,15 @@ class M3I(BaseSelfSupervisor):
             return all_idx.expand(flat.shape[0], -1), all_idx[:0].expand(
                 flat.shape[0], -1)
         counts = flat.sum(1)
-        if not bool((counts == counts[0]).all()):
-            raise ValueError(
-                'all masks in a batch must mask the same number of patches, '
-                f'got {counts.tolist()}')
+        check_all(counts == counts[0], lambda: (
+            'all masks in a batch must mask the same number of patches, '
+            f'got {counts.tolist()}'))
+        check_all((counts[0] > 0) & (counts[0] < flat.shape[1]), lambda: (
+            f'mask must hide some but not all patches, got {int(counts[0])} '
+            f'of {flat.shape[1]}'))
+        # The split's shape, read on the host: torch.compile's one graph
+        # break in this step (an unbacked size fails in inductor, torch 2.13).
         k = int(counts[0])
-        if k == 0 or k == flat.shape[1]:
-            raise ValueError(f'mask must hide some but not all patches, got '
-                             f'{k} of {flat.shape[1]}')
         order = torch.argsort(flat.to(torch.int8), dim=1, stable=True)
         return order[:, :flat.shape[1] - k], order[:, flat.shape[1] - k:]
 

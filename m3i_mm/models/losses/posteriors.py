@@ -159,7 +159,8 @@ class BoltzmannPosterior(nn.Module):
                 bias: Optional[torch.Tensor] = None,
                 temperature: Optional[torch.Tensor] = None,
                 candidate_mask: Optional[torch.Tensor] = None,
-                avg_factor: Optional[torch.Tensor] = None
+                avg_factor: Optional[torch.Tensor] = None,
+                sample_weight: Optional[torch.Tensor] = None
                 ) -> torch.Tensor:
         """Cross-entropy of the true candidate, computed in fp32.
 
@@ -176,6 +177,10 @@ class BoltzmannPosterior(nn.Module):
             avg_factor (Tensor, optional): Divide the summed cross-entropy by
                 this instead of N (e.g. a share of a global sample count,
                 see :func:`~m3i_mm.models.utils.per_rank_share`).
+            sample_weight (Tensor, optional): (N,) weight of each row's
+                cross-entropy, e.g. 0/1 for "has this target": rows are
+                masked out instead of selected, so shapes stay fixed (one
+                ``torch.compile`` graph). Needs ``avg_factor``.
 
         Returns:
             Tensor: Scalar fp32 loss. For N = 0 it is 0 and still depends on
@@ -197,11 +202,19 @@ class BoltzmannPosterior(nn.Module):
                 return logits.sum() * 0.0
             if candidate_mask is not None:
                 logits = logits.masked_fill(~candidate_mask, float('-inf'))
-            loss = F.cross_entropy(
-                logits,
-                target_index,
-                reduction='mean' if avg_factor is None else 'sum',
-                label_smoothing=self.label_smoothing)
+            if sample_weight is not None:
+                if avg_factor is None:
+                    raise ValueError('sample_weight needs avg_factor')
+                loss = (F.cross_entropy(
+                    logits, target_index, reduction='none',
+                    label_smoothing=self.label_smoothing) *
+                        sample_weight.to(logits.dtype)).sum()
+            else:
+                loss = F.cross_entropy(
+                    logits,
+                    target_index,
+                    reduction='mean' if avg_factor is None else 'sum',
+                    label_smoothing=self.label_smoothing)
             if avg_factor is not None:
                 loss = loss / avg_factor
             return self.loss_weight * loss

@@ -1,7 +1,9 @@
 """Image target encoder f_φ: a momentum (EMA) copy of the input backbone."""
+import math
 
 import torch
 import torch.nn as nn
+from mmengine.logging import MessageHub
 
 from mmpretrain.models.utils import CosineEMA
 from m3i_mm.registry import MODELS
@@ -41,6 +43,35 @@ def target_representation(tokens: torch.Tensor, output: str) -> torch.Tensor:
     return tokens if output == 'dense' else tokens.mean(dim=1)
 
 
+def cosine_momentum(steps: torch.Tensor, momentum: float,
+                    end_momentum: float, max_iters: int) -> torch.Tensor:
+    """EMA coefficient ``m`` of update ``steps`` (mmpretrain's
+    ``CosineEMA``): ``end - (end - momentum) * (cos(π k / K) + 1) / 2``;
+    ``m = 1`` at ``k = 0`` (the first update copies the online weights).
+
+    Args:
+        steps (Tensor): 0-dim, updates done so far (``k``).
+        momentum (float): ``m`` at ``k = 0`` of the schedule.
+        end_momentum (float): ``m`` at ``k = K``.
+        max_iters (int): ``K``, the run's iterations.
+
+    Returns:
+        Tensor: 0-dim float32 ``m``, on ``steps``' device (no host read:
+        one ``torch.compile`` graph).
+    """
+    k = steps.to(torch.float32)
+    cosine = (torch.cos(math.pi * k / float(max_iters)) + 1) / 2
+    m = end_momentum - (end_momentum - momentum) * cosine
+    return torch.where(steps == 0, torch.ones_like(m), m)
+
+
+@torch.compiler.assume_constant_result
+def _max_iters() -> int:
+    # A run's constant: torch.compile reads it once (MessageHub's lock
+    # would break the graph).
+    return MessageHub.get_current_instance().get_info('max_iters')
+
+
 @MODELS.register_module()
 class MomentumImageTarget(nn.Module):
     """Dense target features from an exponential moving average backbone.
@@ -75,8 +106,23 @@ class MomentumImageTarget(nn.Module):
 
     @torch.no_grad()
     def update(self, backbone: nn.Module) -> None:
-        """One EMA step towards the online backbone."""
-        self.ema.update_parameters(backbone)
+        """One EMA step towards the online backbone: ``CosineEMA``'s
+        update as one multi-tensor ``lerp`` with a device-side ``m``
+        (:func:`cosine_momentum`), without its host reads of ``steps``."""
+        ema = self.ema
+        sources = dict(backbone.named_parameters())
+        names = [name for name, p in ema.avg_parameters.items()
+                 if p.dtype.is_floating_point]
+        m = cosine_momentum(ema.steps, ema.momentum, ema.end_momentum,
+                            _max_iters())
+        averages = [ema.avg_parameters[name] for name in names]
+        torch._foreach_lerp_(
+            averages, [sources[name].to(p.device)
+                       for name, p in zip(names, averages)],
+            [m.to(p.device) for p in averages])
+        for average, source in zip(ema.module.buffers(), backbone.buffers()):
+            average.copy_(source.to(average.device))
+        ema.steps += 1
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:

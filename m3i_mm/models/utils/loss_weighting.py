@@ -107,47 +107,68 @@ class GradientNormBalancer(nn.Module):
         """Average the measurement over all ranks, once per step.
 
         Every rank must call it (a rank whose batch had no multi-modal target
-        measured 0 and must not skip the collective).
+        measured 0 and must not skip the collective). Under ``torch.compile``
+        the flag is not read on the host: the collective always runs and a
+        measurement already averaged is kept as it is.
         """
-        if bool(self.pending_reduced):
+        compiling = torch.compiler.is_compiling()
+        if not compiling and bool(self.pending_reduced):
             return
         if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(self.pending_norms)
-            self.pending_norms /= dist.get_world_size()
+            mean = self.pending_norms.clone()
+            dist.all_reduce(mean)
+            mean /= dist.get_world_size()
+            self.pending_norms.copy_(
+                torch.where(self.pending_reduced, self.pending_norms, mean))
         self.pending_reduced.fill_(True)
 
     @torch.no_grad()
     def step(self) -> torch.Tensor:
         """Fold the last measured norms into the EMAs; return this step's λ.
 
+        Tensor arithmetic only (no host read, one ``torch.compile`` graph);
+        in eager mode a skipped measurement is also logged.
+
         Returns:
             Tensor: λ (a 0-dim tensor without gradient).
         """
         self.reduce_pending()
-        pending = self.pending_norms
-        if not bool(torch.isfinite(pending).all()):
-            self.num_skipped += 1
+        pending = self.pending_norms.to(self.ema_norms)
+        finite = torch.isfinite(pending).all()
+        used = finite & (pending > 0).all()
+        # Undo the λ scaling: self.weight is still the λ of that step.
+        norms = pending.nan_to_num(0, 0, 0).clamp(min=0).sqrt() / torch.stack(
+            [torch.ones_like(self.weight), self.weight])
+        ema = self.ema_norms * self.momentum + norms * (1 - self.momentum)
+        self.ema_norms.copy_(torch.where(used, ema, self.ema_norms))
+        self.num_updates += used.long()
+        self.num_skipped += (~finite).long()
+        mean = self.mean_norms
+        weight = self.gamma * mean[0] / mean[1].clamp(min=self.eps)
+        self.weight.copy_(torch.where(used, weight, self.weight))
+        if not torch.compiler.is_compiling() and not bool(finite):
             skipped = int(self.num_skipped)
             if skipped & (skipped - 1) == 0:
                 print_log(
                     f'GradientNormBalancer: non-finite gradient norms '
-                    f'{pending.tolist()} (e.g. an fp16 overflow) not used '
-                    f'for λ; {skipped} step(s) skipped so far',
+                    f'{self.pending_norms.tolist()} (e.g. an fp16 overflow) '
+                    f'not used for λ; {skipped} step(s) skipped so far',
                     logger='current',
                     level=logging.WARNING)
-        elif bool((pending > 0).all()):
-            norms = pending.to(self.ema_norms).sqrt()
-            # Undo the λ scaling: self.weight is still the λ of that step.
-            norms[1] = norms[1] / self.weight
-            self.ema_norms.mul_(self.momentum).add_(
-                norms, alpha=1 - self.momentum)
-            self.num_updates += 1
-            ema = self.ema_norms / (1 - self.momentum**int(self.num_updates))
-            self.weight.fill_(self.gamma * float(ema[0]) /
-                              max(float(ema[1]), self.eps))
-        pending.zero_()
+        self.pending_norms.zero_()
         self.pending_reduced.fill_(False)
         return self.weight.clone()
+
+    @property
+    def mean_norms(self) -> torch.Tensor:
+        """(2,) bias-corrected EMAs (ḡ_uni, ḡ_multi) of the gradient norms
+        (ḡ_multi per unit λ), whose ratio is λ / γ; zeros before the first
+        measurement."""
+        correction = 1 - torch.full_like(self.ema_norms, self.momentum).pow(
+            self.num_updates)
+        return torch.where(self.num_updates > 0,
+                           self.ema_norms / correction.clamp(min=1e-30),
+                           torch.zeros_like(self.ema_norms))
 
     def extra_repr(self) -> str:
         return f'gamma={self.gamma}, momentum={self.momentum}'

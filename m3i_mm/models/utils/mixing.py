@@ -31,12 +31,12 @@ def derangement(n: int,
     if n <= 1:
         return torch.zeros(n, dtype=torch.long, device=device)
     # Drawn on the CPU (its generator): the same σ whatever the device.
-    order = torch.randperm(n, generator=generator, device='cpu').to(device)
-    shift = int(
-        torch.randint(1, n, (1, ), generator=generator, device='cpu'))
+    # Tensor arithmetic only (no host read): torch.compile keeps one graph.
+    order = torch.randperm(n, generator=generator, device='cpu')
+    shift = torch.randint(1, n, (1, ), generator=generator, device='cpu')
     sigma = torch.empty_like(order)
-    sigma[order] = order.roll(-shift)
-    return sigma
+    sigma[order] = order[(torch.arange(n, device='cpu') + shift) % n]
+    return sigma.to(device)
 
 
 def upsample_patch_mask(mask: torch.Tensor, patch_size: int) -> torch.Tensor:

@@ -15,6 +15,8 @@ from typing import Tuple
 
 import torch
 
+from .checks import check_all
+
 
 def patch_centers(grid_size: Tuple[int, int],
                   device: torch.device = None,
@@ -90,9 +92,8 @@ def target_scale_in_input(target_boxes: torch.Tensor,
     sizes = []
     for name, boxes in (('target', target_boxes), ('input', input_boxes)):
         size = boxes[..., 2:4].float() - boxes[..., 0:2].float()
-        if not bool((size > 0).all()):
-            raise ValueError(f'{name} boxes need x1 > x0 and y1 > y0, got '
-                             f'{boxes.tolist()}')
+        check_all(size > 0, lambda: f'{name} boxes need x1 > x0 and y1 > '
+                  f'y0, got {boxes.tolist()}')
         sizes.append(size)
     return (sizes[0] / sizes[1]).log()
 

@@ -142,12 +142,22 @@ class GradientNormBalancer(nn.Module):
             self.ema_norms.mul_(self.momentum).add_(
                 norms, alpha=1 - self.momentum)
             self.num_updates += 1
-            ema = self.ema_norms / (1 - self.momentum**int(self.num_updates))
+            ema = self.mean_norms
             self.weight.fill_(self.gamma * float(ema[0]) /
                               max(float(ema[1]), self.eps))
         pending.zero_()
         self.pending_reduced.fill_(False)
         return self.weight.clone()
+
+    @property
+    def mean_norms(self) -> torch.Tensor:
+        """(2,) bias-corrected EMAs (ḡ_uni, ḡ_multi) of the gradient
+        norms (ḡ_multi per unit λ), the ratio of the current λ; zeros before
+        the first measurement."""
+        updates = int(self.num_updates)
+        if updates == 0:
+            return torch.zeros_like(self.ema_norms)
+        return self.ema_norms / (1 - self.momentum**updates)
 
     def extra_repr(self) -> str:
         return f'gamma={self.gamma}, momentum={self.momentum}'

@@ -110,7 +110,7 @@ def test_balancer_values_logged_every_step_outside_the_loss(run):
         targets = row['loss_img_first'] + row['loss_img_second'] + \
             row['loss_cls']
         assert row['loss'] == pytest.approx(targets, rel=1e-5)
-        if row['step'] > 1:  # a measurement exists: λ = γ ḡ_uni / ḡ_multi
+        if row['step'] > 1:  # measured: λ = γ ḡ_uni / ḡ_multi
             assert row['grad_norm_uni'] > 0 and row['grad_norm_multi'] > 0
             assert row['lambda_sp'] == pytest.approx(
                 row['grad_norm_uni'] / row['grad_norm_multi'], rel=1e-4)
@@ -173,3 +173,46 @@ def test_plot_run_names_a_folder_without_a_run_log(tmp_path):
     assert done.returncode != 0
     assert str(tmp_path) in done.stderr and 'scalars.json' in done.stderr
     assert 'Traceback' not in done.stderr
+
+
+PRETRAIN = sorted(glob.glob(config_path('pretrain', '**', '*.py'),
+                            recursive=True))
+
+
+@pytest.mark.parametrize('path', PRETRAIN,
+                         ids=[osp.relpath(p, REPO) for p in PRETRAIN])
+def test_every_pretrain_config_has_the_monitors(path):
+    from mmengine.config import Config
+    cfg = Config.fromfile(path)
+    assert cfg.default_hooks.monitor.type == 'M3IMonitorHook'
+    assert cfg.monitor_dataloader.dataset.split == 'val'
+    assert {'LocalVisBackend', 'TensorboardVisBackend'} <= {
+        b['type'] for b in cfg.visualizer.vis_backends}
+
+
+def test_zero_shot_monitor_equals_predict(demo_root):
+    # The multisource demo scores class-name prompts (model.zero_shot).
+    from mmengine.config import Config
+    from mmpretrain.registry import MODELS
+
+    from m3i_mm.engine.hooks import M3IMonitorHook
+    from m3i_mm.evaluation.probe import load_demo_split
+    cfg = Config.fromfile(
+        config_path('pretrain', 'm3i_vit-tiny_multisource_demo.py'))
+    cfg.monitor_dataloader.dataset.data_root = demo_root
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    hook = M3IMonitorHook(interval=1, num_samples=64,
+                          dataloader=cfg.monitor_dataloader)
+    results = hook.evaluate(model)
+    assert model.training  # back in train mode
+    assert set(results) == {'monitor/category_top1',
+                            'monitor/zero_shot_top1', 'monitor/knn_top1'}
+    images, labels = load_demo_split(demo_root, 'val')
+    keep = torch.tensor([i * len(images) // 64 for i in range(64)])
+    model.eval()
+    preds = model.predict((images[keep].float() - 127.5) / 127.5)
+    top1 = float(sum(int(p.pred_label) == int(y)
+                     for p, y in zip(preds, labels[keep]))) / 64 * 100
+    assert results['monitor/zero_shot_top1'] == pytest.approx(top1)

@@ -8,7 +8,7 @@ scalars.json``, one per start or resume) are read in order; a resumed run's
 steps replace the ones it trains again.
 
 Usage:
-    python tools/plot_run.py WORK_DIR [--out PNG]   # default WORK_DIR/curves.png
+    python tools/plot_run.py WORK_DIR [--out PNG]  # WORK_DIR/curves.png
 
 Prints the PNG's path. Exit status 2 and a message naming WORK_DIR when it
 holds no run log.

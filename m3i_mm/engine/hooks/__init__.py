@@ -7,6 +7,6 @@ from .randomness import ResumableRandomnessHook, SeededSampler
 
 __all__ = [
     'DurableCheckpointHook', 'FiniteCheckHook', 'GradientNormSyncHook',
-    'M3IMonitorHook', 'PREEMPTED_EXIT_CODE', 'PreemptionHook', 'ResumableRandomnessHook',
-    'SeededSampler'
+    'M3IMonitorHook', 'PREEMPTED_EXIT_CODE', 'PreemptionHook',
+    'ResumableRandomnessHook', 'SeededSampler'
 ]

@@ -152,8 +152,8 @@ class GradientNormBalancer(nn.Module):
     @property
     def mean_norms(self) -> torch.Tensor:
         """(2,) bias-corrected EMAs (ḡ_uni, ḡ_multi) of the gradient
-        norms (ḡ_multi per unit λ), the ratio of the current λ; zeros before
-        the first measurement."""
+        norms (ḡ_multi per unit λ), whose ratio is the current λ; zeros
+        before the first measurement."""
         updates = int(self.num_updates)
         if updates == 0:
             return torch.zeros_like(self.ema_norms)

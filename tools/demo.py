@@ -59,6 +59,9 @@ def pretrain(args) -> str:
     _set_data_root(cfg, args.data_root)
     if args.pretrain_iters:
         shorten_iter_schedule(cfg, args.pretrain_iters)
+        # A short run still logs (the curves of tools/plot_run.py).
+        cfg.default_hooks.logger.interval = min(
+            cfg.default_hooks.logger.interval, args.pretrain_iters)
     runner = RUNNERS.build(cfg)  # the config's runner_type: M3IRunner
     runner.train()
     return osp.join(cfg.work_dir, f'iter_{cfg.train_cfg.max_iters}.pth')

@@ -25,11 +25,13 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
+# (title, which keys, y scale): λ and the ḡ's differ by orders of magnitude.
 PANELS = (
-    ('losses', lambda key: key.startswith('loss')),
+    ('losses', lambda key: key.startswith('loss'), 'linear'),
     ('balancer: λ, ḡ_uni, ḡ_multi',
-     lambda key: key in ('lambda_sp', 'grad_norm_uni', 'grad_norm_multi')),
-    ('held-out top-1 (%)', lambda key: key.startswith('monitor/')),
+     lambda key: key in ('lambda_sp', 'grad_norm_uni', 'grad_norm_multi'),
+     'log'),
+    ('held-out top-1 (%)', lambda key: key.startswith('monitor/'), 'linear'),
 )
 
 
@@ -67,20 +69,21 @@ def read_curves(logs: List[str]) -> Dict[str, Dict[int, float]]:
 
 def plot(curves: Dict[str, Dict[int, float]], out: str) -> str:
     """Draw the non-empty :data:`PANELS` of ``curves`` to the PNG ``out``."""
-    panels = [(title, sorted(k for k in curves if keep(k)))
-              for title, keep in PANELS]
-    panels = [(title, keys) for title, keys in panels if keys]
+    panels = [(title, sorted(k for k in curves if keep(k)), scale)
+              for title, keep, scale in PANELS]
+    panels = [panel for panel in panels if panel[1]]
     if not panels:
         raise ValueError(f'no loss, balancer or monitor scalars to plot '
                          f'(keys: {sorted(curves)})')
     fig, axes = plt.subplots(len(panels), 1, sharex=True, squeeze=False,
                              figsize=(8, 3 * len(panels)))
-    for ax, (title, keys) in zip(axes[:, 0], panels):
+    for ax, (title, keys, scale) in zip(axes[:, 0], panels):
         for key in keys:
             steps = sorted(curves[key])
             ax.plot(steps, [curves[key][s] for s in steps],
                     marker='o' if len(steps) < 30 else None, label=key)
         ax.set_title(title)
+        ax.set_yscale(scale)  # log leaves out the ḡ = 0 of step 1
         ax.grid(alpha=0.3)
         ax.legend(fontsize='small')
     axes[-1, 0].set_xlabel('iteration')

@@ -173,6 +173,7 @@ def run_config(name: str, spec: dict, seed: int, args,
     dataset.data_root = args.data_root
     dataset.indices = demo_class_indices(args.data_root, 'train',
                                          PRETRAIN_CLASSES)
+    cfg.monitor_dataloader.dataset.data_root = args.data_root
     shorten_iter_schedule(cfg, args.iters)
     cfg.default_hooks.logger.interval = max(args.iters, 1)
     return cfg

@@ -44,7 +44,7 @@ def test_loss_terms_and_no_gradient_to_target_encoder():
     views, samples = make_batch()
     losses = model.loss(views, samples)
     assert set(losses) == {'loss_img_first', 'loss_img_second', 'loss_cls',
-                           'lambda_sp'}
+                           'lambda_sp', 'grad_norm_uni', 'grad_norm_multi'}
     sum(v for k, v in losses.items() if k.startswith('loss')).backward()
     target_params = list(model.image_target.parameters())
     assert target_params and all(not p.requires_grad and p.grad is None
@@ -91,7 +91,8 @@ def test_modes_and_target_view_choices_select_terms():
         type='MultiInputMixer', patch_size=PATCH, mode='mask',
         target_views=('different', 'different')))
     assert set(wo_mix.loss(views, samples)) == {
-        'loss_img_first', 'loss_cls', 'lambda_sp'}
+        'loss_img_first', 'loss_cls', 'lambda_sp', 'grad_norm_uni',
+        'grad_norm_multi'}
     for choice in [('same', 'same'), ('different', 'different'),
                    ('different', 'same')]:
         model = tiny_m3i(mixer=dict(

@@ -9,6 +9,8 @@
    DINO's weighted 20-NN, no training.
 3. Print both backbones' top-1 on the 359 validation digits, with the
    features' per-dimension std and effective rank.
+4. Draw the pre-training curves (losses, λ, ḡ's, the monitors' held-out
+   top-1) with ``tools/plot_run.py`` and print the PNG's path.
 
 Usage:
     python tools/demo.py [--work-dir work_dirs/demo] [--data-root DIR]
@@ -28,6 +30,8 @@ from m3i_mm.evaluation.probe import (build_backbone, evaluate_backbone,
                                      load_demo_split)
 from m3i_mm.utils import shorten_iter_schedule
 
+import plot_run  # noqa: E402  (tools/, next to this script)
+
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 PRETRAIN_CFG = osp.join(REPO, 'configs', 'pretrain', 'm3i_vit-tiny_demo.py')
 
@@ -43,7 +47,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def _set_data_root(cfg: Config, data_root: str) -> None:
-    for name in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+    for name in ('train_dataloader', 'val_dataloader', 'test_dataloader',
+                 'monitor_dataloader'):
         if cfg.get(name):
             cfg[name].dataset.data_root = data_root
 
@@ -54,6 +59,9 @@ def pretrain(args) -> str:
     _set_data_root(cfg, args.data_root)
     if args.pretrain_iters:
         shorten_iter_schedule(cfg, args.pretrain_iters)
+        # A short run still logs (the curves of tools/plot_run.py).
+        cfg.default_hooks.logger.interval = min(
+            cfg.default_hooks.logger.interval, args.pretrain_iters)
     runner = RUNNERS.build(cfg)  # the config's runner_type: M3IRunner
     runner.train()
     return osp.join(cfg.work_dir, f'iter_{cfg.train_cfg.max_iters}.pth')
@@ -89,6 +97,10 @@ def main() -> None:
           '(C by 5-fold CV);')
     print('  k-NN: DINO weighted 20-NN, cosine, T = 0.07')
     print(f'total time: {minutes:.1f} min')
+    work_dir = osp.join(args.work_dir, 'pretrain')
+    curves = plot_run.plot(plot_run.read_curves(plot_run.run_logs(work_dir)),
+                           osp.join(work_dir, 'curves.png'))
+    print(f'training curves: {curves}')
     print('=' * 72)
 
 

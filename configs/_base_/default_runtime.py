@@ -39,7 +39,12 @@ env_cfg = dict(
     dist_cfg=dict(backend='nccl'),
 )
 
-vis_backends = [dict(type='LocalVisBackend')]
+# scalars.json (tools/plot_run.py) and TensorBoard event files, both in
+# WORK_DIR/TIMESTAMP/vis_data: tensorboard --logdir WORK_DIR
+vis_backends = [
+    dict(type='LocalVisBackend'),
+    dict(type='TensorboardVisBackend')
+]
 visualizer = dict(type='UniversalVisualizer', vis_backends=vis_backends)
 
 log_level = 'INFO'

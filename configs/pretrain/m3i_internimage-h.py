@@ -71,7 +71,10 @@ param_scheduler = [
 train_cfg = dict(type='ResumableEpochBasedTrainLoop', max_epochs=max_epochs)
 # Epoch checkpoints, and a rolling iteration checkpoint every 500 iterations.
 default_hooks = dict(
-    checkpoint=dict(interval=1, max_keep_ckpts=3, last_interval=500))
+    checkpoint=dict(interval=1, max_keep_ckpts=3, last_interval=500),
+    # Monitors on ImageNet-1k val: k-NN (and zero-shot); the 21,841-way
+    # category head does not predict ImageNet-1k's label indices.
+    monitor=dict(category=False))
 # Peak lr: ViT-B's 1e-3 at batch 4096 scaled by the square root of the batch
 # ratio (the rule for Adam-type optimisers; a linear rule would give ~1e-2):
 # 1e-3 * sqrt(40000 / 4096) = 3.125e-3. --auto-scale-lr scales linearly

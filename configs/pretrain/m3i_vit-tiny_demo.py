@@ -82,5 +82,19 @@ train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters)
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=50),
     checkpoint=dict(type='DurableCheckpointHook', by_epoch=False, interval=200,
-                    max_keep_ckpts=1))
+                    max_keep_ckpts=1),
+    # Held-out top-1 while training (category head, zero-shot, k-NN), on
+    # monitor_dataloader; README "Training monitors".
+    monitor=dict(type='M3IMonitorHook', interval=100))
+# The monitors' held-out split: the 359 validation digits.
+monitor_dataloader = dict(
+    batch_size=128,
+    num_workers=0,
+    collate_fn=dict(type='default_collate'),
+    dataset=dict(
+        type='DemoDigits',
+        data_root='data/demo_digits',
+        split='val',
+        pipeline=[dict(type='LoadImageFromFile'),
+                  dict(type='PackInputs')]))
 log_processor = dict(by_epoch=False)

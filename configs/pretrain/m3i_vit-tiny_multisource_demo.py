@@ -64,12 +64,7 @@ val_dataloader = dict(
     persistent_workers=True,
     sampler=dict(type='DefaultSampler', shuffle=False),
     collate_fn=dict(type='default_collate'),
-    dataset=dict(
-        type='DemoDigits',
-        data_root='data/demo_digits',
-        split='val',
-        pipeline=[dict(type='LoadImageFromFile'),
-                  dict(type='PackInputs')]))
+    dataset={{_base_.monitor_dataloader.dataset}})  # the 359 val digits
 val_evaluator = dict(type='TieAwareAccuracy', topk=(1, ))
 val_cfg = dict()
 test_dataloader = val_dataloader

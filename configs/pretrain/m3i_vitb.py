@@ -63,7 +63,10 @@ default_hooks = dict(
     # iterations: a kill loses minutes, not epochs.
     checkpoint=dict(
         type='DurableCheckpointHook', interval=10, max_keep_ckpts=3,
-        last_interval=500))
+        last_interval=500),
+    # Held-out top-1 while training (category head, zero-shot, k-NN) on
+    # 10,000 ImageNet val images (monitor_dataloader of the dataset base).
+    monitor=dict(type='M3IMonitorHook', interval=2000, num_samples=10_000))
 # Table 7: batch 4096 = 8 GPUs x 512; other totals scale the lr linearly
 # with --auto-scale-lr.
 auto_scale_lr = dict(base_batch_size=4096)

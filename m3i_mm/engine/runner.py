@@ -93,7 +93,19 @@ class M3IRunner(Runner):
       runner started is destroyed at exit: the trainer exits when done.
     - :class:`PreemptionHook`'s signal handlers are put back however
       training ends.
+    - ``None`` switches off any default hook, not only mmengine's own
+      (e.g. ``default_hooks.monitor=None``).
     """
+
+    def register_default_hooks(self, hooks: Optional[dict] = None) -> None:
+        """mmengine's, where a ``None`` entry of a hook mmengine does not
+        know is dropped (mmengine asserts on it)."""
+        mmengine_defaults = ('runtime_info', 'timer', 'sampler_seed',
+                             'logger', 'param_scheduler', 'checkpoint')
+        if hooks is not None:
+            hooks = {name: hook for name, hook in hooks.items()
+                     if hook is not None or name in mmengine_defaults}
+        super().register_default_hooks(hooks)
 
     def setup_env(self, env_cfg: dict) -> None:
         """Without an accelerator, ``--launcher pytorch`` starts a gloo

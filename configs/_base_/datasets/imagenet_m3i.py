@@ -93,3 +93,21 @@ train_dataloader = dict(
         data_root=data_root,
         split='train',
         pipeline=train_pipeline))
+
+# Held-out split of the training monitors (M3IMonitorHook): ImageNet val,
+# resized and centre-cropped as for evaluation.
+monitor_dataloader = dict(
+    batch_size=256,
+    num_workers=8,
+    collate_fn=dict(type='default_collate'),
+    dataset=dict(
+        type=dataset_type,
+        data_root=data_root,
+        split='val',
+        pipeline=[
+            dict(type='LoadImageFromFile'),
+            dict(type='ResizeEdge', scale=256, edge='short',
+                 interpolation='bicubic'),
+            dict(type='CenterCrop', crop_size=img_size),
+            dict(type='PackInputs')
+        ]))

@@ -255,9 +255,7 @@ class M3I(BaseSelfSupervisor):
             data_samples = [DataSample() for _ in range(len(images))]
         scores = None
         if self.zero_shot is None and self.category_head is not None:
-            scores = self.category_posterior.logits(
-                self.category_head(tokens), self.category_embedding.weight,
-                bias=self.category_embedding.bias).softmax(-1)
+            scores = self._category_logits(tokens).softmax(-1)
         if self.text_head is None:
             for sample, score in zip(data_samples, scores):
                 sample.set_pred_score(score).set_pred_label(score.argmax())
@@ -277,6 +275,39 @@ class M3I(BaseSelfSupervisor):
             for sample, text in zip(data_samples, texts):
                 sample.set_field(text, 'text_embedding')
         return data_samples
+
+    @torch.no_grad()
+    def monitor_outputs(self, images: torch.Tensor
+                        ) -> Dict[str, torch.Tensor]:
+        """What the training monitors score, from one backbone pass
+        (:class:`~m3i_mm.engine.hooks.M3IMonitorHook`).
+
+        Args:
+            images (Tensor): (N, C, H, W) whole, preprocessed images.
+
+        Returns:
+            dict[str, Tensor]: ``features``, (N, C) mean of the backbone's
+            tokens (the k-NN's features, as
+            :func:`~m3i_mm.evaluation.probe.extract_features`); with a
+            category head, ``category``, (N, K) logits against the category
+            embeddings (the category posterior's); with ``zero_shot``,
+            ``zero_shot``, (N, K') cosine similarity to each class's prompt
+            embedding.
+        """
+        tokens = backbone_tokens(self.backbone, images)
+        outputs = {'features': tokens.mean(1)}
+        if self.category_head is not None:
+            outputs['category'] = self._category_logits(tokens)
+        if self.zero_shot is not None:
+            outputs['zero_shot'] = F.normalize(
+                self.text_head(tokens), dim=-1) @ self._zero_shot_classes().t()
+        return outputs
+
+    def _category_logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(N, L, C) tokens -> (N, K) category-posterior logits."""
+        return self.category_posterior.logits(
+            self.category_head(tokens), self.category_embedding.weight,
+            bias=self.category_embedding.bias)
 
     def train(self, mode: bool = True) -> 'M3I':
         """Switch mode; drops the zero-shot class embeddings (the runner
@@ -365,6 +396,10 @@ class M3I(BaseSelfSupervisor):
                 tokens_multi, images, data_samples, device) / directions
         if self.category_head is not None or self.text_head is not None:
             losses['lambda_sp'] = lam
+        if self.loss_balancer is not None:
+            # Logged, not summed (no 'loss' in the names): λ's ratio.
+            norms = self.loss_balancer.mean_norms.to(device)
+            losses['grad_norm_uni'], losses['grad_norm_multi'] = norms
         return losses
 
     # ------------------------------------------------------------------ #

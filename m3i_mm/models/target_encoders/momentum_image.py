@@ -73,9 +73,17 @@ class MomentumImageTarget(nn.Module):
             end_momentum=end_momentum)
         self.ema.requires_grad_(False)
 
+    def track_parameters(self) -> None:
+        """Average the momentum copy's current parameters: ``fully_shard``
+        (:class:`~m3i_mm.engine.M3IFullyShardWrapper`) replaces them with
+        sharded ones after ``CosineEMA`` listed them."""
+        self.ema.avg_parameters = dict(self.ema.module.named_parameters())
+
     @torch.no_grad()
     def update(self, backbone: nn.Module) -> None:
-        """One EMA step towards the online backbone."""
+        """One EMA step towards the online backbone. Sharded alike (FSDP2
+        DTensors of the same placements), each rank averages its own shards
+        without communication."""
         self.ema.update_parameters(backbone)
 
     @torch.no_grad()

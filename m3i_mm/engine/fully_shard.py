@@ -11,6 +11,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from mmengine.model import BaseModule
 from mmengine.optim import OptimWrapper
 from mmengine.registry import MODEL_WRAPPERS
 from torch.distributed.checkpoint.state_dict import (StateDictOptions,
@@ -89,6 +90,10 @@ class M3IFullyShardWrapper(nn.Module):
     on rank 0, :meth:`load_full_state_dict` shards them back; ``M3IRunner``
     uses them so that checkpoints stay those of an unsharded model.
 
+    The model's ``init_weights`` runs before sharding, on the full
+    parameters as in an unsharded run, and rank 0's weights are broadcast
+    (``M3IRunner`` skips its own initialisation of a sharded model).
+
     Args:
         module (nn.Module): The model (M3I), on its device.
         shard_modules (Sequence[str]): Class names that get their own FSDP
@@ -116,6 +121,10 @@ class M3IFullyShardWrapper(nn.Module):
                              'runs the ViT layers outside the backbone\'s '
                              'forward; use it with DDP')
         policy = _mp_policy(mp_policy)
+        if isinstance(module, BaseModule) and not module.is_init:
+            module.init_weights()  # on the full parameters
+        for tensor in module.state_dict().values():
+            dist.broadcast(tensor, 0)  # rank 0's, as mmengine's runner
         for group in shard_groups(module, shard_modules):
             fully_shard(group, mp_policy=policy)
         for target in module.modules():

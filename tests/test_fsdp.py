@@ -35,7 +35,7 @@ from mmengine.registry import init_default_scope
 from mmpretrain.structures import DataSample
 from torch.distributed.tensor import DTensor
 
-from conftest import REPO, config_path
+from conftest import REPO, config_path, load_script
 from test_balancer import _free_port
 
 CONFIG = config_path('pretrain', 'm3i_vit-tiny_demo.py')
@@ -137,7 +137,10 @@ def _rank_main(rank, port, tmp, out):
         out.update(records=records, final=final, resumed=resumed,
                    resumed_final=resumed_final,
                    sharded=[n for n, p in inner.named_parameters()
-                            if p.to_local().numel() < p.numel()])
+                            if p.to_local().numel() < p.numel()],
+                   local=sum(p.to_local().numel()
+                             for p in inner.parameters()),
+                   shapes=[tuple(p.shape) for p in inner.parameters()])
     dist.destroy_process_group()
 
 
@@ -173,6 +176,10 @@ def test_two_sharded_ranks_equal_one_process(runs):
     assert 'backbone.layers.0.attn.qkv.weight' in out['sharded']
     assert 'image_target.ema.module.layers.0.attn.qkv.weight' in out[
         'sharded']
+    # Rank 0 holds what benchmarks/memory.py counts (FSDP2's padded rows).
+    memory = load_script('benchmarks', 'memory.py')
+    assert out['local'] == sum(memory.shard_numel(shape, WORLD)
+                               for shape in out['shapes'])
     for got, want in zip(out['records'], records):
         assert got.keys() == want.keys()
         for key, value in want.items():

@@ -23,8 +23,7 @@ configs, 2 B).
 Activations are not counted (they depend on the batch; see ``with_cp``).
 
 Usage:
-    python benchmarks/memory.py [--config configs/pretrain/m3i_internimage-h.py]
-        [--world 8]
+    python benchmarks/memory.py [--config CONFIG] [--world 8]
 """
 import argparse
 import math

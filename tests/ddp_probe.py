@@ -11,10 +11,10 @@ import os.path as osp
 import torch
 import torch.nn as nn
 from mmengine.dist import get_dist_info
-from torch.distributed.tensor import DTensor
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
+from torch.distributed.tensor import DTensor
 
 import m3i_mm.models.utils.multi_input as multi_input
 

@@ -22,6 +22,7 @@ equals the uninterrupted one exactly.
 """
 import os
 import os.path as osp
+import shutil
 import sys
 
 import pytest
@@ -205,74 +206,68 @@ def test_resumed_sharded_run_is_exact(runs):
         assert torch.equal(out['resumed_final'][name], value), name
 
 
-def write_config(tmp_path, name, out_dir, virtual_ranks, sharded):
-    cfg = tmp_path / f'{name}.py'
-    wrapper = "dict(type='M3IFullyShardWrapper')" if sharded else None
-    cfg.write_text(f"""
-_base_ = [{CONFIG!r}]
-custom_imports = dict(imports=['m3i_mm', 'ddp_probe'],
-                      allow_failed_imports=False)
-custom_hooks = [
-    dict(type='GradientNormSyncHook'), dict(type='PlainCheckpointHook'),
-    dict(type='DDPProbeHook', batches={str(tmp_path / 'batches.pt')!r},
-         out_dir={str(out_dir)!r}, virtual_ranks={virtual_ranks},
-         roll_partners=True)]
-model_wrapper_cfg = {wrapper}
-train_dataloader = dict(batch_size={B}, num_workers=0,
-                        persistent_workers=False)
-train_cfg = dict(max_iters={STEPS})
-default_hooks = dict(checkpoint=dict(interval=2, max_keep_ckpts=3),
-                     logger=dict(interval=1))
-log_level = 'WARNING'
-""")
-    return cfg
-
-
-def probe_records(proc, out_dir, ranks, iters):
-    out, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, out[-3000:]
-    return [[torch.load(out_dir / f'rank{r}_iter{i}.pt', weights_only=False)
-             for r in range(ranks)] for i in iters]
-
-
-def test_dist_train_sharded_config_equals_one_process_and_resumes(
+def test_dist_train_sharded_multisource_equals_one_process_and_resumes(
         demo_root, tmp_path):
-    from test_dist_train import start
-    torch.save(batches(), tmp_path / 'batches.pt')
+    """The multisource demo of tests/test_dist_train.py (category and text
+    targets, the texts gathered from all ranks, one rank without labelled
+    images and the other without captions, SGD), sharded through
+    tools/dist_train.sh: equals one process within 1e-5 (measured 3e-7),
+    its checkpoint is the unsharded model's and ``--resume`` from it
+    computes the last step exactly."""
+    import test_dist_train as ddp
+    batches = tmp_path / 'batches.pt'
+    ddp.global_batches(demo_root, batches)
     runs = {name: tmp_path / name for name in ('two', 'one', 'resumed')}
-    for path in runs.values():
+    configs = {}
+    for name, path in runs.items():
         path.mkdir()
-    data = f'train_dataloader.dataset.data_root={demo_root}'
-    two = start(['bash', osp.join(REPO, 'tools', 'dist_train.sh'),
-                 str(write_config(tmp_path, 'two', runs['two'], 1, True)),
-                 '2', '--work-dir', str(runs['two']), '--cfg-options', data])
-    one = start([sys.executable, osp.join(REPO, 'tools', 'train.py'),
-                 str(write_config(tmp_path, 'one', runs['one'], 2, False)),
-                 '--work-dir', str(runs['one']), '--cfg-options', data])
-    two = probe_records(two, runs['two'], 2, range(STEPS))
-    one = probe_records(one, runs['one'], 1, range(STEPS))
-    # The sharded run's checkpoint is the unsharded model's, plain data.
-    ckpt = torch.load(runs['two'] / 'iter_2.pth', weights_only=True)
-    plain = torch.load(runs['one'] / 'iter_2.pth', weights_only=True)
-    assert {k: v.shape for k, v in ckpt['state_dict'].items()} == {
-        k: v.shape for k, v in plain['state_dict'].items()}
-    resumed = start(['bash', osp.join(REPO, 'tools', 'dist_train.sh'),
-                     str(write_config(tmp_path, 'resumed', runs['resumed'],
-                                      1, True)), '2',
-                     '--work-dir', str(runs['resumed']), '--resume',
-                     str(runs['two'] / 'iter_2.pth'), '--cfg-options', data])
-    resumed = probe_records(resumed, runs['resumed'], 2, [STEPS - 1])
+        configs[name] = ddp.write_config(tmp_path / name, batches, path,
+                                         1 if name != 'one' else 2)
+        extra = "custom_hooks.append(dict(type='PlainCheckpointHook'))\n"
+        if name != 'one':
+            extra += "model_wrapper_cfg = dict(type='M3IFullyShardWrapper')\n"
+        configs[name].write_text(configs[name].read_text() + extra)
+    options = ['--cfg-options', 'default_hooks.checkpoint.interval=2',
+               'default_hooks.checkpoint.max_keep_ckpts=3'] + [
+        f'train_dataloader.dataset.datasets.{i}.data_root={demo_root}'
+        for i in range(2)]
+
+    def launch(name, *extra):
+        ranks = ['2'] if name != 'one' else []
+        tool = 'dist_train.sh' if ranks else 'train.py'
+        return ddp.start(
+            (['bash'] if ranks else [sys.executable]) +
+            [osp.join(REPO, 'tools', tool), str(configs[name]), *ranks,
+             '--work-dir', str(runs[name]), *extra, *options])
+
+    two, one = launch('two'), launch('one')
+    try:
+        check(two, one, runs, launch)
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)  # ~1 GB of checkpoints
+
+
+def check(two, one, runs, launch):
+    import test_dist_train as ddp
+    two, one = ddp.records(two, runs['two'], 2), ddp.records(
+        one, runs['one'], 1)
     for i, ((rank0, rank1), (ref, )) in enumerate(zip(two, one)):
         assert rank0['sha'] == rank1['sha'], f'step {i}'
         for key, value in ref['outputs'].items():
             mean = (rank0['outputs'][key] + rank1['outputs'][key]) / 2
-            assert mean == pytest.approx(value, rel=1e-5), (i, key)
+            assert mean == pytest.approx(value, abs=1e-5), (i, key)
         assert rank0['lam'] == pytest.approx(ref['lam'], rel=1e-5)
-    assert two[-1][0]['lam'] != 1.0
-    diff = (two[-1][0]['params'] - one[-1][0]['params']).abs()
-    bias = torch.cat([key_bias(name, size)
-                      for name, size in one[-1][0]['names']])
-    assert largest(diff[~bias]) < 2e-5 and largest(diff[bias]) < 6e-3
-    # Resumed after step 2: step 3 is the uninterrupted run's, exactly.
-    assert resumed[0][0]['sha'] == two[-1][0]['sha']
-    assert resumed[0][0]['outputs'] == two[-1][0]['outputs']
+    assert two[0][0]['outputs']['loss_cls'] == 0.0  # no labelled image
+    assert (two[-1][0]['params'] - one[-1][0]['params']).abs().max() < 1e-5
+    # The sharded run's checkpoint: the unsharded model's keys, plain data.
+    ckpt = torch.load(runs['two'] / 'iter_2.pth', weights_only=True)
+    plain = torch.load(runs['one'] / 'iter_2.pth', weights_only=True)
+    assert {k: v.shape for k, v in ckpt['state_dict'].items()} == {
+        k: v.shape for k, v in plain['state_dict'].items()}
+    resumed = launch('resumed', '--resume', str(runs['two'] / 'iter_2.pth'))
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out[-3000:]
+    last = torch.load(runs['resumed'] / f'rank0_iter{STEPS - 1}.pt',
+                      weights_only=False)
+    assert last['sha'] == two[-1][0]['sha']
+    assert last['outputs'] == two[-1][0]['outputs']

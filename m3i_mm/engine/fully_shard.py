@@ -66,6 +66,12 @@ def _mp_policy(cfg: Optional[dict]) -> MixedPrecisionPolicy:
     return MixedPrecisionPolicy(**cfg)
 
 
+def _average_grad(param: torch.Tensor) -> None:
+    """Average a replicated parameter's gradient over all ranks."""
+    dist.all_reduce(param.grad)
+    param.grad /= dist.get_world_size()
+
+
 @MODEL_WRAPPERS.register_module()
 class M3IFullyShardWrapper(nn.Module):
     """Shards an M3I model over all ranks with FSDP2 ``fully_shard``.
@@ -84,7 +90,10 @@ class M3IFullyShardWrapper(nn.Module):
       in-place ops run on the local shards without communication;
     - λ's gradient taps and :class:`GradientNormBalancer` state are buffers,
       which are not sharded (each rank measures, ``reduce_pending``
-      averages).
+      averages);
+    - 0-dim parameters (the text posterior's temperature), which
+      ``fully_shard`` refuses, are replicated and their gradients averaged
+      over ranks.
 
     Checkpoints: :meth:`full_state_dict` gathers full (plain, CPU) tensors
     on rank 0, :meth:`load_full_state_dict` shards them back; ``M3IRunner``
@@ -125,8 +134,14 @@ class M3IFullyShardWrapper(nn.Module):
             module.init_weights()  # on the full parameters
         for tensor in module.state_dict().values():
             dist.broadcast(tensor, 0)  # rank 0's, as mmengine's runner
+        # fully_shard refuses 0-dim parameters (e.g. the text temperature):
+        # replicated, their gradients averaged as DDP would.
+        scalars = {p for p in module.parameters() if p.dim() == 0}
+        for param in scalars:
+            if param.requires_grad:
+                param.register_post_accumulate_grad_hook(_average_grad)
         for group in shard_groups(module, shard_modules):
-            fully_shard(group, mp_policy=policy)
+            fully_shard(group, mp_policy=policy, ignored_params=scalars)
         for target in module.modules():
             if isinstance(target, MomentumImageTarget):
                 target.track_parameters()

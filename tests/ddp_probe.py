@@ -14,6 +14,7 @@ from mmengine.dist import get_dist_info
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
+from torch.distributed.tensor import DTensor
 
 import m3i_mm.models.utils.multi_input as multi_input
 
@@ -24,15 +25,19 @@ class DDPProbeHook(Hook):
     of ``inputs`` and ``data_samples``); out_dir (str): where to write;
     virtual_ranks (int): in a 1-process run, draw the mixing partners
     within each of this many slices of the batch, with the draws each rank
-    makes (the ranks draw from the same seed)."""
+    makes (the ranks draw from the same seed); roll_partners (bool): mix
+    each image with the previous one of its rank's batch instead of a random
+    partner (the same in every run, resumed ones included). Sharded
+    parameters are gathered."""
 
     priority = 'VERY_HIGH'
 
     def __init__(self, batches: str, out_dir: str,
-                 virtual_ranks: int = 1) -> None:
+                 virtual_ranks: int = 1, roll_partners: bool = False) -> None:
         self.batches = torch.load(batches, weights_only=False)
         self.out_dir = out_dir
         self.virtual_ranks = virtual_ranks
+        self.roll_partners = roll_partners
 
     def before_train(self, runner) -> None:
         for module in runner.model.modules():
@@ -40,8 +45,13 @@ class DDPProbeHook(Hook):
                 module.p = 0.0
             if hasattr(module, 'dropout_prob'):  # BERT's SDPA attention
                 module.dropout_prob = 0.0
-        if self.virtual_ranks > 1:
-            draw, parts = multi_input.derangement, self.virtual_ranks
+        parts = self.virtual_ranks
+        if self.roll_partners:
+            multi_input.derangement = lambda n, generator=None, device=None: \
+                torch.arange(n, device=device).view(parts, -1).roll(
+                    1, 1).flatten()
+        elif self.virtual_ranks > 1:
+            draw = multi_input.derangement
 
             def per_rank(n, generator=None, device=None):
                 state = torch.get_rng_state()
@@ -67,8 +77,10 @@ class DDPProbeHook(Hook):
         rank, _ = get_dist_info()
         model = runner.model.module if is_model_wrapper(
             runner.model) else runner.model
-        params = torch.cat(
-            [p.detach().flatten() for p in model.parameters()])
+        params = torch.cat([
+            (p.full_tensor() if isinstance(p, DTensor) else p).detach(
+            ).flatten() for p in model.parameters()
+        ])
         record = dict(
             sha=hashlib.sha256(params.numpy().tobytes()).hexdigest(),
             outputs={k: float(v) for k, v in outputs.items()},

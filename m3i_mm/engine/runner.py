@@ -11,7 +11,7 @@ from mmengine.dist import is_distributed
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmengine.registry import DATASETS, MODEL_WRAPPERS, OPTIMIZERS, RUNNERS
-from mmengine.runner import Runner
+from mmengine.runner import CheckpointLoader, Runner
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, IterableDataset
 
@@ -21,6 +21,7 @@ from m3i_mm.engine.checkpoint.resume import (NoIntactCheckpointError,
                                              find_resumable_checkpoint)
 from m3i_mm.engine.dataloader import (ExitWithParent, SeededDataset,
                                       stop_workers)
+from m3i_mm.engine.fully_shard import M3IFullyShardWrapper
 from m3i_mm.engine.hooks.preemption import PreemptionHook
 from m3i_mm.engine.optimizers.amp import no_accelerator
 from m3i_mm.utils.config import close_matches
@@ -95,6 +96,9 @@ class M3IRunner(Runner):
       training ends.
     - ``None`` switches off any default hook, not only mmengine's own
       (e.g. ``default_hooks.monitor=None``).
+    - A sharded model (``model_wrapper_cfg=dict(type='M3IFullyShardWrapper')``)
+      is saved as the full (unsharded) state, gathered on rank 0, and loaded
+      and resumed from it.
     """
 
     def register_default_hooks(self, hooks: Optional[dict] = None) -> None:
@@ -106,6 +110,51 @@ class M3IRunner(Runner):
             hooks = {name: hook for name, hook in hooks.items()
                      if hook is not None or name in mmengine_defaults}
         super().register_default_hooks(hooks)
+
+    _full_state = None  # (model, optimizer) of a sharded model being saved
+    _resume_sharded_optimizer = False
+
+    def save_checkpoint(self, *args, **kwargs) -> None:
+        """``Runner.save_checkpoint`` (rank 0); a sharded model's full state
+        is first gathered by every rank (a collective) and then written by
+        rank 0 in place of the shards."""
+        if isinstance(self.model, M3IFullyShardWrapper):
+            self._full_state = self.model.full_state_dict(self.optim_wrapper)
+        try:
+            super().save_checkpoint(*args, **kwargs)
+        finally:
+            self._full_state = None
+
+    def call_hook(self, fn_name: str, **kwargs) -> None:
+        """Hooks; before ``before_save_checkpoint`` the checkpoint of a
+        sharded model gets the gathered full state."""
+        if fn_name == 'before_save_checkpoint' and self._full_state:
+            checkpoint = kwargs['checkpoint']
+            checkpoint['state_dict'] = self._full_state[0]
+            if 'optimizer' in checkpoint:
+                checkpoint['optimizer'].update(self._full_state[1])
+        super().call_hook(fn_name, **kwargs)
+
+    def _init_model_weights(self) -> None:
+        """``Runner._init_model_weights`` (``init_weights``, then every
+        tensor broadcast from rank 0); a sharded model was initialised and
+        broadcast by :class:`M3IFullyShardWrapper` before sharding."""
+        if not isinstance(self.model, M3IFullyShardWrapper):
+            super()._init_model_weights()
+
+    def resume(self, filename: str, resume_optimizer: bool = True,
+               resume_param_scheduler: bool = True,
+               map_location='default') -> None:
+        """``Runner.resume``; a sharded model's optimizer state is sharded
+        by :meth:`M3IFullyShardWrapper.load_full_state_dict`."""
+        if not isinstance(self.model, M3IFullyShardWrapper):
+            return super().resume(filename, resume_optimizer,
+                                  resume_param_scheduler, map_location)
+        self._resume_sharded_optimizer = resume_optimizer
+        try:
+            super().resume(filename, False, resume_param_scheduler, 'cpu')
+        finally:
+            self._resume_sharded_optimizer = False
 
     def setup_env(self, env_cfg: dict) -> None:
         """Without an accelerator, ``--launcher pytorch`` starts a gloo
@@ -284,6 +333,8 @@ class M3IRunner(Runner):
             CheckpointMismatchError: Names the file and the keys. Only rank
                 0 detects it (mmengine's check), which ends the job.
         """
+        if isinstance(self.model, M3IFullyShardWrapper):
+            return self._load_sharded(filename)
         load = super().load_checkpoint
         if strict is not None:
             return load(filename, map_location, strict, revise_keys)
@@ -336,3 +387,18 @@ class M3IRunner(Runner):
                 f'{type(model).__name__} ({summary}). Set '
                 'load_strict=False (e.g. --cfg-options load_strict=False) to '
                 'load the matching weights anyway.') from None
+
+    def _load_sharded(self, filename: str) -> dict:
+        """Shard a full checkpoint into the sharded model (strict about the
+        keys) and, when resuming, into the optimizer."""
+        checkpoint = CheckpointLoader.load_checkpoint(
+            filename, map_location='cpu')
+        optim_state = None
+        if self._resume_sharded_optimizer and 'optimizer' in checkpoint:
+            self.optim_wrapper = self.build_optim_wrapper(self.optim_wrapper)
+            optim_state = checkpoint['optimizer']
+        self.model.load_full_state_dict(checkpoint['state_dict'],
+                                        self.optim_wrapper, optim_state)
+        self._has_loaded = True
+        self.logger.info(f'Load checkpoint from {filename}')
+        return checkpoint

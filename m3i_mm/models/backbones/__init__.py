@@ -1,4 +1,5 @@
+from .checkpointed_vit import CheckpointedVisionTransformer
 from .internimage import InternImage
 from .vitdet import ViTDet
 
-__all__ = ['InternImage', 'ViTDet']
+__all__ = ['CheckpointedVisionTransformer', 'InternImage', 'ViTDet']

@@ -3,6 +3,7 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+import torch.utils.checkpoint as cp
 
 from m3i_mm.registry import MODELS
 from ..utils.view_geometry import relative_query_embed, sincos_pos_embed
@@ -37,6 +38,10 @@ class ImageTargetDecoder(nn.Module):
             patches with a learned map, as SiameseIM does. Defaults to True.
         scale_factor (float): Multiplier of the log size ratios before their
             sine-cosine features (10 in [67]). Defaults to 10.
+        with_cp (bool): Activation checkpointing of every layer in training
+            (``torch.utils.checkpoint``, ``use_reentrant=False``): its
+            activations are recomputed in the backward pass. Defaults to
+            False.
     """
 
     def __init__(self,
@@ -47,7 +52,8 @@ class ImageTargetDecoder(nn.Module):
                  num_heads: int = 16,
                  mlp_ratio: float = 4.0,
                  relative_scale: bool = True,
-                 scale_factor: float = 10.) -> None:
+                 scale_factor: float = 10.,
+                 with_cp: bool = False) -> None:
         super().__init__()
         if embed_dims % num_heads or embed_dims % 4:
             raise ValueError(f'embed_dims {embed_dims} must be divisible by '
@@ -56,6 +62,7 @@ class ImageTargetDecoder(nn.Module):
         self.input_proj = nn.Linear(in_channels, embed_dims)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dims))
         self.scale_factor = scale_factor
+        self.with_cp = with_cp
         self.query_embed = nn.Linear(2 * embed_dims, embed_dims) \
             if relative_scale else None
         layer = nn.TransformerEncoderLayer(
@@ -124,5 +131,10 @@ class ImageTargetDecoder(nn.Module):
                 relative_query_embed(query_pos, query_scale, self.embed_dims,
                                      self.scale_factor).to(dtype))
         queries = self.mask_token.to(dtype) + query_embed.to(dtype)
-        x = self.layers(torch.cat([context, queries], dim=1))
+        x = torch.cat([context, queries], dim=1)
+        if self.with_cp and self.training and x.requires_grad:
+            for layer in self.layers.layers:
+                x = cp.checkpoint(layer, x, use_reentrant=False)
+        else:
+            x = self.layers(x)
         return self.predictor(self.norm(x[:, num_tokens:]))

@@ -4,6 +4,7 @@ import math
 import torch
 import torch.nn as nn
 from mmengine.logging import MessageHub
+from torch.distributed.tensor import DTensor
 
 from mmpretrain.models.utils import CosineEMA
 from m3i_mm.registry import MODELS
@@ -65,6 +66,11 @@ def cosine_momentum(steps: torch.Tensor, momentum: float,
     return torch.where(steps == 0, torch.ones_like(m), m)
 
 
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor (FSDP2), else the tensor."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
 @torch.compiler.assume_constant_result
 def _max_iters() -> int:
     # A run's constant: torch.compile reads it once (MessageHub's lock
@@ -104,20 +110,28 @@ class MomentumImageTarget(nn.Module):
             end_momentum=end_momentum)
         self.ema.requires_grad_(False)
 
+    def track_parameters(self) -> None:
+        """Average the momentum copy's current parameters: ``fully_shard``
+        (:class:`~m3i_mm.engine.M3IFullyShardWrapper`) replaces them with
+        sharded ones after ``CosineEMA`` listed them."""
+        self.ema.avg_parameters = dict(self.ema.module.named_parameters())
+
     @torch.no_grad()
     def update(self, backbone: nn.Module) -> None:
         """One EMA step towards the online backbone: ``CosineEMA``'s
         update as one multi-tensor ``lerp`` with a device-side ``m``
-        (:func:`cosine_momentum`), without its host reads of ``steps``."""
+        (:func:`cosine_momentum`), without its host reads of ``steps``.
+        Sharded alike (FSDP2 DTensors of the same placements), each rank
+        averages its own shards without communication."""
         ema = self.ema
         sources = dict(backbone.named_parameters())
         names = [name for name, p in ema.avg_parameters.items()
                  if p.dtype.is_floating_point]
         m = cosine_momentum(ema.steps, ema.momentum, ema.end_momentum,
                             _max_iters())
-        averages = [ema.avg_parameters[name] for name in names]
+        averages = [_local(ema.avg_parameters[name]) for name in names]
         torch._foreach_lerp_(
-            averages, [sources[name].to(p.device)
+            averages, [_local(sources[name]).to(p.device)
                        for name, p in zip(names, averages)],
             [m.to(p.device) for p in averages])
         for average, source in zip(ema.module.buffers(), backbone.buffers()):

@@ -36,6 +36,8 @@ from mmengine.registry import init_default_scope
 from mmpretrain.structures import DataSample
 from torch.distributed.tensor import DTensor
 
+import m3i_mm.models.utils.multi_input as multi_input
+
 from conftest import REPO, config_path, load_script
 from test_balancer import _free_port
 
@@ -81,11 +83,9 @@ def within_halves(n, generator=None, device=None):
 def build(sharded: bool):
     """The demo model (same initial weights in every process), its optim
     wrapper and the model that holds the balancer."""
-    import m3i_mm.models.utils.multi_input as multi_input
     from mmpretrain.registry import MODELS
     from mmengine.registry import MODEL_WRAPPERS
     init_default_scope('mmpretrain')
-    multi_input.derangement = within_halves
     MessageHub.get_current_instance().update_info('max_iters', 100)
     cfg = Config.fromfile(CONFIG)
     torch.manual_seed(0)
@@ -117,6 +117,7 @@ def _rank_main(rank, port, tmp, out):
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     dist.init_process_group('gloo', rank=rank, world_size=WORLD)
     torch.set_num_threads(1)
+    multi_input.derangement = within_halves  # a spawned process: not undone
     data = batches()
     model, inner, optim = build(sharded=True)
     records = train(model, inner, optim, data, rank, WORLD, [0, 1])
@@ -172,9 +173,11 @@ def runs(tmp_path_factory):
     mp.spawn(_rank_main,
              args=(_free_port(), str(tmp_path_factory.mktemp('fsdp')), out),
              nprocs=WORLD, join=True)
-    model, inner, optim = build(sharded=False)
-    data = batches()
-    records = train(model, inner, optim, data, 0, 1, range(STEPS))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(multi_input, 'derangement', within_halves)
+        model, inner, optim = build(sharded=False)
+        data = batches()
+        records = train(model, inner, optim, data, 0, 1, range(STEPS))
     return dict(out), records, model.state_dict()
 
 

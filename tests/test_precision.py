@@ -41,7 +41,7 @@ def test_precision_switch_rewrites_the_wrapper(monkeypatch):
     assert parse([vitb], monkeypatch).optim_wrapper.dtype == 'float16'
     fp32 = parse([vitb, '--precision', 'fp32'], monkeypatch).optim_wrapper
     assert fp32.type == 'OptimWrapper' and 'dtype' not in fp32
-    assert 'loss_scale' not in fp32 and fp32.clip_grad.max_norm == 3.0
+    assert 'loss_scale' not in fp32 and fp32.clip_grad.max_norm == 1.0
     bf16 = parse([config_path('pretrain', 'm3i_vit-tiny_demo.py'),
                   '--precision', 'bf16'], monkeypatch).optim_wrapper
     assert bf16.type == 'CPUAwareAmpOptimWrapper' and bf16.dtype == 'bfloat16'

@@ -1,7 +1,7 @@
 # m3i_internimage-h.py sharded over all ranks, bf16 compute (see
 # ../_base_/sharding/fsdp_bf16.py): each rank keeps 1/N of the fp32 weights,
 # gradients, AdamW state and momentum encoder (benchmarks/memory.py, 8 ranks:
-# 21.2 -> 2.9 GiB per rank). Activation checkpointing: InternImage's with_cp
+# 21.4 -> 2.9 GiB per rank). Activation checkpointing: InternImage's with_cp
 # (base) and the image decoder's.
 _base_ = ['./m3i_internimage-h.py', '../_base_/sharding/fsdp_bf16.py']
 model = dict(image_decoder=dict(with_cp=True))

@@ -7,7 +7,8 @@ _base_ = ['./m3i_internimage-h.py']
 
 model = dict(
     text_head=dict(
-        type='AttentionPoolingHead', in_channels=2560, embed_dims=1024,
+        type='AttentionPoolingHead', in_channels={{_base_.channels}},
+        embed_dims=1024,
         out_channels=768, num_heads=16),
     text_target=dict(
         type='TextTargetEncoder',
@@ -25,16 +26,15 @@ model = dict(
 image_text_pipeline = [
     dict(
         type='M3IViews',
-        size=192,
-        crop_scale=(0.2, 1.0),
+        size={{_base_.img_size}},
+        crop_scale={{_base_.crop_scale}},
         flip_prob=0.5,
         interpolation='bicubic'),
     dict(
         type='BlockwiseMaskGenerator',
-        input_size=192,
-        patch_size=32,
-        mask_ratio=0.5,
-        min_num_patches=4),
+        input_size={{_base_.img_size}},
+        patch_size={{_base_.stride}},  # the fused stride-16 map's tokens
+        mask_ratio=0.5),
     dict(
         type='PackInputs',
         algorithm_keys=['view_boxes', 'view_flips'],

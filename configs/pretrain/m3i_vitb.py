@@ -16,6 +16,9 @@ model = dict(
 # AdamW, betas (0.9, 0.95) (Table 7). The peak lr's exponent and the weight
 # decay are illegible in the paper's source text: 1e-3 at batch 4096 and
 # 0.05 are our choices (see README, "Uncertain hyper-parameters").
+# Gradient clipping (max norm 1.0) is not in the paper: SiameseIM's
+# pre-training [67] value (--clip_grad 1.0 in OpenGVLab/Siamese-Image-Modeling,
+# configs/pretrain/dist_sim_base_1600ep.sh).
 optim_wrapper = dict(
     optimizer=dict(
         type='AdamW', lr=1e-3, betas=(0.9, 0.95), weight_decay=0.05),
@@ -33,7 +36,7 @@ optim_wrapper = dict(
             'text_head.query': dict(decay_mult=0.0),
             'text_logit_scale': dict(decay_mult=0.0),
         }),
-    clip_grad=dict(max_norm=3.0))
+    clip_grad=dict(max_norm=1.0))
 
 max_epochs = 1600
 warmup_epochs = 40

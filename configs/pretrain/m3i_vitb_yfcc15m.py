@@ -29,7 +29,7 @@ train_pipeline = [
     dict(
         type='M3IViews',
         size=224,
-        crop_scale=(0.2, 1.0),
+        crop_scale={{_base_.crop_scale}},  # SiameseIM's, see the base
         flip_prob=0.5,
         interpolation='bicubic'),  # photometric: batched on the GPU
     dict(

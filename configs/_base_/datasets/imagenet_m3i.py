@@ -14,6 +14,11 @@ dataset_type = 'ImageNet'
 data_root = 'data/imagenet/'
 img_size = 224
 patch_size = 16
+# RandomResizedCrop scale of both views: not in the paper (Table 7 names
+# RandomResizedCrop only); SiameseIM's pre-training [67] uses --crop_min
+# 0.08 (OpenGVLab/Siamese-Image-Modeling,
+# configs/pretrain/dist_sim_base_1600ep.sh).
+crop_scale = (0.08, 1.0)
 
 # Photometric augmentation of the two views (Table 7: ColorJitter,
 # RandomGrayscale, GaussianBlur, Solarize), asymmetric as in SiameseIM [67]
@@ -58,7 +63,7 @@ view_transforms = [target_view_aug, other_view_aug]
 views = dict(
     type='M3IViews',
     size=img_size,
-    crop_scale=(0.2, 1.0),
+    crop_scale=crop_scale,
     flip_prob=0.5,
     interpolation='bicubic')
 mask_and_pack = [

@@ -6,7 +6,9 @@ channels-last. Variants T to XL follow the official classification configs;
 InternImage-H adds residual post-norms, extra post-norms in stage 3,
 centre feature scaling, a 5x5 offset branch and an attention-pooling "clip
 projector" head. One implementation serves mmpretrain (``out_indices=(4,)``:
-the classification projection), mmdet and mmseg (stage outputs, NCHW).
+the classification projection), mmdet and mmseg (stage outputs, NCHW) and
+M3I's InternImage-H pre-training (``out_indices=(5,)``: the clip projector's
+fused stride-16 map).
 """
 import copy
 from typing import List, Optional, Sequence, Tuple, Union
@@ -267,27 +269,41 @@ class ClipProjector(nn.Module):
     """InternImage-H classification head before the linear classifier.
 
     Stage 4 (1x1 conv + pixel shuffle to stage-3 size) plus stage 3 (1x1
-    conv), attention-pooled to one vector and normed.
+    conv): a fused map at stride 16 (:meth:`fuse`); attention-pooled to one
+    vector and normed (:meth:`forward`).
 
     Args:
         in_channels (Sequence[int]): Channels of stages 3 and 4.
-        embed_dims (int): Token channels.
+        embed_dims (int): Channels of the fused map.
         num_heads (int): Attention heads.
         out_dims (int): Output channels.
         norm_cfg (dict): Norm config.
+        with_pool (bool): Build the attention pooling and its norm; without
+            them only :meth:`fuse` is available. Defaults to True.
     """
 
-    def __init__(self, in_channels: Sequence[int], embed_dims: int,
-                 num_heads: int, out_dims: int, norm_cfg: dict) -> None:
+    def __init__(self,
+                 in_channels: Sequence[int],
+                 embed_dims: int,
+                 num_heads: int,
+                 out_dims: int,
+                 norm_cfg: dict,
+                 with_pool: bool = True) -> None:
         super().__init__()
         self.proj_x4 = nn.Conv2d(in_channels[1], embed_dims * 4, 1)
         self.proj_x3 = nn.Conv2d(in_channels[0], embed_dims, 1)
-        self.attn_pool = AttentionPooling(embed_dims, num_heads, out_dims,
-                                          norm_cfg)
-        self.norm = build_norm_layer(norm_cfg, out_dims)[1]
+        if with_pool:
+            self.attn_pool = AttentionPooling(embed_dims, num_heads,
+                                              out_dims, norm_cfg)
+            self.norm = build_norm_layer(norm_cfg, out_dims)[1]
 
-    def forward(self, x3: Tensor, x4: Tensor) -> Tensor:
-        """Stage 3 and 4 outputs (NCHW) to (N, out_dims)."""
+    def fuse(self, x3: Tensor, x4: Tensor) -> Tensor:
+        """Stage 3 (N, C3, h, w) and stage 4 (N, C4, h/2, w/2) outputs to the
+        fused map (N, embed_dims, h, w).
+
+        Raises:
+            ValueError: If stage 3 is not twice the size of stage 4.
+        """
         x4 = F.pixel_shuffle(self.proj_x4(x4), 2)
         x3 = self.proj_x3(x3)
         if x3.shape != x4.shape:
@@ -295,7 +311,11 @@ class ClipProjector(nn.Module):
                 'InternImage clip projector: stage 3 size '
                 f'{tuple(x3.shape[2:])} is not twice the stage 4 size '
                 f'{tuple(x4.shape[2:])}; use inputs divisible by 32')
-        x = (x3 + x4).flatten(2).transpose(1, 2)
+        return x3 + x4
+
+    def forward(self, x3: Tensor, x4: Tensor) -> Tensor:
+        """Stage 3 and 4 outputs (NCHW) to (N, out_dims)."""
+        x = self.fuse(x3, x4).flatten(2).transpose(1, 2)
         return self.norm(self.attn_pool(x))
 
 
@@ -308,7 +328,11 @@ class InternImage(BaseBackbone):
     the classification projection of the official classifiers (a 1x1
     conv + BN + GELU widening stage 4 by ``cls_scale`` for T to XL, the
     attention-pooling clip projector giving an (N, 768) vector for H),
-    built only when requested.
+    built only when requested. Arches with the clip projector (H) also have
+    5: the projector's fused stage-3 + stage-4 map before the pooling,
+    (N, ``clip_embed_dims``, H/16, W/16), 1,024 channels for H: the token
+    map M3I pre-trains InternImage-H on (paper Table 7: attention-pooling
+    input 1,024; 12x12 tokens at 192 px, the 16-pixel mask patches).
 
     Args:
         arch (str | dict): A variant of :attr:`arch_zoo` (``'t'``, ``'s'``,
@@ -317,7 +341,9 @@ class InternImage(BaseBackbone):
             Defaults to ``'t'``.
         in_channels (int): Image channels. Defaults to 3.
         out_indices (Sequence[int] | int): Outputs, see above; negative
-            indices count stages from the end. Defaults to ``(3, )``.
+            indices count stages from the end. Raises ``ValueError`` for
+            indices out of range, and for 5 without the clip projector.
+            Defaults to ``(3, )``.
         mlp_ratio (float): MLP hidden size ratio. Defaults to 4.
         drop_rate (float): MLP dropout. Defaults to 0.
         drop_path_rate (float): Stochastic depth. Defaults to 0.
@@ -401,6 +427,8 @@ class InternImage(BaseBackbone):
         self._nchw_stages = {i for i in self.out_indices if i < 4}
         if 4 in self.out_indices:
             self._nchw_stages |= {2, 3} if arch['use_clip_projector'] else {3}
+        if 5 in self.out_indices:
+            self._nchw_stages |= {2, 3}
         if not -1 <= frozen_stages <= self.num_stages:
             raise ValueError(f'InternImage: frozen_stages must be in [-1, '
                              f'{self.num_stages}], got {frozen_stages}')
@@ -454,20 +482,24 @@ class InternImage(BaseBackbone):
                         for j in range(depth)
                     ]))
 
-        if 4 in self.out_indices:
-            if arch['use_clip_projector']:
-                self.cls_proj = ClipProjector(channels[2:],
-                                              arch['clip_embed_dims'],
-                                              arch['clip_num_heads'],
-                                              arch['clip_out_dims'], norm_cfg)
-            else:
-                self.cls_proj = ConvModule(
-                    channels[3],
-                    int(channels[3] * cls_scale),
-                    1,
-                    bias=False,
-                    norm_cfg=dict(type='BN'),
-                    act_cfg=act_cfg)
+        if arch['use_clip_projector'] and {4, 5} & set(self.out_indices):
+            # One projector for both outputs: the same keys as the
+            # classifiers' checkpoints; pooling only if 4 is asked for.
+            self.cls_proj = ClipProjector(
+                channels[2:],
+                arch['clip_embed_dims'],
+                arch['clip_num_heads'],
+                arch['clip_out_dims'],
+                norm_cfg,
+                with_pool=4 in self.out_indices)
+        elif 4 in self.out_indices:
+            self.cls_proj = ConvModule(
+                channels[3],
+                int(channels[3] * cls_scale),
+                1,
+                bias=False,
+                norm_cfg=dict(type='BN'),
+                act_cfg=act_cfg)
         self._freeze_stages()
 
     def _parse_arch(self, arch: Union[str, dict]) -> dict:
@@ -495,10 +527,13 @@ class InternImage(BaseBackbone):
         if isinstance(out_indices, int):
             out_indices = [out_indices]
         parsed = []
+        last = self.num_stages + int(self.arch['use_clip_projector'])
         for index in out_indices:
-            if not -self.num_stages <= index <= self.num_stages:
-                raise ValueError(f'InternImage: out_indices entry {index} not '
-                                 f'in [-{self.num_stages}, {self.num_stages}]')
+            if not -self.num_stages <= index <= last:
+                raise ValueError(
+                    f'InternImage: out_indices entry {index} not in '
+                    f'[-{self.num_stages}, {last}] (5, the fused stage-3+4 '
+                    'map, needs an arch with use_clip_projector)')
             parsed.append(index % self.num_stages if index < 0 else index)
         return tuple(parsed)
 
@@ -587,6 +622,8 @@ class InternImage(BaseBackbone):
         for index in self.out_indices:
             if index < self.num_stages:
                 outs.append(stage_outs[index])
+            elif index == self.num_stages + 1:
+                outs.append(self.cls_proj.fuse(stage_outs[2], stage_outs[3]))
             elif self.arch['use_clip_projector']:
                 outs.append(self.cls_proj(stage_outs[2], stage_outs[3]))
             else:

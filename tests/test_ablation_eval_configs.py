@@ -143,3 +143,24 @@ def test_retrieval_demo_recall_equals_a_direct_computation(tmp_path):
                           *[f'{k}={v}' for k, v in options.items()])
     assert metrics == pytest.approx(expected)
     assert 0 < expected['retrieval/i2t_R@5'] < 100
+
+
+def test_retrieval_metric_with_several_captions_per_image():
+    """Flickr30K's protocol: an image hits when any of its captions ranks
+    within K; each caption retrieves its own image. Image 0's captions: one
+    on its axis, one on image 1's; image 1's single caption is on axis 2."""
+    from m3i_mm.evaluation.metrics import ImageTextRetrieval
+    metric = ImageTextRetrieval(topk=(1, 2))
+    eye = torch.eye(3)
+    metric.process(None, [
+        dict(image_embedding=eye[0], text_embedding=torch.stack([eye[0],
+                                                                 eye[1]])),
+        dict(image_embedding=eye[1] + 0.1 * eye[2], text_embedding=eye[2]),
+    ])
+    out = metric.compute_metrics(metric.results)
+    # i2t: image 0 -> its caption 0 first (hit); image 1 -> image 0's
+    # caption 1 first, its own second.
+    assert (out['i2t_R@1'], out['i2t_R@2']) == (50.0, 100.0)
+    # t2i: caption 0 -> image 0 (hit); caption 1 -> image 1 (miss);
+    # caption 2 -> image 1 (hit).
+    assert out['t2i_R@1'] == pytest.approx(200 / 3)

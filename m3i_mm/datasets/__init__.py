@@ -2,6 +2,7 @@ from .demo import (CAPTION_TEMPLATES, DIGIT_CLASSES, DemoDigits,
                    DemoDigitsCaptions, DemoDigitsCoco, DemoDigitsLvis,
                    DemoDigitsSeg, demo_digits_split, materialize_demo_digits,
                    materialize_demo_digits_ade, materialize_demo_digits_coco,
+                   materialize_demo_digits_karpathy,
                    materialize_demo_digits_lvis)
 from .image_text import ImageTextDataset, ImageTextShards, expand_shards
 from .multi_source import MultiSourceDataset
@@ -19,5 +20,6 @@ __all__ = [
     'NamedLoadSegAnnotations', 'NonEmptyDataset', 'NonEmptyMixin',
     'build_dataset', 'demo_digits_split', 'empty_dataset_error',
     'expand_shards', 'materialize_demo_digits', 'materialize_demo_digits_ade',
-    'materialize_demo_digits_coco', 'materialize_demo_digits_lvis'
+    'materialize_demo_digits_coco', 'materialize_demo_digits_karpathy',
+    'materialize_demo_digits_lvis'
 ]

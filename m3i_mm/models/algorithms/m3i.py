@@ -243,8 +243,12 @@ class M3I(BaseSelfSupervisor):
         head, its category-head prediction against the pre-trained category
         embeddings, as in the category posterior (Table 4, "ImageNet w/o
         Fine-tuning"). With a text head, samples also get
-        ``image_embedding`` and, with a caption, ``text_embedding`` (for
-        ``ImageTextRetrieval``).
+        ``image_embedding`` (D,) and, where every sample has its caption(s),
+        ``text_embedding``: (D,) for one caption, (M, D) for a list of M
+        (for ``ImageTextRetrieval``). Captions are read from ``caption``
+        (this project's image-text datasets) or ``text`` (mmpretrain's
+        retrieval datasets, e.g. ``Flickr30kRetrieval``: an image's 5
+        captions).
         """
         if self.text_head is None and self.category_head is None:
             raise RuntimeError('predict needs a category head or text_head '
@@ -268,12 +272,21 @@ class M3I(BaseSelfSupervisor):
             if scores is not None:
                 sample.set_pred_score(scores[i]).set_pred_label(
                     scores[i].argmax())
-        captions = [s.get('caption') for s in data_samples]
+        captions = [s.get('caption', s.get('text')) for s in data_samples]
         if self.text_target is not None and all(c is not None
                                                 for c in captions):
-            texts = F.normalize(self.text_target(captions), dim=-1)
-            for sample, text in zip(data_samples, texts):
-                sample.set_field(text, 'text_embedding')
+            flat = [c for cs in captions
+                    for c in ([cs] if isinstance(cs, str) else cs)]
+            texts = F.normalize(self.text_target(flat), dim=-1)
+            start = 0
+            for sample, cs in zip(data_samples, captions):
+                if isinstance(cs, str):
+                    sample.set_field(texts[start], 'text_embedding')
+                    start += 1
+                else:
+                    sample.set_field(texts[start:start + len(cs)],
+                                     'text_embedding')
+                    start += len(cs)
         return data_samples
 
     @torch.no_grad()

@@ -90,7 +90,9 @@ def instances() -> Dict[str, dict]:
     }
     for path in sorted(glob.glob(osp.join(PRETRAIN, 'table5', '*.py'))):
         name = osp.basename(path)[:-3].replace('_vitb', '')
-        if not name.startswith('clip'):
+        # mim-token: its tokenizer checkpoint (BEiT v2's VQ-KD) is not part
+        # of the demo, and a random tokenizer's ids would say nothing.
+        if not name.startswith('clip') and name != 'mim-token':
             found[name] = dict(config=path, overrides={})
     return found
 
@@ -129,6 +131,9 @@ def demo_model_cfg(model: dict, demo: dict,
     target = cfg.get('image_target') or {}
     if target.get('type') == 'PixelTarget':
         target['patch_size'] = patch
+    if target.get('average_top_k'):  # data2vec's 6 of 12: the top half
+        target['average_top_k'] = max(1, demo['backbone']['arch'][
+            'num_layers'] // 2)
     if target.get('type') == 'MomentumImageTarget' and momentum is not None:
         target['momentum'] = momentum
     if target.get('type') == 'FrozenImageTarget':

@@ -37,8 +37,15 @@ def max_iters():
     MessageHub.get_current_instance().update_info('max_iters', 100)
 
 
+TINY_TOKENIZER = dict(
+    type='VQKD', num_embed=11, embed_dims=8, quantize_kmeans_init=False,
+    encoder_config=dict(arch=TINY_ARCH, img_size=TINY_SIZE,
+                        patch_size=TINY_PATCH, out_type='featmap'))
+
+
 def tiny_model_cfg(model: dict, img_size: int = TINY_SIZE,
-                   checkpoint: str = None) -> dict:
+                   checkpoint: str = None,
+                   tokenizer_checkpoint: str = None) -> dict:
     """A config's model with every part shrunk to the tests' tiny sizes;
     the parts' types, modes, outputs and posteriors are kept."""
     cfg = copy.deepcopy(model)
@@ -50,12 +57,19 @@ def tiny_model_cfg(model: dict, img_size: int = TINY_SIZE,
         target['patch_size'] = TINY_PATCH
     if target and target['type'] == 'FrozenImageTarget' and checkpoint:
         target['checkpoint'] = checkpoint
+    if target and target.get('average_top_k'):
+        target['average_top_k'] = TINY_ARCH['num_layers']
+    if target and target['type'] == 'DiscreteTokenTarget':
+        target.update(tokenizer=copy.deepcopy(TINY_TOKENIZER),
+                      checkpoint=tokenizer_checkpoint)
     decoder = cfg.get('image_decoder')
     if decoder and decoder['type'] == 'ImageTargetDecoder':
         pixels = target['type'] == 'PixelTarget'
         decoder.update(in_channels=TINY_DIMS, embed_dims=32, depth=1,
                        num_heads=4, out_channels=TINY_PATCH**2 * 3
-                       if pixels else TINY_DIMS)
+                       if pixels else TINY_TOKENIZER['num_embed']
+                       if target['type'] == 'DiscreteTokenTarget'
+                       else TINY_DIMS)
     for head in ('category_head', 'text_head'):
         if cfg.get(head):
             cfg[head].update(in_channels=TINY_DIMS, out_channels=TINY_DIMS,
@@ -131,9 +145,13 @@ def teacher_ckpt(tmp_path_factory):
     'path', INSTANCE_CONFIGS,
     ids=[osp.relpath(p, osp.join(REPO, 'configs', 'pretrain'))
          for p in INSTANCE_CONFIGS])
-def test_instance_config_trains_a_step(path, teacher_ckpt):
+def test_instance_config_trains_a_step(path, teacher_ckpt, tmp_path):
+    from mmengine.runner.checkpoint import save_checkpoint
+    tokenizer = str(tmp_path / 'tokenizer.pth')
+    save_checkpoint(MODELS.build(TINY_TOKENIZER).state_dict(), tokenizer)
     cfg = tiny_model_cfg(Config.fromfile(path).model.to_dict(),
-                         checkpoint=teacher_ckpt[0])
+                         checkpoint=teacher_ckpt[0],
+                         tokenizer_checkpoint=tokenizer)
     torch.manual_seed(0)
     model = MODELS.build(cfg)  # (a frozen teacher loads at first use)
     trained = [p for p in model.parameters() if p.requires_grad]

@@ -79,7 +79,10 @@ from ..utils.view_geometry import (patch_centers, target_positions_in_input,
 
 
 def _gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Rows ``x[n, index[n]]``: (N, L, C), (N, K) -> (N, K, C)."""
+    """Rows ``x[n, index[n]]``: (N, L, C), (N, K) -> (N, K, C); (N, L)
+    codebook ids -> (N, K)."""
+    if x.dim() == 2:
+        return torch.gather(x, 1, index)
     return torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
@@ -442,7 +445,8 @@ class M3I(BaseSelfSupervisor):
         grid = tuple(mask.shape[1:])
         self.image_target.update(self.backbone)
         targets = self.image_target(inputs[0])  # N forwards, one per image
-        if targets.dim() == 2:
+        # (N, D) global features; (N, L) integer ids are dense (tokens).
+        if targets.dim() == 2 and targets.is_floating_point():
             return self._global_image_losses(tokens, targets, mixed,
                                              first_idx, second_idx)
         if isinstance(self.image_decoder, AttentionPoolingHead):

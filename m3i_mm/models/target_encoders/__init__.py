@@ -1,4 +1,5 @@
 from .category import CategoryEmbedding
+from .discrete_token import DiscreteTokenTarget
 from .frozen_image import FrozenImageTarget
 from .momentum_image import (MomentumImageTarget, backbone_tokens,
                              target_representation)
@@ -6,7 +7,7 @@ from .pixel import PixelTarget
 from .text import TextTargetEncoder, resolve_model_path
 
 __all__ = [
-    'CategoryEmbedding', 'FrozenImageTarget', 'MomentumImageTarget',
+    'CategoryEmbedding', 'DiscreteTokenTarget', 'FrozenImageTarget', 'MomentumImageTarget',
     'PixelTarget', 'TextTargetEncoder', 'backbone_tokens',
     'resolve_model_path', 'target_representation'
 ]

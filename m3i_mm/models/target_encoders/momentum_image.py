@@ -1,8 +1,10 @@
 """Image target encoder f_φ: a momentum (EMA) copy of the input backbone."""
 import math
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from mmengine.logging import MessageHub
 from torch.distributed.tensor import DTensor
 
@@ -42,6 +44,75 @@ def target_representation(tokens: torch.Tensor, output: str) -> torch.Tensor:
     """z_y of an image target: the (N, L, C) tokens themselves (``'dense'``)
     or their mean over the L positions, (N, C) (``'global'``)."""
     return tokens if output == 'dense' else tokens.mean(dim=1)
+
+
+TARGET_LAYER_NORMS = ('instance', 'layer', 'none')
+
+
+def average_top_layers(layer_tokens: Sequence[torch.Tensor],
+                       norm: str = 'instance') -> torch.Tensor:
+    """data2vec's target: the mean of the top transformer layers' outputs,
+    each normalised first (Baevski et al., ICML 2022, Sec. 3.3; the
+    ``instance_norm_target_layer`` / ``layer_norm_target_layer`` options
+    of its fairseq code).
+
+    Args:
+        layer_tokens (sequence of Tensor): K outputs (N, L, C) of the top K
+            blocks, patch tokens only.
+        norm (str): ``'instance'``: each channel of each image standardised
+            over its L tokens (``F.instance_norm``, no affine, eps 1e-5,
+            data2vec's vision choice); ``'layer'``: each token over its C
+            channels (no affine, eps 1e-5); ``'none'``.
+
+    Returns:
+        Tensor: (N, L, C), in fp32.
+
+    Raises:
+        ValueError: No layers, or an unknown ``norm``.
+    """
+    if not layer_tokens:
+        raise ValueError('average_top_layers needs at least one layer')
+    if norm not in TARGET_LAYER_NORMS:
+        raise ValueError(f'target layer norm must be one of '
+                         f'{TARGET_LAYER_NORMS}, got {norm!r}')
+    total = 0
+    for tokens in layer_tokens:
+        tokens = tokens.float()
+        if norm == 'instance':
+            tokens = F.instance_norm(tokens.transpose(1, 2)).transpose(1, 2)
+        elif norm == 'layer':
+            tokens = F.layer_norm(tokens, tokens.shape[-1:])
+        total = total + tokens
+    return total / len(layer_tokens)
+
+
+def top_layer_tokens(backbone: nn.Module, images: torch.Tensor,
+                     k: int) -> List[torch.Tensor]:
+    """The outputs of the last ``k`` blocks of a transformer backbone (its
+    ``layers``, e.g. mmpretrain's ``VisionTransformer``), read with forward
+    hooks during one forward, without the ``num_extra_tokens`` leading
+    tokens (class token): K tensors (N, L, C), before the final norm.
+
+    Raises:
+        ValueError: The backbone has no ``layers`` or fewer than ``k``.
+    """
+    layers = getattr(backbone, 'layers', None)
+    if not isinstance(layers, nn.ModuleList) or not 0 < k <= len(layers):
+        depth = len(layers) if isinstance(layers, nn.ModuleList) else None
+        raise ValueError(f'average_top_k={k} needs a backbone with at least '
+                         f'{k} blocks in .layers; {type(backbone).__name__} '
+                         f'has {depth}')
+    extra = getattr(backbone, 'num_extra_tokens', 0)
+    outputs = []
+    handles = [layer.register_forward_hook(
+        lambda _m, _i, out: outputs.append(out[:, extra:]))
+        for layer in layers[len(layers) - k:]]
+    try:
+        backbone(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return outputs
 
 
 def cosine_momentum(steps: torch.Tensor, momentum: float,
@@ -95,15 +166,40 @@ class MomentumImageTarget(nn.Module):
         output (str): ``'dense'`` (N, L, C) token features or ``'global'``
             (N, C), their mean (the "global feature" targets of Table 2
             (c, f, i, l)). Defaults to ``'dense'``.
+        average_top_k (int, optional): data2vec's target (Table 5's typical
+            work for MIM_feature): the mean of the last K blocks' outputs
+            (:func:`average_top_layers`) instead of the final feature map;
+            data2vec's ViT-B uses K = 6. ``None``: the feature map.
+        target_layer_norm (str): Each layer's normalisation before the
+            mean with ``average_top_k``: ``'instance'`` (data2vec),
+            ``'layer'`` or ``'none'``.
+
+    Raises:
+        ValueError: A bad ``output``, ``average_top_k`` (< 1 or more than
+            the backbone's blocks) or ``target_layer_norm``.
     """
 
     def __init__(self,
                  backbone: nn.Module,
                  momentum: float = 0.005,
                  end_momentum: float = 0.0,
-                 output: str = 'dense') -> None:
+                 output: str = 'dense',
+                 average_top_k: Optional[int] = None,
+                 target_layer_norm: str = 'instance') -> None:
         super().__init__()
         self.output = check_target_output(output)
+        if target_layer_norm not in TARGET_LAYER_NORMS:
+            raise ValueError(f'target_layer_norm must be one of '
+                             f'{TARGET_LAYER_NORMS}, got '
+                             f'{target_layer_norm!r}')
+        if average_top_k is not None:
+            depth = len(getattr(backbone, 'layers', ()))
+            if not 0 < average_top_k <= depth:
+                raise ValueError(f'average_top_k must be in [1, {depth}] '
+                                 f'(the backbone\'s blocks), got '
+                                 f'{average_top_k}')
+        self.average_top_k = average_top_k
+        self.target_layer_norm = target_layer_norm
         self.ema = CosineEMA(
             backbone,
             momentum=momentum,
@@ -141,7 +237,14 @@ class MomentumImageTarget(nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Encode target images: (N, C, H, W) -> (N, L, C) tokens, or (N, C)
-        for ``output='global'``."""
+        for ``output='global'``; with ``average_top_k`` the tokens are the
+        normalised mean of the top K blocks (fp32)."""
         self.ema.module.eval()
-        return target_representation(
-            backbone_tokens(self.ema.module, images), self.output)
+        if self.average_top_k is None:
+            tokens = backbone_tokens(self.ema.module, images)
+        else:
+            tokens = average_top_layers(
+                top_layer_tokens(self.ema.module, images,
+                                 self.average_top_k),
+                self.target_layer_norm)
+        return target_representation(tokens, self.output)

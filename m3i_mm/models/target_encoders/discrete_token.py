@@ -1,0 +1,121 @@
+"""Discrete-token target encoder: a frozen tokenizer's codebook ids."""
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from mmengine.runner.checkpoint import CheckpointLoader
+
+from m3i_mm.engine.checkpoint.parser import (NotACheckpointError,
+                                             UnsafeCheckpointError)
+from m3i_mm.registry import MODELS
+from .frozen_image import state_dict_under
+
+
+def token_ids(output: torch.Tensor, batch: int) -> torch.Tensor:
+    """A tokenizer's output as (N, L) int64 codebook ids in raster order.
+
+    Args:
+        output (Tensor): Integer ids (N, L) or (N, h, w) (e.g. mmpretrain's
+            ``VQKD``, nearest codebook entry), or float logits
+            (N, K, h, w) over the codebook (e.g. a DALL-E encoder), whose
+            argmax is taken.
+        batch (int): N, to check the output.
+
+    Raises:
+        ValueError: Any other shape or dtype.
+    """
+    if output.is_floating_point() and output.dim() == 4:
+        output = output.argmax(1)
+    if output.is_floating_point() or output.dim() not in (2, 3) or \
+            output.shape[0] != batch:
+        raise ValueError(
+            f'a tokenizer must give (N, L) or (N, h, w) integer ids or '
+            f'(N, K, h, w) logits for N={batch} images, got '
+            f'{tuple(output.shape)} {output.dtype}')
+    return output.flatten(1).long()
+
+
+@MODELS.register_module()
+class DiscreteTokenTarget(nn.Module):
+    """z_y = codebook ids of the target view's patches from a frozen
+    tokenizer: BEiT's dVAE or BEiT v2's VQ-KD (Table 5, footnote 2), the
+    target of a :class:`CodebookBoltzmannPosterior`.
+
+    The tokenizer is any registered model mapping (N, C, H, W) images to
+    ids or codebook logits (:func:`token_ids`), e.g. mmpretrain's ``VQKD``
+    (BEiT v2). Its weights are read from ``checkpoint`` in
+    :meth:`init_weights` (or before the first forward) through mmengine's
+    ``CheckpointLoader`` (parsed as data by :mod:`m3i_mm.engine.checkpoint`)
+    and never change (eval mode, no gradients); a resumed run restores
+    them from its own checkpoint.
+
+    Args:
+        tokenizer (dict): Tokenizer config, e.g. ``dict(type='VQKD', ...)``.
+        checkpoint (str): The tokenizer's checkpoint file.
+        prefix (str): Name prefix of its weights in the file. Defaults to
+            ``''`` (a bare tokenizer state dict, as mmpretrain's
+            ``vqkd_encoder.pth``).
+        backbone (nn.Module, optional): Ignored (the algorithm passes its
+            backbone to every image target encoder).
+
+    Raises:
+        ValueError: ``checkpoint`` is not a file name; at loading, naming
+            the file and the config key: a file that is no (safe)
+            checkpoint, or weights that do not fit.
+        FileNotFoundError / KeyError: At loading: no such file, or no
+            weights under ``prefix``.
+    """
+
+    def __init__(self, tokenizer: dict, checkpoint: str, prefix: str = '',
+                 backbone: Optional[nn.Module] = None) -> None:
+        super().__init__()
+        if not isinstance(checkpoint, str) or not checkpoint:
+            raise ValueError(f'DiscreteTokenTarget needs a tokenizer file in '
+                             f'image_target.checkpoint, got {checkpoint!r}')
+        self.tokenizer = MODELS.build(tokenizer)
+        self.tokenizer.requires_grad_(False)
+        self.checkpoint = checkpoint
+        self.prefix = prefix
+        self.register_buffer('loaded', torch.zeros((), dtype=torch.bool))
+
+    def init_weights(self) -> None:
+        """Load the tokenizer's weights from ``checkpoint``."""
+        where = f'image_target.checkpoint={self.checkpoint!r}'
+        try:
+            ckpt = CheckpointLoader.load_checkpoint(
+                self.checkpoint, map_location='cpu')
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f'{where}: {err}') from err
+        except (NotACheckpointError, UnsafeCheckpointError) as err:
+            raise ValueError(f'{where}: {err}') from err
+        if not isinstance(ckpt, dict):
+            raise ValueError(f'{where}: not a state dict but '
+                             f'{type(ckpt).__name__}')
+        weights = state_dict_under(ckpt, self.prefix, self.checkpoint)
+        try:
+            result = self.tokenizer.load_state_dict(weights, strict=False)
+        except RuntimeError as err:  # shapes differ
+            raise ValueError(f'{where} (prefix {self.prefix!r}) does not fit '
+                             f'the tokenizer: {err}') from err
+        if result.missing_keys or result.unexpected_keys:
+            raise ValueError(
+                f'{where} (prefix {self.prefix!r}) does not fit the '
+                f'tokenizer: missing {result.missing_keys[:5]}, unexpected '
+                f'{result.unexpected_keys[:5]}')
+        self.loaded.fill_(True)
+
+    def update(self, backbone: nn.Module) -> None:
+        """Nothing to update: the tokenizer is fixed."""
+
+    def train(self, mode: bool = True) -> 'DiscreteTokenTarget':
+        """The tokenizer stays in eval mode."""
+        super().train(mode)
+        self.tokenizer.eval()
+        return self
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) -> (N, L) int64 codebook ids, raster order."""
+        if not bool(self.loaded):
+            self.init_weights()
+        return token_ids(self.tokenizer(images), images.shape[0])

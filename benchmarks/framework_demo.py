@@ -32,9 +32,9 @@ steps: nothing after its ~500k steps, but 37 % after 400, so every
 momentum-target instance would predict a mostly random network; 0.02 keeps
 exp(-4), 2 %.
 
-Budget: 20 instances x 2 seeds = 40 pre-training runs, about 0.2 s a step
+Budget: 21 instances x 2 seeds = 42 pre-training runs, about 0.2 s a step
 for M3I (two images, both image targets) at batch 32 on 2 cores plus about
-10 s of start-up and probes a run: 44 minutes on 2 idle cores.
+10 s of start-up and probes a run: 46 minutes on 2 idle cores.
 
 Usage (the full run):
     python benchmarks/framework_demo.py --seeds 2

@@ -33,16 +33,19 @@ def test_every_instance_adapts_to_the_demo_model():
         if (cfg.get('image_target') or {}).get('type') == \
                 'MomentumImageTarget':
             assert cfg['image_target']['momentum'] == 0.02, name
-    # SiameseIM's collapse guard (its --neg_weight 0.02) is kept.
-    sim = Config.fromfile(specs['siamese-im-feature']['config']).model
-    assert framework_demo.demo_model_cfg(sim.to_dict(), demo)[
-        'image_posterior']['decorrelation_weight'] == 0.02
+    # Table 2 (k) is the paper's stop-gradient row; SiameseIM's collapse
+    # guard (its --neg_weight 0.02) runs as its own named variant.
+    for name, weight in (('siamese-im-feature', 0.0),
+                         ('siamese-im-feature_decorrelation', 0.02)):
+        sim = Config.fromfile(specs[name]['config']).model
+        assert framework_demo.demo_model_cfg(sim.to_dict(), demo)[
+            'image_posterior'].get('decorrelation_weight', 0.0) == weight
     # --model-options reach every run's model (the README's controls).
     args = framework_demo.parse_args([
         '--model-options', 'image_posterior.decorrelation_weight=0'])
-    cfg = framework_demo.run_config('siamese-im-feature',
-                                    specs['siamese-im-feature'], 0, args,
-                                    None)
+    cfg = framework_demo.run_config(
+        'siamese-im-feature_decorrelation',
+        specs['siamese-im-feature_decorrelation'], 0, args, None)
     assert cfg.model.image_posterior.decorrelation_weight == 0
     assert cfg.model.image_posterior.type == 'GaussianPosterior'
     with pytest.raises(ValueError, match='teacher'):

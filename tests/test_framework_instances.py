@@ -282,8 +282,8 @@ def test_dense_boltzmann_posterior_is_fp32_under_autocast():
                                    ('same', 'same')])
 def test_dense_instance_discrimination_negatives_are_positions(views):
     """Each prediction picks its target patch among the predicted positions
-    of its own target image: all L for another view (Table 2 (h)), the
-    hidden ones for the same view."""
+    of every target image of the batch (all L for another view, Table 2
+    (h); the hidden ones for the same view)."""
     cfg = table5_cfg('dense-instance-discrimination_vitb.py')
     cfg['mixer'].update(mode='mask', target_views=views)
     model = build(cfg)
@@ -297,10 +297,9 @@ def test_dense_instance_discrimination_negatives_are_positions(views):
         hidden = torch.stack([m.nonzero().squeeze(1) for m in masks])
         targets = torch.stack([t[h] for t, h in zip(targets, hidden)])
     assert preds[0].shape == targets.shape
-    logits = torch.einsum('nqd,nkd->nqk', F.normalize(preds[0], dim=-1),
-                          F.normalize(targets, dim=-1)) / 0.2
-    positives = torch.arange(targets.shape[1]).repeat(4)
-    want = F.cross_entropy(logits.flatten(0, 1), positives)
+    logits = F.normalize(preds[0], dim=-1).flatten(0, 1) @ F.normalize(
+        targets, dim=-1).flatten(0, 1).t() / 0.2
+    want = F.cross_entropy(logits, torch.arange(logits.shape[0]))
     assert torch.allclose(loss, want, atol=1e-5)
 
 

@@ -53,8 +53,9 @@ encoder's ``output``). A global target is predicted by a global decoder
 (e.g. ``AttentionPoolingHead``) from the image's own tokens; with a
 ``BoltzmannPosterior`` its candidates are the targets of the whole batch
 (all ranks): instance discrimination. A dense target with a
-``DenseBoltzmannPosterior`` is told apart from the other positions of its
-image: dense instance discrimination. See ``configs/pretrain/table5/``.
+``DenseBoltzmannPosterior`` is told apart from the other positions of all
+target images of the batch (all ranks; or of its own image only, its
+``negatives``): dense instance discrimination. See ``configs/pretrain/table5/``.
 """
 import math
 from typing import Dict, List, Optional, Tuple
@@ -458,7 +459,7 @@ class M3I(BaseSelfSupervisor):
                 not isinstance(self.image_posterior, DenseBoltzmannPosterior):
             raise ValueError('dense image targets with a Boltzmann posterior '
                              'need DenseBoltzmannPosterior (negatives = the '
-                             'other positions of the image)')
+                             'other target positions)')
         boxes = self._stack(data_samples, 'view_boxes', device).float()
         flips = self._stack(data_samples, 'view_flips', device).bool()
         masked_input = self.mixer.mode != 'full'

@@ -139,6 +139,9 @@ def test_retrieval_demo_recall_equals_a_direct_computation(tmp_path):
                for t in range(sim.shape[1])]
         expected[f'retrieval/t2i_R@{k}'] = 100 * sum(
             owner[t] in top for t, top in enumerate(t2i)) / sim.shape[1]
+        expected[f'retrieval/mean_R@{k}'] = (
+            expected[f'retrieval/i2t_R@{k}'] +
+            expected[f'retrieval/t2i_R@{k}']) / 2
     metrics = run_test_py(cfg, ckpt, tmp_path,
                           *[f'{k}={v}' for k, v in options.items()])
     assert metrics == pytest.approx(expected)

@@ -23,6 +23,9 @@ def test_recall_on_a_hand_built_case():
     # After normalisation every text's own image scores highest
     # (text 2: image 2 at 1.0 vs image 1 at 0.894).
     assert out['t2i_R@1'] == pytest.approx(100.0)
+    # App. B.4's Flickr30K number is the mean of the two directions.
+    assert out['mean_R@1'] == pytest.approx((200 / 3 + 100.0) / 2)
+    assert out['mean_R@2'] == pytest.approx(100.0)
 
 
 def test_missing_embeddings_are_named():
@@ -54,7 +57,8 @@ def test_constant_scores_rank_pessimistically():
 def test_zero_embeddings_tie_with_everything():
     out = recall(torch.zeros(2, 3), torch.eye(3)[:2], (1, 2))
     assert out == {'i2t_R@1': 0.0, 'i2t_R@2': 100.0,
-                   't2i_R@1': 0.0, 't2i_R@2': 100.0}
+                   't2i_R@1': 0.0, 't2i_R@2': 100.0,
+                   'mean_R@1': 0.0, 'mean_R@2': 100.0}
 
 
 def test_partial_tie():
@@ -73,7 +77,8 @@ def test_partial_tie():
 def test_single_pair():
     assert recall(torch.ones(1, 2), -torch.ones(1, 2), (1, 5)) == {
         'i2t_R@1': 100.0, 'i2t_R@5': 100.0,
-        't2i_R@1': 100.0, 't2i_R@5': 100.0}
+        't2i_R@1': 100.0, 't2i_R@5': 100.0,
+        'mean_R@1': 100.0, 'mean_R@5': 100.0}
 
 
 def test_no_samples_and_non_finite_are_named():

@@ -55,6 +55,18 @@ def _frozen_target(source):
                       backbone=backbone)).init_weights()
 
 
+def _discrete_tokens(source):
+    from mmpretrain.registry import MODELS
+    MODELS.build(dict(type='DiscreteTokenTarget', checkpoint=source,
+                      tokenizer=dict(
+                          type='VQKD', num_embed=11, embed_dims=8,
+                          quantize_kmeans_init=False,
+                          encoder_config=dict(arch=TINY_ARCH, img_size=16,
+                                              patch_size=4,
+                                              out_type='featmap'))
+                      )).init_weights()
+
+
 def _converter(script):
 
     def run(source):
@@ -72,6 +84,7 @@ LOADERS = {
     'CheckpointLoader': lambda s: CheckpointLoader.load_checkpoint(s),
     'Pretrained': _pretrained,
     'FrozenImageTarget': _frozen_target,
+    'DiscreteTokenTarget': _discrete_tokens,
     'internimage_official_to_m3i': _converter('internimage_official_to_m3i.py'),
     'm3i_to_downstream': _converter('m3i_to_downstream.py'),
 }

@@ -120,7 +120,8 @@ def test_url_checkpoints_are_downloaded_then_parsed(hostile, tmp_path):
     for name, url in _hub_urls().items():
         os.link(evil, cache / osp.basename(url))
         for loader in ('_load_checkpoint', 'CheckpointLoader', 'Pretrained',
-                       'FrozenImageTarget', 'm3i_to_downstream'):
+                       'FrozenImageTarget', 'DiscreteTokenTarget',
+                       'm3i_to_downstream'):
             jobs.append([loader, name])
     for result in _probe([jobs], _env(TORCH_HOME=str(torch_home)))[0]:
         _assert_refused(result, str(cache), files[evil])

@@ -3,12 +3,9 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-from mmengine.runner.checkpoint import CheckpointLoader
 
-from m3i_mm.engine.checkpoint.parser import (NotACheckpointError,
-                                             UnsafeCheckpointError)
 from m3i_mm.registry import MODELS
-from .frozen_image import state_dict_under
+from .frozen_image import load_frozen_weights
 
 
 def token_ids(output: torch.Tensor, batch: int) -> torch.Tensor:
@@ -59,11 +56,9 @@ class DiscreteTokenTarget(nn.Module):
             backbone to every image target encoder).
 
     Raises:
-        ValueError: ``checkpoint`` is not a file name; at loading, naming
-            the file and the config key: a file that is no (safe)
-            checkpoint, or weights that do not fit.
-        FileNotFoundError / KeyError: At loading: no such file, or no
-            weights under ``prefix``.
+        ValueError: ``checkpoint`` is not a file name.
+        At loading, naming the file: the errors of
+        :func:`~m3i_mm.models.target_encoders.frozen_image.load_frozen_weights`.
     """
 
     def __init__(self, tokenizer: dict, checkpoint: str, prefix: str = '',
@@ -80,28 +75,8 @@ class DiscreteTokenTarget(nn.Module):
 
     def init_weights(self) -> None:
         """Load the tokenizer's weights from ``checkpoint``."""
-        where = f'image_target.checkpoint={self.checkpoint!r}'
-        try:
-            ckpt = CheckpointLoader.load_checkpoint(
-                self.checkpoint, map_location='cpu')
-        except FileNotFoundError as err:
-            raise FileNotFoundError(f'{where}: {err}') from err
-        except (NotACheckpointError, UnsafeCheckpointError) as err:
-            raise ValueError(f'{where}: {err}') from err
-        if not isinstance(ckpt, dict):
-            raise ValueError(f'{where}: not a state dict but '
-                             f'{type(ckpt).__name__}')
-        weights = state_dict_under(ckpt, self.prefix, self.checkpoint)
-        try:
-            result = self.tokenizer.load_state_dict(weights, strict=False)
-        except RuntimeError as err:  # shapes differ
-            raise ValueError(f'{where} (prefix {self.prefix!r}) does not fit '
-                             f'the tokenizer: {err}') from err
-        if result.missing_keys or result.unexpected_keys:
-            raise ValueError(
-                f'{where} (prefix {self.prefix!r}) does not fit the '
-                f'tokenizer: missing {result.missing_keys[:5]}, unexpected '
-                f'{result.unexpected_keys[:5]}')
+        load_frozen_weights(self.tokenizer, self.checkpoint, self.prefix,
+                            'tokenizer')
         self.loaded.fill_(True)
 
     def update(self, backbone: nn.Module) -> None:

@@ -7,6 +7,7 @@ import torch.nn as nn
 from mmengine.model import BaseModule
 from mmengine.runner.checkpoint import CheckpointLoader
 
+from m3i_mm.engine.checkpoint.parser import NotACheckpointError
 from m3i_mm.registry import MODELS
 from .momentum_image import (backbone_tokens, check_target_output,
                              target_representation)
@@ -43,6 +44,52 @@ def state_dict_under(checkpoint: dict, prefix: str, filename: str) -> dict:
     return weights
 
 
+def load_frozen_weights(module: nn.Module, checkpoint: str, prefix: str,
+                        role: str) -> None:
+    """Load all of ``module``'s weights from the file ``checkpoint``.
+
+    The file is read through mmengine's ``CheckpointLoader``, so parsed as
+    data by :mod:`m3i_mm.engine.checkpoint`, never unpickled.
+
+    Args:
+        module (nn.Module): The frozen encoder (a teacher, a tokenizer).
+        checkpoint (str): The file (or URL) named by
+            ``image_target.checkpoint``.
+        prefix (str): Name prefix of the module's weights in the file.
+        role (str): The module's name in errors, e.g. ``'teacher'``.
+
+    Raises:
+        FileNotFoundError: No such file (the config key named).
+        UnsafeCheckpointError: The file would run code or corrupt memory
+            (named by the parser).
+        ValueError: The file is no checkpoint or no state dict, or its
+            weights are missing, unexpected or mis-shaped for ``module``.
+        KeyError: No weight under ``prefix``.
+    """
+    where = f'image_target.checkpoint={checkpoint!r}'
+    try:
+        ckpt = CheckpointLoader.load_checkpoint(checkpoint,
+                                                map_location='cpu')
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f'{where}: {err}') from err
+    except NotACheckpointError as err:
+        raise ValueError(f'{where}: {err}') from err
+    if not isinstance(ckpt, dict):
+        raise ValueError(f'{where}: not a state dict but '
+                         f'{type(ckpt).__name__}')
+    weights = state_dict_under(ckpt, prefix, checkpoint)
+    try:
+        result = module.load_state_dict(weights, strict=False)
+    except RuntimeError as err:  # shapes differ
+        raise ValueError(f'{where} (prefix {prefix!r}) does not fit the '
+                         f'{role}: {err}') from err
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f'{where} (prefix {prefix!r}) does not fit the {role}: missing '
+            f'{result.missing_keys[:5]}, unexpected '
+            f'{result.unexpected_keys[:5]}')
+
+
 @MODELS.register_module()
 class FrozenImageTarget(BaseModule):
     """z_y from a pre-trained image encoder that stays fixed.
@@ -70,8 +117,8 @@ class FrozenImageTarget(BaseModule):
 
     Raises:
         ValueError: ``checkpoint`` is not a file name.
-        KeyError / ValueError: At loading, naming the file: no weights under
-            ``prefix``, or missing, unexpected or mis-shaped weights.
+        At loading, naming the file: the errors of
+        :func:`load_frozen_weights`.
     """
 
     def __init__(self,
@@ -95,19 +142,8 @@ class FrozenImageTarget(BaseModule):
 
     def init_weights(self) -> None:
         """Load the teacher's weights from ``checkpoint``."""
-        ckpt = CheckpointLoader.load_checkpoint(
-            self.checkpoint, map_location='cpu')
-        weights = state_dict_under(ckpt, self.prefix, self.checkpoint)
-        try:
-            result = self.encoder.load_state_dict(weights, strict=False)
-        except RuntimeError as err:  # shapes differ
-            raise ValueError(f'{self.checkpoint} (prefix {self.prefix!r}) '
-                             f'does not fit the teacher: {err}') from err
-        if result.missing_keys or result.unexpected_keys:
-            raise ValueError(
-                f'{self.checkpoint} (prefix {self.prefix!r}) does not fit '
-                f'the teacher: missing {result.missing_keys[:5]}, '
-                f'unexpected {result.unexpected_keys[:5]}')
+        load_frozen_weights(self.encoder, self.checkpoint, self.prefix,
+                            'teacher')
         self.loaded.fill_(True)
         self._is_init = True
 

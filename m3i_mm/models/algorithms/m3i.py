@@ -347,7 +347,9 @@ class M3I(BaseSelfSupervisor):
 
         Args:
             inputs (list[Tensor]): ``[target views, other views]``, each
-                (N, C, H, W).
+                (N, C, H, W), and, for an image target with
+                ``geometric_view``, the target views before photometric
+                augmentation as a third entry.
             data_samples (list[DataSample]): Carry ``mask`` (h, w),
                 ``view_boxes`` (2, 4), ``view_flips`` (2,) and, with a
                 category target, ``gt_label``.
@@ -358,7 +360,7 @@ class M3I(BaseSelfSupervisor):
         device = inputs[0].device
         mask = self._stack(data_samples, 'mask', device).bool()
         n, grid = mask.shape[0], tuple(mask.shape[1:])
-        mixed = self.mixer(inputs, mask)
+        mixed = self.mixer(inputs[:2], mask)
         # Token indices of each image: first image where M = 0, second M = 1.
         first_idx, second_idx = self._split_tokens(mask, mixed.images.device)
         tokens = self._encode(mixed.images, first_idx, grid)
@@ -428,7 +430,7 @@ class M3I(BaseSelfSupervisor):
         n = tokens.shape[0]
         grid = tuple(mask.shape[1:])
         self.image_target.update(self.backbone)
-        targets = self.image_target(inputs[0])  # N forwards, one per image
+        targets = self.image_target(self._target_images(inputs))
         if targets.dim() == 2:
             return self._global_image_losses(tokens, targets, mixed,
                                              first_idx, second_idx)
@@ -462,6 +464,21 @@ class M3I(BaseSelfSupervisor):
                 decoder, tokens, second_idx, mixed.sigma, mixed.second_view,
                 first_idx, targets, boxes, flips, grid)
         return losses
+
+    def _target_images(self, inputs: List[torch.Tensor]) -> torch.Tensor:
+        """The target views the image target encodes: ``inputs[2]`` (before
+        photometric augmentation) for a target with ``geometric_view``,
+        else ``inputs[0]``; one image per sample."""
+        if not getattr(self.image_target, 'geometric_view', False):
+            return inputs[0]
+        if len(inputs) < 3:
+            raise ValueError(
+                f'{type(self.image_target).__name__}(geometric_view=True) '
+                f'needs the target views before photometric augmentation as '
+                f'inputs[2], got {len(inputs)} inputs; set '
+                'model.data_preprocessor.geometric_target_view=True (or '
+                'M3IViews(geometric_target_view=True))')
+        return inputs[2]
 
     def _dense_loss(self, decoder: nn.Module, tokens: torch.Tensor,
                     token_idx: torch.Tensor,

@@ -23,11 +23,21 @@ class M3IDataPreprocessor(SelfSupDataPreprocessor):
     normalise with ``mean``/``std``. Evaluation (``training=False``) skips the
     augmentation.
 
+    With ``geometric_target_view`` the batch also carries the target view
+    (view 0) before its photometric augmentation, normalised the same way,
+    as ``inputs[2]``: the view of targets that must not see a random colour
+    change, i.e. pixel targets of inter-view prediction and frozen teachers
+    (``PixelTarget`` / ``FrozenImageTarget`` with ``geometric_view=True``;
+    issue 21, items 6 and 7).
+
     Args:
         view_transforms (Sequence[list | None], optional): One list of
             photometric configs per view (``None``: leave that view alone),
             e.g. ``[target_view_aug, other_view_aug]``. ``None`` makes this
             exactly ``SelfSupDataPreprocessor``.
+        geometric_target_view (bool): In training, append the target view
+            before photometric augmentation (crop, resize and flip only) as
+            ``inputs[2]``. Defaults to False.
         **kwargs: ``SelfSupDataPreprocessor`` arguments (``mean``, ``std``,
             ``to_rgb``, ...).
 
@@ -38,6 +48,7 @@ class M3IDataPreprocessor(SelfSupDataPreprocessor):
 
     def __init__(self,
                  view_transforms: Optional[Sequence[Optional[list]]] = None,
+                 geometric_target_view: bool = False,
                  **kwargs) -> None:
         super().__init__(**kwargs)
         if view_transforms is not None and (
@@ -51,6 +62,7 @@ class M3IDataPreprocessor(SelfSupDataPreprocessor):
                 nn.Identity() if t is None else build_batch_augment(
                     t, bgr_weights=self._channel_conversion)
                 for t in view_transforms)
+        self.geometric_target_view = bool(geometric_target_view)
 
     def forward(self, data: dict, training: bool = False) -> dict:
         """Cast, convert and normalise as the parent; augment if training.
@@ -61,21 +73,32 @@ class M3IDataPreprocessor(SelfSupDataPreprocessor):
             training (bool): Augment only when true.
 
         Returns:
-            dict: ``inputs`` (list of float ``(N, 3, H, W)``) and
+            dict: ``inputs`` (list of float ``(N, 3, H, W)``, plus the
+            geometry-only target view with ``geometric_target_view``) and
             ``data_samples``.
         """
-        if not training or self.view_augments is None:
+        if not training or (self.view_augments is None
+                            and not self.geometric_target_view):
             return super().forward(data, training)
         inputs, data_samples = self.cast_data(
             [data['inputs'], data.get('data_samples')])
-        if not isinstance(inputs, list) or len(inputs) != len(
-                self.view_augments):
-            count = len(inputs) if isinstance(inputs, list) else 1
+        count = len(inputs) if isinstance(inputs, list) else 1
+        if self.view_augments is None:
+            augments = [nn.Identity()] * count
+        elif count != len(self.view_augments):
             raise ValueError(
                 f'M3IDataPreprocessor has view_transforms for '
                 f'{len(self.view_augments)} views but the batch has {count}')
+        else:
+            augments = list(self.view_augments)
+        if self.geometric_target_view:
+            if not isinstance(inputs, list) or count != 2:
+                raise ValueError('geometric_target_view needs a batch of 2 '
+                                 f'views (target, other), got {count}')
+            inputs = inputs + [inputs[0]]
+            augments.append(nn.Identity())
         views = []
-        for view, augment in zip(inputs, self.view_augments):
+        for view, augment in zip(inputs, augments):
             if self._channel_conversion:
                 view = view[:, [2, 1, 0], ...]
             with torch.autocast(view.device.type, enabled=False):

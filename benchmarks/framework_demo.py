@@ -18,8 +18,9 @@ with a standardised logistic regression trained to convergence (C by
 the per-dimension std and effective rank of the transfer test features.
 The frozen-teacher instances use the M3I checkpoint of the same seed as
 f_φ (fed the geometry-only target view with the demo's normalisation and
-size, as that teacher was trained). The CLIP instances are left out: the digits have no captions worth a
-text encoder (they run in tests/test_framework_instances.py).
+size, as that teacher was trained). The CLIP instances are left out: the
+digits have no captions worth a text encoder (they run in
+tests/test_framework_instances.py).
 
 Prints one table (mean ± half the range over ``--seeds``, i.e. the
 population std for two seeds), writes it as ``results.json`` and a PNG bar

@@ -193,7 +193,7 @@ def test_frozen_target_bad_preprocessing(kwargs, match):
 # --------------------------------------------------------------------------
 # (a) Through the model: the target encodes the geometry-only view
 # --------------------------------------------------------------------------
-def tiny_row_model(row: str):
+def tiny_row_model(row: str, teacher_size: int = SIZE):
     """The row's model at tiny size, view 0 inverted by the preprocessor."""
     cfg = copy.deepcopy(row_config(row).model.to_dict())
     cfg['data_preprocessor']['view_transforms'] = [INVERT, None]
@@ -205,7 +205,7 @@ def tiny_row_model(row: str):
     if pixels:
         target['patch_size'] = TINY_PATCH
     else:
-        target['size'] = SIZE
+        target['size'] = teacher_size
     cfg['image_decoder'].update(
         in_channels=TINY_DIMS, embed_dims=32, depth=1, num_heads=4,
         out_channels=TINY_PATCH**2 * 3 if pixels else TINY_DIMS)
@@ -292,3 +292,14 @@ def test_demo_twins_carry_the_geometric_view(row):
     assert 'geometric_target_view' not in [
         t for t in demo.train_dataloader.dataset.pipeline
         if t.type == 'M3IViews'][0]
+
+
+def test_teacher_grid_must_match_the_students():
+    """A teacher input size that changes the token grid is refused, not
+    gathered at the wrong positions."""
+    MessageHub.get_current_instance().update_info('max_iters', 100)
+    model = tiny_row_model('dense-distillation_frozen-teacher',
+                           teacher_size=SIZE + 2 * TINY_PATCH)
+    data = model.data_preprocessor(raw_batch(), training=True)
+    with pytest.raises(ValueError, match='36 dense targets .* 16 positions'):
+        model(**data, mode='loss')

@@ -444,6 +444,12 @@ class M3I(BaseSelfSupervisor):
             raise ValueError('dense image targets with a Boltzmann posterior '
                              'need DenseBoltzmannPosterior (negatives = the '
                              'other positions of the image)')
+        if targets.shape[1] != grid[0] * grid[1]:
+            raise ValueError(
+                f'{type(self.image_target).__name__} gives '
+                f'{targets.shape[1]} dense targets per image but the patch '
+                f'grid {grid} has {grid[0] * grid[1]} positions (a teacher '
+                "with its own input size must keep the student's grid)")
         boxes = self._stack(data_samples, 'view_boxes', device).float()
         flips = self._stack(data_samples, 'view_flips', device).bool()
         masked_input = self.mixer.mode != 'full'

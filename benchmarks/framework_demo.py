@@ -17,8 +17,10 @@ with a standardised logistic regression trained to convergence (C by
 5-fold CV) and DINO's weighted 20-NN (:mod:`m3i_mm.evaluation.probe`), and
 the per-dimension std and effective rank of the transfer test features.
 The frozen-teacher instances use the M3I checkpoint of the same seed as
-f_φ. The CLIP instances are left out: the digits have no captions worth a
-text encoder (they run in tests/test_framework_instances.py).
+f_φ (fed the geometry-only target view with the demo's normalisation and
+size, as that teacher was trained). The CLIP instances are left out: the
+digits have no captions worth a text encoder (they run in
+tests/test_framework_instances.py).
 
 Prints one table (mean ± half the range over ``--seeds``, i.e. the
 population std for two seeds), writes it as ``results.json`` and a PNG bar
@@ -103,6 +105,12 @@ def demo_model_cfg(model: dict, demo: dict,
     """An instance's model with the demo's sizes; its parts' types, modes,
     targets and posteriors are kept.
 
+    A ``geometric_target_view`` preprocessor stays one (with the demo's
+    normalisation; the demo pipeline then adds the geometry-only view, see
+    :func:`run_config`). A frozen teacher's own preprocessing (CLIP's in
+    the configs) becomes the demo's normalisation and image size: its
+    teacher is the demo's M3I.
+
     Args:
         model (dict): The instance config's ``model``.
         demo (dict): ``m3i_vit-tiny_demo.py``'s ``model``.
@@ -123,7 +131,12 @@ def demo_model_cfg(model: dict, demo: dict,
         raise ValueError('text targets are not part of the digits demo')
     dims = demo['backbone']['arch']['embed_dims']
     patch = demo['backbone']['patch_size']
+    geometric = (cfg.get('data_preprocessor') or {}).get(
+        'geometric_target_view', False)
     cfg['data_preprocessor'] = copy.deepcopy(demo['data_preprocessor'])
+    if geometric:  # the demo's views come augmented from M3IViews
+        cfg['data_preprocessor'].update(type='M3IDataPreprocessor',
+                                        geometric_target_view=True)
     cfg['backbone'].update({k: copy.deepcopy(demo['backbone'][k]) for k in
                             ('arch', 'img_size', 'patch_size',
                              'drop_path_rate')})
@@ -140,6 +153,12 @@ def demo_model_cfg(model: dict, demo: dict,
         if teacher is None:
             raise ValueError('a FrozenImageTarget needs a teacher checkpoint')
         target['checkpoint'] = teacher
+        if target.get('mean') is not None:  # the teacher is the demo's M3I
+            norm = demo['data_preprocessor']
+            target.update(mean=norm['mean'], std=norm['std'],
+                          source_mean=norm['mean'], source_std=norm['std'])
+        if target.get('size') is not None:
+            target['size'] = demo['backbone']['img_size']
     decoder = cfg.get('image_decoder')
     if decoder and decoder['type'] == 'ImageTargetDecoder':
         decoder.update({k: demo['image_decoder'][k] for k in
@@ -174,6 +193,10 @@ def run_config(name: str, spec: dict, seed: int, args,
     cfg.train_dataloader.update(batch_size=args.batch_size,
                                 num_workers=args.workers,
                                 persistent_workers=args.workers > 0)
+    if cfg.model.data_preprocessor.get('geometric_target_view'):
+        views = [t for t in cfg.train_dataloader.dataset.pipeline
+                 if t.type == 'M3IViews']
+        views[0].geometric_target_view = True
     dataset = cfg.train_dataloader.dataset
     dataset.data_root = args.data_root
     dataset.indices = demo_class_indices(args.data_root, 'train',

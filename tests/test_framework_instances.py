@@ -16,6 +16,8 @@ from mmengine.optim import OptimWrapper
 from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
 
+from m3i_mm.models.target_encoders.frozen_image import teacher_input
+
 from conftest import (REPO, TINY_ARCH, TINY_DIMS, TINY_PATCH, TINY_SIZE,
                       config_path)
 
@@ -62,6 +64,8 @@ def tiny_model_cfg(model: dict, img_size: int = TINY_SIZE,
     if target and target['type'] == 'DiscreteTokenTarget':
         target.update(tokenizer=copy.deepcopy(TINY_TOKENIZER),
                       checkpoint=tokenizer_checkpoint)
+    if target and target.get('size'):  # a teacher keeps the student's grid
+        target['size'] = img_size
     decoder = cfg.get('image_decoder')
     if decoder and decoder['type'] == 'ImageTargetDecoder':
         pixels = target['type'] == 'PixelTarget'
@@ -181,6 +185,8 @@ def table5_cfg(name: str, **updates) -> dict:
         REPO, 'configs', 'pretrain', 'table5', name)).model.to_dict())
     cfg.update(updates)
     cfg.pop('data_preprocessor')
+    if cfg.get('image_target'):  # no preprocessor: no geometry-only view
+        cfg['image_target'].pop('geometric_view', None)
     return cfg
 
 
@@ -359,8 +365,12 @@ def test_frozen_teacher_is_the_checkpoint_and_stays_fixed(teacher_ckpt):
     assert torch.equal(momentum.image_target.encoder.pos_embed,
                        src.pos_embed)
     images = raw_inputs()[0][0]
-    assert torch.allclose(momentum.image_target(images),
-                          src(images)[-1].mean((2, 3)), atol=1e-6)
+    target = momentum.image_target
+    teacher_images = teacher_input(images, target.source_mean,
+                                   target.source_std, target.mean,
+                                   target.std, target.size)
+    assert torch.allclose(target(images),
+                          src(teacher_images)[-1].mean((2, 3)), atol=1e-6)
 
 
 def test_frozen_teacher_loads_lazily_and_names_the_file(teacher_ckpt,
@@ -474,6 +484,11 @@ def demo_run(demo_root, work_dir, model: dict, evaluate: bool = False):
     from mmengine.registry import RUNNERS
     cfg = Config.fromfile(config_path('pretrain', 'm3i_vit-tiny_demo.py'))
     data_preprocessor = cfg.model.data_preprocessor
+    if model['data_preprocessor'].get('geometric_target_view'):
+        # The demo augments per image: M3IViews adds the geometry-only view.
+        data_preprocessor.update(type='M3IDataPreprocessor',
+                                 geometric_target_view=True)
+        cfg.train_dataloader.dataset.pipeline[1].geometric_target_view = True
     cfg.model = tiny_model_cfg(model, img_size=32)
     cfg.model['data_preprocessor'] = data_preprocessor
     if model.get('category_embedding'):  # the demo's 10 digits

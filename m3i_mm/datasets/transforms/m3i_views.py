@@ -137,7 +137,9 @@ class M3IViews(BaseTransform):
     **Modified Keys:**
 
     - img: the list ``[target_view, other_view]`` of ``(size, size[, C])``
-      arrays with the input dtype (``uint8`` for loaded images).
+      arrays with the input dtype (``uint8`` for loaded images), plus the
+      target view before its photometric transforms with
+      ``geometric_target_view``.
     - img_shape: ``(size, size)``.
 
     **Added Keys:**
@@ -176,6 +178,11 @@ class M3IViews(BaseTransform):
         max_pixels (int, optional): Most pixels of a file decoded here;
             None: only Pillow's own limit. Defaults to Pillow's
             ``Image.MAX_IMAGE_PIXELS``.
+        geometric_target_view (bool): Append the target view before
+            ``target_view_transforms`` (crop, resize and flip only) as a
+            third image, for targets that must not see its photometric
+            augmentation (``PixelTarget`` / ``FrozenImageTarget`` with
+            ``geometric_view=True``). Defaults to False.
     """
 
     def __init__(self,
@@ -189,7 +196,8 @@ class M3IViews(BaseTransform):
                  interpolation: str = 'bicubic',
                  backend: str = 'pillow',
                  backend_args: Optional[dict] = None,
-                 max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> None:
+                 max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
+                 geometric_target_view: bool = False) -> None:
         self.size = _to_pair(size, 'size')
         if not (len(crop_scale) == 2 and 0 < crop_scale[0] <= crop_scale[1]
                 <= 1):
@@ -206,6 +214,7 @@ class M3IViews(BaseTransform):
         self.flip_prob = float(flip_prob)
         self.backend_args = backend_args
         self.max_pixels = max_pixels
+        self.geometric_target_view = bool(geometric_target_view)
         # Only its crop sampling is used; cropping is done here so that the
         # crop box can be recorded.
         self.cropper = RandomResizedCrop(
@@ -322,13 +331,17 @@ class M3IViews(BaseTransform):
             views = [self._crop_array(img, crop) for crop in crops]
         pipelines = ((self.target_pipeline, 'target_view_transforms'),
                      (self.other_pipeline, 'other_view_transforms'))
-        out, flips = [], []
+        out, flips, geometric = [], [], None
         for view, (pipeline, name) in zip(views, pipelines):
             flips.append(bool(np.random.rand() < self.flip_prob))
             if flips[-1]:
                 view = view[:, ::-1]
-            out.append(
-                self._photometric(np.ascontiguousarray(view), pipeline, name))
+            view = np.ascontiguousarray(view)
+            if self.geometric_target_view and not out:  # the target view
+                geometric = view.copy()  # transforms may work in place
+            out.append(self._photometric(view, pipeline, name))
+        if geometric is not None:
+            out.append(geometric)
         results['img'] = out
         results['img_shape'] = self.size
         results['view_boxes'] = np.array(
@@ -346,5 +359,6 @@ class M3IViews(BaseTransform):
         repr_str += f'interpolation={self.cropper.interpolation}, '
         repr_str += f'backend={self.cropper.backend}, '
         repr_str += f'target_view_transforms={self.target_pipeline}, '
-        repr_str += f'other_view_transforms={self.other_pipeline})'
+        repr_str += f'other_view_transforms={self.other_pipeline}, '
+        repr_str += f'geometric_target_view={self.geometric_target_view})'
         return repr_str

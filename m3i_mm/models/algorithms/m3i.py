@@ -364,7 +364,9 @@ class M3I(BaseSelfSupervisor):
 
         Args:
             inputs (list[Tensor]): ``[target views, other views]``, each
-                (N, C, H, W).
+                (N, C, H, W), and, for an image target with
+                ``geometric_view``, the target views before photometric
+                augmentation as a third entry.
             data_samples (list[DataSample]): Carry ``mask`` (h, w),
                 ``view_boxes`` (2, 4), ``view_flips`` (2,) and, with a
                 category target, ``gt_label``.
@@ -375,7 +377,7 @@ class M3I(BaseSelfSupervisor):
         device = inputs[0].device
         mask = self._stack(data_samples, 'mask', device).bool()
         n, grid = mask.shape[0], tuple(mask.shape[1:])
-        mixed = self.mixer(inputs, mask)
+        mixed = self.mixer(inputs[:2], mask)
         # Token indices of each image: first image where M = 0, second M = 1.
         first_idx, second_idx = self._split_tokens(mask, mixed.images.device)
         tokens = self._encode(mixed.images, first_idx, grid)
@@ -445,7 +447,7 @@ class M3I(BaseSelfSupervisor):
         n = tokens.shape[0]
         grid = tuple(mask.shape[1:])
         self.image_target.update(self.backbone)
-        targets = self.image_target(inputs[0])  # N forwards, one per image
+        targets = self.image_target(self._target_images(inputs))
         # (N, D) global features; (N, L) integer ids are dense (tokens).
         if targets.dim() == 2 and targets.is_floating_point():
             return self._global_image_losses(tokens, targets, mixed,
@@ -460,6 +462,12 @@ class M3I(BaseSelfSupervisor):
             raise ValueError('dense image targets with a Boltzmann posterior '
                              'need DenseBoltzmannPosterior (negatives = the '
                              'other target positions)')
+        if targets.shape[1] != grid[0] * grid[1]:
+            raise ValueError(
+                f'{type(self.image_target).__name__} gives '
+                f'{targets.shape[1]} dense targets per image but the patch '
+                f'grid {grid} has {grid[0] * grid[1]} positions (a teacher '
+                "with its own input size must keep the student's grid)")
         boxes = self._stack(data_samples, 'view_boxes', device).float()
         flips = self._stack(data_samples, 'view_flips', device).bool()
         masked_input = self.mixer.mode != 'full'
@@ -480,6 +488,21 @@ class M3I(BaseSelfSupervisor):
                 decoder, tokens, second_idx, mixed.sigma, mixed.second_view,
                 first_idx, targets, boxes, flips, grid)
         return losses
+
+    def _target_images(self, inputs: List[torch.Tensor]) -> torch.Tensor:
+        """The target views the image target encodes: ``inputs[2]`` (before
+        photometric augmentation) for a target with ``geometric_view``,
+        else ``inputs[0]``; one image per sample."""
+        if not getattr(self.image_target, 'geometric_view', False):
+            return inputs[0]
+        if len(inputs) < 3:
+            raise ValueError(
+                f'{type(self.image_target).__name__}(geometric_view=True) '
+                f'needs the target views before photometric augmentation as '
+                f'inputs[2], got {len(inputs)} inputs; set '
+                'model.data_preprocessor.geometric_target_view=True (or '
+                'M3IViews(geometric_target_view=True))')
+        return inputs[2]
 
     def _dense_loss(self, decoder: nn.Module, tokens: torch.Tensor,
                     token_idx: torch.Tensor,

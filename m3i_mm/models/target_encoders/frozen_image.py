@@ -1,9 +1,10 @@
 """Image target encoder f_φ: a fixed pre-trained encoder (no EMA)."""
 import copy
-from typing import Optional
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from mmengine.model import BaseModule
 from mmengine.runner.checkpoint import CheckpointLoader
 
@@ -90,6 +91,58 @@ def load_frozen_weights(module: nn.Module, checkpoint: str, prefix: str,
             f'{result.unexpected_keys[:5]}')
 
 
+def teacher_input(images: torch.Tensor,
+                  source_mean: Optional[torch.Tensor] = None,
+                  source_std: Optional[torch.Tensor] = None,
+                  mean: Optional[torch.Tensor] = None,
+                  std: Optional[torch.Tensor] = None,
+                  size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+    """A batch normalised for the student, made a teacher's input.
+
+    Un-normalises with the student's ``source_mean``/``source_std`` (back to
+    the data preprocessor's pixel scale, 0-255 in mmpretrain), resizes to
+    ``size`` (bicubic, antialiased when shrinking, as a CLIP-style teacher's
+    own resize) and normalises with the teacher's ``mean``/``std``
+    (FD, Wei et al. 2022, and MILAN feed CLIP its own preprocessing).
+
+    Args:
+        images (Tensor): (N, C, H, W), ``(x - source_mean) / source_std``.
+        source_mean, source_std (Tensor, optional): (C, 1, 1), the
+            student's normalisation; with ``mean``/``std`` (all four or
+            none).
+        mean, std (Tensor, optional): (C, 1, 1), the teacher's, on the same
+            pixel scale.
+        size (tuple, optional): Teacher input ``(h, w)``; None keeps H, W.
+
+    Returns:
+        Tensor: (N, C, h, w), float32 unless nothing was asked (then
+        ``images`` itself).
+    """
+    if mean is None and size is None:
+        return images
+    x = images.float()
+    if mean is not None:
+        x = x * source_std + source_mean
+    if size is not None and tuple(x.shape[-2:]) != tuple(size):
+        x = F.interpolate(x, size=tuple(size), mode='bicubic',
+                          align_corners=False, antialias=True)
+    if mean is not None:
+        x = (x - mean) / std
+    return x
+
+
+def _channels(value: Optional[Sequence[float]], key: str
+              ) -> Optional[torch.Tensor]:
+    """(C, 1, 1) tensor of a per-channel config value (or None)."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) \
+            or not value:
+        raise ValueError(f'{key} must be a list of per-channel values, got '
+                         f'{value!r}')
+    return torch.tensor([float(v) for v in value]).view(-1, 1, 1)
+
+
 @MODELS.register_module()
 class FrozenImageTarget(BaseModule):
     """z_y from a pre-trained image encoder that stays fixed.
@@ -114,9 +167,28 @@ class FrozenImageTarget(BaseModule):
         prefix (str): Name prefix of the teacher's weights in the file.
             Defaults to ``'backbone.'``.
         output (str): ``'dense'`` (N, L, C) or ``'global'`` (N, C) targets.
+        mean, std (Sequence[float], optional): The teacher's normalisation
+            (RGB, on the data preprocessor's 0-255 scale), e.g. CLIP's
+            ``(0.48145466, 0.4578275, 0.40821073)`` / ``(0.26862954,
+            0.26130258, 0.27577711)`` times 255. Needs ``source_mean`` /
+            ``source_std``. None: the teacher takes the student's
+            normalisation.
+        source_mean, source_std (Sequence[float], optional): The
+            normalisation of the images it is given, i.e. the data
+            preprocessor's ``mean``/``std``.
+        size (int | Sequence[int], optional): The teacher's input size
+            (``(h, w)``); its token grid must still match the student's for
+            dense targets. None: the view's size.
+        geometric_view (bool): Encode the target view before photometric
+            augmentation (``inputs[2]``, see ``M3IDataPreprocessor(
+            geometric_target_view=True)``), as a teacher is fed un-augmented
+            images. Defaults to False.
+        (See :func:`teacher_input` for the preprocessing.)
 
     Raises:
-        ValueError: ``checkpoint`` is not a file name.
+        ValueError: ``checkpoint`` is not a file name; ``mean``, ``std``,
+            ``source_mean``, ``source_std`` not all given (or none), or of
+            different lengths; ``size`` not positive.
         At loading, naming the file: the errors of
         :func:`load_frozen_weights`.
     """
@@ -126,7 +198,13 @@ class FrozenImageTarget(BaseModule):
                  backbone: nn.Module,
                  encoder: Optional[dict] = None,
                  prefix: str = 'backbone.',
-                 output: str = 'dense') -> None:
+                 output: str = 'dense',
+                 mean: Optional[Sequence[float]] = None,
+                 std: Optional[Sequence[float]] = None,
+                 source_mean: Optional[Sequence[float]] = None,
+                 source_std: Optional[Sequence[float]] = None,
+                 size: Optional[Union[int, Sequence[int]]] = None,
+                 geometric_view: bool = False) -> None:
         super().__init__()
         if not isinstance(checkpoint, str) or not checkpoint:
             raise ValueError(f'FrozenImageTarget needs a checkpoint file, '
@@ -137,6 +215,28 @@ class FrozenImageTarget(BaseModule):
         self.checkpoint = checkpoint
         self.prefix = prefix
         self.output = check_target_output(output)
+        norms = {k: _channels(v, k) for k, v in
+                 dict(mean=mean, std=std, source_mean=source_mean,
+                      source_std=source_std).items()}
+        given = sorted(k for k, v in norms.items() if v is not None)
+        if given and len(given) != 4:
+            raise ValueError('FrozenImageTarget needs mean, std, source_mean '
+                             f'and source_std together, got only {given}')
+        if given and len({v.numel() for v in norms.values()}) != 1:
+            raise ValueError('FrozenImageTarget: mean, std, source_mean and '
+                             'source_std must have one value per channel, '
+                             f'got {({k: len(v) for k, v in norms.items()})}')
+        for key, value in norms.items():
+            # Not persistent: configuration, not state of a checkpoint.
+            self.register_buffer(key, value, persistent=False)
+        if size is not None:
+            size = (size, size) if isinstance(size, int) else tuple(size)
+            if len(size) != 2 or any(not isinstance(s, int) or s < 1
+                                     for s in size):
+                raise ValueError(f'size must be a positive int or (h, w), '
+                                 f'got {size!r}')
+        self.size = size
+        self.geometric_view = bool(geometric_view)
         # Persistent: a resumed model's teacher comes from its checkpoint.
         self.register_buffer('loaded', torch.zeros((), dtype=torch.bool))
 
@@ -158,8 +258,12 @@ class FrozenImageTarget(BaseModule):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) -> (N, L, C) tokens, or (N, C) for ``'global'``."""
+        """(N, C, H, W) student-normalised views -> (N, L, C) tokens, or
+        (N, C) for ``'global'``, of the teacher's input
+        (:func:`teacher_input`)."""
         if not bool(self.loaded):
             self.init_weights()
+        images = teacher_input(images, self.source_mean, self.source_std,
+                               self.mean, self.std, self.size)
         return target_representation(
             backbone_tokens(self.encoder, images), self.output)

@@ -17,14 +17,22 @@ class PixelTarget(nn.Module):
 
     Args:
         patch_size (int): Patch size in pixels.
+        geometric_view (bool): Take the pixels of the target view before its
+            photometric augmentation (``inputs[2]`` of the batch, see
+            ``M3IDataPreprocessor(geometric_target_view=True)``) instead of
+            the augmented target view: an inter-view prediction (Table 2 g,
+            j; SiameseIM) cannot see the target view's colour change.
+            Defaults to False.
         backbone (nn.Module, optional): Ignored (the algorithm passes its
             backbone to every image target encoder).
     """
 
     def __init__(self, patch_size: int,
-                 backbone: Optional[nn.Module] = None) -> None:
+                 backbone: Optional[nn.Module] = None,
+                 geometric_view: bool = False) -> None:
         super().__init__()
         self.patch_size = patch_size
+        self.geometric_view = bool(geometric_view)
 
     def update(self, backbone: nn.Module) -> None:
         """Nothing to update: the target encoder has no parameters."""

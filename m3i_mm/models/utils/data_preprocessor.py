@@ -23,21 +23,37 @@ class M3IDataPreprocessor(SelfSupDataPreprocessor):
     normalise with ``mean``/``std``. Evaluation (``training=False``) skips the
     augmentation.
 
+    With ``geometric_target_view`` the batch also carries the target view
+    (view 0) before its photometric augmentation, normalised the same way,
+    as ``inputs[2]``: the view of targets that must not see a random colour
+    change, i.e. pixel targets of inter-view prediction and frozen teachers
+    (``PixelTarget`` / ``FrozenImageTarget`` with ``geometric_view=True``;
+    issue 21, items 6 and 7).
+
     Args:
         view_transforms (Sequence[list | None], optional): One list of
             photometric configs per view (``None``: leave that view alone),
             e.g. ``[target_view_aug, other_view_aug]``. ``None`` makes this
             exactly ``SelfSupDataPreprocessor``.
+        geometric_target_view (bool): In training, output the target view
+            before photometric augmentation (crop, resize and flip only) as
+            ``inputs[2]``: view 0 before ``view_transforms``, or, when the
+            pipeline augments per image, the third view that
+            ``M3IViews(geometric_target_view=True)`` adds. Defaults to
+            False.
         **kwargs: ``SelfSupDataPreprocessor`` arguments (``mean``, ``std``,
             ``to_rgb``, ...).
 
     Raises:
         ValueError: A batch has a different number of views than
-            ``view_transforms``, or a config has no batched version.
+            ``view_transforms``, or a config has no batched version; with
+            ``geometric_target_view``, a batch of neither 2 views with
+            ``view_transforms`` nor 3 views.
     """
 
     def __init__(self,
                  view_transforms: Optional[Sequence[Optional[list]]] = None,
+                 geometric_target_view: bool = False,
                  **kwargs) -> None:
         super().__init__(**kwargs)
         if view_transforms is not None and (
@@ -51,6 +67,23 @@ class M3IDataPreprocessor(SelfSupDataPreprocessor):
                 nn.Identity() if t is None else build_batch_augment(
                     t, bgr_weights=self._channel_conversion)
                 for t in view_transforms)
+        self.geometric_target_view = bool(geometric_target_view)
+
+    def _check_geometric_batch(self, count: int) -> None:
+        """Raise unless a batch of ``count`` views can give the
+        geometry-only target view: 3 views (the pipeline's third is it), or
+        2 that this preprocessor augments (it keeps view 0 before)."""
+        if count == 3 or (count == 2 and self.view_augments is not None):
+            return
+        if count == 2:
+            raise ValueError(
+                'geometric_target_view without view_transforms needs the '
+                'geometry-only target view from the data pipeline (a batch '
+                'of 3 views: M3IViews(geometric_target_view=True)); got 2 '
+                'views, whose photometric augmentation is unknown here')
+        raise ValueError('geometric_target_view needs a batch of 2 views '
+                         '(target, other) or 3 (plus the geometry-only '
+                         f'target view), got {count}')
 
     def forward(self, data: dict, training: bool = False) -> dict:
         """Cast, convert and normalise as the parent; augment if training.
@@ -61,21 +94,35 @@ class M3IDataPreprocessor(SelfSupDataPreprocessor):
             training (bool): Augment only when true.
 
         Returns:
-            dict: ``inputs`` (list of float ``(N, 3, H, W)``) and
+            dict: ``inputs`` (list of float ``(N, 3, H, W)``, plus the
+            geometry-only target view with ``geometric_target_view``) and
             ``data_samples``.
         """
-        if not training or self.view_augments is None:
+        if not training or (self.view_augments is None
+                            and not self.geometric_target_view):
             return super().forward(data, training)
         inputs, data_samples = self.cast_data(
             [data['inputs'], data.get('data_samples')])
-        if not isinstance(inputs, list) or len(inputs) != len(
-                self.view_augments):
-            count = len(inputs) if isinstance(inputs, list) else 1
+        count = len(inputs) if isinstance(inputs, list) else 1
+        views_in = count
+        if self.geometric_target_view:
+            self._check_geometric_batch(count)
+            views_in = 2
+        if self.view_augments is None:
+            augments = [nn.Identity()] * views_in
+        elif views_in != len(self.view_augments):
             raise ValueError(
                 f'M3IDataPreprocessor has view_transforms for '
-                f'{len(self.view_augments)} views but the batch has {count}')
+                f'{len(self.view_augments)} views but the batch has '
+                f'{views_in}')
+        else:
+            augments = list(self.view_augments)
+        if self.geometric_target_view:
+            if count == 2:  # the target view before its augmentation
+                inputs = inputs + [inputs[0]]
+            augments.append(nn.Identity())
         views = []
-        for view, augment in zip(inputs, self.view_augments):
+        for view, augment in zip(inputs, augments):
             if self._channel_conversion:
                 view = view[:, [2, 1, 0], ...]
             with torch.autocast(view.device.type, enabled=False):

@@ -252,6 +252,81 @@ def test_row_target_encodes_view0_before_photometry(row, monkeypatch):
                                (255 - rgb - mean) / std, atol=1e-4, rtol=0)
 
 
+# A tokenizer is a frozen encoder too (Table 5, footnote 2): its own input.
+TOKENIZER = dict(type='VQKD', num_embed=11, embed_dims=8,
+                 quantize_kmeans_init=False,
+                 encoder_config=dict(arch=TINY_ARCH, img_size=SIZE,
+                                     patch_size=TINY_PATCH,
+                                     out_type='featmap'))
+# BEiT's dVAE input: mmpretrain's TwoNormDataPreprocessor second mean/std,
+# 0-255 -> [0.1, 0.9].
+DALLE_MEAN, DALLE_STD = [-31.875] * 3, [318.75] * 3
+
+
+def token_target(**kwargs):
+    target = MODELS.build(dict(type='DiscreteTokenTarget',
+                               tokenizer=TOKENIZER, checkpoint='tok.pth',
+                               **kwargs))
+    target.loaded.fill_(True)  # random tokenizer weights
+    return target
+
+
+def seen_by_tokenizer(target, images):
+    seen = []
+    target.tokenizer.register_forward_pre_hook(
+        lambda module, args: seen.append(args[0].clone()))
+    ids = target(images)
+    assert ids.shape == (images.shape[0], GRID * GRID)
+    return seen[0]
+
+
+def test_tokenizer_gets_its_own_normalisation():
+    target = token_target(mean=DALLE_MEAN, std=DALLE_STD,
+                          source_mean=[127.5] * 3, source_std=[127.5] * 3)
+    raw = torch.rand(2, 3, SIZE, SIZE) * 255
+    seen = seen_by_tokenizer(target, (raw - 127.5) / 127.5)
+    torch.testing.assert_close(seen, 0.1 + 0.8 * raw / 255, atol=1e-5,
+                               rtol=0)
+    plain = token_target()  # no preprocessing: the student's input itself
+    images = torch.randn(2, 3, SIZE, SIZE)
+    assert torch.equal(seen_by_tokenizer(plain, images), images)
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(mean=DALLE_MEAN, std=DALLE_STD), 'DiscreteTokenTarget needs'),
+    (dict(size=(SIZE, 0)), 'size'),
+])
+def test_tokenizer_bad_preprocessing(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        token_target(**kwargs)
+
+
+def test_tokenizer_encodes_view0_before_photometry():
+    MessageHub.get_current_instance().update_info('max_iters', 100)
+    cfg = copy.deepcopy(row_config('mim-token').model.to_dict())
+    cfg['data_preprocessor'].update(view_transforms=[INVERT, None],
+                                    geometric_target_view=True)
+    cfg['backbone'].update(arch=TINY_ARCH, img_size=SIZE,
+                           patch_size=TINY_PATCH, drop_path_rate=0.0)
+    cfg['mixer']['patch_size'] = TINY_PATCH
+    cfg['image_target'].update(tokenizer=TOKENIZER, geometric_view=True)
+    cfg['image_decoder'].update(in_channels=TINY_DIMS, embed_dims=32,
+                                depth=1, num_heads=4, out_channels=11)
+    model = MODELS.build(cfg)
+    model.image_target.loaded.fill_(True)
+    seen = []
+    model.image_target.tokenizer.register_forward_pre_hook(
+        lambda module, args: seen.append(args[0].clone()))
+    batch = raw_batch()
+    data = model.data_preprocessor(batch, training=True)
+    losses = model(**data, mode='loss')
+    assert all(torch.isfinite(v).all() for v in losses.values())
+    mean = model.data_preprocessor.mean.view(1, 3, 1, 1)
+    std = model.data_preprocessor.std.view(1, 3, 1, 1)
+    rgb = batch['inputs'][0].float()[:, [2, 1, 0]]  # to_rgb
+    torch.testing.assert_close(seen[0], (rgb - mean) / std)
+
+
 # --------------------------------------------------------------------------
 # (d) The configs and their demo twins
 # --------------------------------------------------------------------------

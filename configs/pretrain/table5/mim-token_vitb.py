@@ -8,7 +8,8 @@
 # https://download.openmmlab.com/mmselfsup/1.x/target_generator_ckpt/vqkd_encoder.pth
 # saved as `checkpoint` below (a bare VQKD state dict, prefix '').
 # The tokenizer sees the student's normalised view (BEiT v2 also feeds it
-# the ImageNet-normalised image).
+# the ImageNet-normalised image); BEiT's dVAE would take its own input:
+# image_target.mean/std/source_mean/source_std (see FrozenImageTarget).
 _base_ = './mim-feature_vitb.py'
 num_tokens = 8192
 model = dict(

@@ -1,11 +1,11 @@
 """Discrete-token target encoder: a frozen tokenizer's codebook ids."""
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 
 from m3i_mm.registry import MODELS
-from .frozen_image import load_frozen_weights
+from .frozen_image import TeacherPreprocessing, load_frozen_weights
 
 
 def token_ids(output: torch.Tensor, batch: int) -> torch.Tensor:
@@ -54,15 +54,31 @@ class DiscreteTokenTarget(nn.Module):
             ``vqkd_encoder.pth``).
         backbone (nn.Module, optional): Ignored (the algorithm passes its
             backbone to every image target encoder).
+        mean, std, source_mean, source_std, size: The tokenizer's own input,
+            as :class:`~m3i_mm.models.target_encoders.frozen_image.
+            FrozenImageTarget`'s; e.g. BEiT's dVAE (DALL-E) takes
+            ``mean=[-31.875] * 3, std=[318.75] * 3`` (mmpretrain's
+            ``TwoNormDataPreprocessor`` second normalisation, the logit-
+            Laplace [0.1, 0.9] range). None: the student's input.
+        geometric_view (bool): Tokenize the target view before photometric
+            augmentation (``inputs[2]``). Defaults to False.
 
     Raises:
-        ValueError: ``checkpoint`` is not a file name.
+        ValueError: ``checkpoint`` is not a file name; the preprocessing
+            errors of :class:`~m3i_mm.models.target_encoders.frozen_image.
+            TeacherPreprocessing`.
         At loading, naming the file: the errors of
         :func:`~m3i_mm.models.target_encoders.frozen_image.load_frozen_weights`.
     """
 
     def __init__(self, tokenizer: dict, checkpoint: str, prefix: str = '',
-                 backbone: Optional[nn.Module] = None) -> None:
+                 backbone: Optional[nn.Module] = None,
+                 mean: Optional[Sequence[float]] = None,
+                 std: Optional[Sequence[float]] = None,
+                 source_mean: Optional[Sequence[float]] = None,
+                 source_std: Optional[Sequence[float]] = None,
+                 size: Optional[Union[int, Sequence[int]]] = None,
+                 geometric_view: bool = False) -> None:
         super().__init__()
         if not isinstance(checkpoint, str) or not checkpoint:
             raise ValueError(f'DiscreteTokenTarget needs a tokenizer file in '
@@ -71,6 +87,9 @@ class DiscreteTokenTarget(nn.Module):
         self.tokenizer.requires_grad_(False)
         self.checkpoint = checkpoint
         self.prefix = prefix
+        self.preprocess = TeacherPreprocessing(
+            'DiscreteTokenTarget', mean, std, source_mean, source_std, size)
+        self.geometric_view = bool(geometric_view)
         self.register_buffer('loaded', torch.zeros((), dtype=torch.bool))
 
     def init_weights(self) -> None:
@@ -90,7 +109,9 @@ class DiscreteTokenTarget(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) -> (N, L) int64 codebook ids, raster order."""
+        """(N, C, H, W) student-normalised views -> (N, L) int64 codebook
+        ids of the tokenizer's input, raster order."""
         if not bool(self.loaded):
             self.init_weights()
-        return token_ids(self.tokenizer(images), images.shape[0])
+        return token_ids(self.tokenizer(self.preprocess(images)),
+                         images.shape[0])

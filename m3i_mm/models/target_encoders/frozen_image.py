@@ -143,6 +143,59 @@ def _channels(value: Optional[Sequence[float]], key: str
     return torch.tensor([float(v) for v in value]).view(-1, 1, 1)
 
 
+class TeacherPreprocessing(nn.Module):
+    """A frozen encoder's own input (:func:`teacher_input`), configured.
+
+    Holds the four per-channel normalisations as non-persistent buffers
+    (configuration, not checkpoint state) and the input size.
+
+    Args:
+        owner (str): The target encoder's name, in errors.
+        mean, std, source_mean, source_std (Sequence[float], optional): As
+            in :func:`teacher_input`, one value per channel; all four or
+            none.
+        size (int | Sequence[int], optional): Input ``(h, w)``; None keeps
+            the view's size.
+
+    Raises:
+        ValueError: Not all four normalisations (or none), of different
+            lengths or not lists of numbers; ``size`` not positive.
+    """
+
+    def __init__(self, owner: str,
+                 mean: Optional[Sequence[float]] = None,
+                 std: Optional[Sequence[float]] = None,
+                 source_mean: Optional[Sequence[float]] = None,
+                 source_std: Optional[Sequence[float]] = None,
+                 size: Optional[Union[int, Sequence[int]]] = None) -> None:
+        super().__init__()
+        norms = {k: _channels(v, k) for k, v in
+                 dict(mean=mean, std=std, source_mean=source_mean,
+                      source_std=source_std).items()}
+        given = sorted(k for k, v in norms.items() if v is not None)
+        if given and len(given) != 4:
+            raise ValueError(f'{owner} needs mean, std, source_mean and '
+                             f'source_std together, got only {given}')
+        if given and len({v.numel() for v in norms.values()}) != 1:
+            raise ValueError(f'{owner}: mean, std, source_mean and '
+                             'source_std must have one value per channel, '
+                             f'got {({k: len(v) for k, v in norms.items()})}')
+        for key, value in norms.items():
+            self.register_buffer(key, value, persistent=False)
+        if size is not None:
+            size = (size, size) if isinstance(size, int) else tuple(size)
+            if len(size) != 2 or any(not isinstance(s, int) or s < 1
+                                     for s in size):
+                raise ValueError(f'{owner}: size must be a positive int or '
+                                 f'(h, w), got {size!r}')
+        self.size = size
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) student-normalised -> the encoder's input."""
+        return teacher_input(images, self.source_mean, self.source_std,
+                             self.mean, self.std, self.size)
+
+
 @MODELS.register_module()
 class FrozenImageTarget(BaseModule):
     """z_y from a pre-trained image encoder that stays fixed.
@@ -215,27 +268,8 @@ class FrozenImageTarget(BaseModule):
         self.checkpoint = checkpoint
         self.prefix = prefix
         self.output = check_target_output(output)
-        norms = {k: _channels(v, k) for k, v in
-                 dict(mean=mean, std=std, source_mean=source_mean,
-                      source_std=source_std).items()}
-        given = sorted(k for k, v in norms.items() if v is not None)
-        if given and len(given) != 4:
-            raise ValueError('FrozenImageTarget needs mean, std, source_mean '
-                             f'and source_std together, got only {given}')
-        if given and len({v.numel() for v in norms.values()}) != 1:
-            raise ValueError('FrozenImageTarget: mean, std, source_mean and '
-                             'source_std must have one value per channel, '
-                             f'got {({k: len(v) for k, v in norms.items()})}')
-        for key, value in norms.items():
-            # Not persistent: configuration, not state of a checkpoint.
-            self.register_buffer(key, value, persistent=False)
-        if size is not None:
-            size = (size, size) if isinstance(size, int) else tuple(size)
-            if len(size) != 2 or any(not isinstance(s, int) or s < 1
-                                     for s in size):
-                raise ValueError(f'size must be a positive int or (h, w), '
-                                 f'got {size!r}')
-        self.size = size
+        self.preprocess = TeacherPreprocessing(
+            'FrozenImageTarget', mean, std, source_mean, source_std, size)
         self.geometric_view = bool(geometric_view)
         # Persistent: a resumed model's teacher comes from its checkpoint.
         self.register_buffer('loaded', torch.zeros((), dtype=torch.bool))
@@ -263,7 +297,6 @@ class FrozenImageTarget(BaseModule):
         (:func:`teacher_input`)."""
         if not bool(self.loaded):
             self.init_weights()
-        images = teacher_input(images, self.source_mean, self.source_std,
-                               self.mean, self.std, self.size)
         return target_representation(
-            backbone_tokens(self.encoder, images), self.output)
+            backbone_tokens(self.encoder, self.preprocess(images)),
+            self.output)

@@ -366,9 +366,9 @@ def test_frozen_teacher_is_the_checkpoint_and_stays_fixed(teacher_ckpt):
                        src.pos_embed)
     images = raw_inputs()[0][0]
     target = momentum.image_target
-    teacher_images = teacher_input(images, target.source_mean,
-                                   target.source_std, target.mean,
-                                   target.std, target.size)
+    pre = target.preprocess
+    teacher_images = teacher_input(images, pre.source_mean, pre.source_std,
+                                   pre.mean, pre.std, pre.size)
     assert torch.allclose(target(images),
                           src(teacher_images)[-1].mean((2, 3)), atol=1e-6)
 

@@ -196,40 +196,38 @@ class TeacherPreprocessing(nn.Module):
                              self.mean, self.std, self.size)
 
 
-@MODELS.register_module()
-class FrozenImageTarget(BaseModule):
-    """z_y from a pre-trained image encoder that stays fixed.
+class FrozenTarget(BaseModule):
+    """Base of the target encoders f_φ that are a fixed pre-trained network
+    (a teacher, a tokenizer; paper Table 5, footnotes 1 and 2).
 
-    The target encoders of FD (dense distillation), MILAN and the BEiT v2
-    tokenizer's teacher (paper Table 5, footnotes 1 and 2): any checkpoint
-    of an image backbone, loaded once and never updated (no EMA, no
-    gradients, always in eval mode). The weights are read in
+    The network is loaded once from ``checkpoint`` and never updated (no
+    EMA, no gradients, always in eval mode). Its weights are read in
     :meth:`init_weights` (which mmengine's runner calls after building the
     model) or, if that never ran, before the first forward; a resumed run
-    restores them from its own checkpoint.
+    restores them from its own checkpoint (the persistent ``loaded`` flag).
+    It gets its own input (:class:`TeacherPreprocessing`), optionally of the
+    target view before photometric augmentation.
+
+    A subclass names the network's attribute (``network_name``, also its
+    state-dict name) and its role in errors (``role``).
 
     Args:
+        network (nn.Module): The frozen network.
         checkpoint (str): Checkpoint file (any scheme mmengine's
             ``CheckpointLoader`` reads, all parsed as data by
             :mod:`m3i_mm.engine.checkpoint`).
-        backbone (nn.Module): The online backbone; its architecture (a deep
-            copy) is the teacher's unless ``encoder`` is given.
-        encoder (dict, optional): Teacher architecture config, e.g. a
-            larger ``VisionTransformer``; it must output a feature map
-            whose token grid matches the student's.
-        prefix (str): Name prefix of the teacher's weights in the file.
-            Defaults to ``'backbone.'``.
-        output (str): ``'dense'`` (N, L, C) or ``'global'`` (N, C) targets.
-        mean, std (Sequence[float], optional): The teacher's normalisation
+        prefix (str): Name prefix of the network's weights in the file.
+        mean, std (Sequence[float], optional): The network's normalisation
             (RGB, on the data preprocessor's 0-255 scale), e.g. CLIP's
             ``(0.48145466, 0.4578275, 0.40821073)`` / ``(0.26862954,
-            0.26130258, 0.27577711)`` times 255. Needs ``source_mean`` /
-            ``source_std``. None: the teacher takes the student's
-            normalisation.
+            0.26130258, 0.27577711)`` times 255, or BEiT's dVAE (DALL-E)
+            ``[-31.875] * 3`` / ``[318.75] * 3`` (0-255 to [0.1, 0.9], as
+            mmpretrain's ``TwoNormDataPreprocessor``). Needs ``source_mean``
+            / ``source_std``. None: the student's normalisation.
         source_mean, source_std (Sequence[float], optional): The
             normalisation of the images it is given, i.e. the data
             preprocessor's ``mean``/``std``.
-        size (int | Sequence[int], optional): The teacher's input size
+        size (int | Sequence[int], optional): The network's input size
             (``(h, w)``); its token grid must still match the student's for
             dense targets. None: the view's size.
         geometric_view (bool): Encode the target view before photometric
@@ -239,11 +237,92 @@ class FrozenImageTarget(BaseModule):
         (See :func:`teacher_input` for the preprocessing.)
 
     Raises:
-        ValueError: ``checkpoint`` is not a file name; ``mean``, ``std``,
-            ``source_mean``, ``source_std`` not all given (or none), or of
-            different lengths; ``size`` not positive.
+        ValueError: ``checkpoint`` is not a file name; the errors of
+            :class:`TeacherPreprocessing`.
         At loading, naming the file: the errors of
         :func:`load_frozen_weights`.
+    """
+
+    network_name = 'encoder'
+    role = 'teacher'
+
+    def __init__(self,
+                 network: nn.Module,
+                 checkpoint: str,
+                 prefix: str,
+                 mean: Optional[Sequence[float]] = None,
+                 std: Optional[Sequence[float]] = None,
+                 source_mean: Optional[Sequence[float]] = None,
+                 source_std: Optional[Sequence[float]] = None,
+                 size: Optional[Union[int, Sequence[int]]] = None,
+                 geometric_view: bool = False) -> None:
+        super().__init__()
+        owner = type(self).__name__
+        if not isinstance(checkpoint, str) or not checkpoint:
+            raise ValueError(f"{owner} needs the {self.role}'s checkpoint "
+                             f'file in image_target.checkpoint, got '
+                             f'{checkpoint!r}')
+        setattr(self, self.network_name, network.requires_grad_(False))
+        self.checkpoint = checkpoint
+        self.prefix = prefix
+        self.preprocess = TeacherPreprocessing(
+            owner, mean, std, source_mean, source_std, size)
+        self.geometric_view = bool(geometric_view)
+        # Persistent: a resumed model's network comes from its checkpoint.
+        self.register_buffer('loaded', torch.zeros((), dtype=torch.bool))
+
+    @property
+    def network(self) -> nn.Module:
+        return getattr(self, self.network_name)
+
+    def init_weights(self) -> None:
+        """Load the network's weights from ``checkpoint``."""
+        load_frozen_weights(self.network, self.checkpoint, self.prefix,
+                            self.role)
+        self.loaded.fill_(True)
+        self._is_init = True
+
+    def update(self, backbone: nn.Module) -> None:
+        """Nothing to update: the network is fixed."""
+
+    def train(self, mode: bool = True) -> 'FrozenTarget':
+        """The network stays in eval mode (no dropout or drop path)."""
+        super().train(mode)
+        self.network.eval()
+        return self
+
+    def network_input(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) student-normalised views -> the network's input
+        (its weights loaded first if they were not)."""
+        if not bool(self.loaded):
+            self.init_weights()
+        return self.preprocess(images)
+
+
+@MODELS.register_module()
+class FrozenImageTarget(FrozenTarget):
+    """z_y from a pre-trained image encoder that stays fixed.
+
+    The target encoders of FD (dense distillation), MILAN and the BEiT v2
+    tokenizer's teacher (paper Table 5, footnotes 1 and 2): any checkpoint
+    of an image backbone (see :class:`FrozenTarget` for loading, freezing
+    and the teacher's input).
+
+    Args:
+        checkpoint (str): The teacher's checkpoint file.
+        backbone (nn.Module): The online backbone; its architecture (a deep
+            copy) is the teacher's unless ``encoder`` is given.
+        encoder (dict, optional): Teacher architecture config, e.g. a
+            larger ``VisionTransformer``; it must output a feature map
+            whose token grid matches the student's.
+        prefix (str): Name prefix of the teacher's weights in the file.
+            Defaults to ``'backbone.'``.
+        output (str): ``'dense'`` (N, L, C) or ``'global'`` (N, C) targets.
+        **kwargs: ``mean``, ``std``, ``source_mean``, ``source_std``,
+            ``size``, ``geometric_view`` of :class:`FrozenTarget`.
+
+    Raises:
+        ValueError: Those of :class:`FrozenTarget`; ``output`` unknown.
     """
 
     def __init__(self,
@@ -252,51 +331,16 @@ class FrozenImageTarget(BaseModule):
                  encoder: Optional[dict] = None,
                  prefix: str = 'backbone.',
                  output: str = 'dense',
-                 mean: Optional[Sequence[float]] = None,
-                 std: Optional[Sequence[float]] = None,
-                 source_mean: Optional[Sequence[float]] = None,
-                 source_std: Optional[Sequence[float]] = None,
-                 size: Optional[Union[int, Sequence[int]]] = None,
-                 geometric_view: bool = False) -> None:
-        super().__init__()
-        if not isinstance(checkpoint, str) or not checkpoint:
-            raise ValueError(f'FrozenImageTarget needs a checkpoint file, '
-                             f'got {checkpoint!r}')
-        self.encoder = MODELS.build(encoder) if encoder is not None \
+                 **kwargs) -> None:
+        network = MODELS.build(encoder) if encoder is not None \
             else copy.deepcopy(backbone)
-        self.encoder.requires_grad_(False)
-        self.checkpoint = checkpoint
-        self.prefix = prefix
+        super().__init__(network, checkpoint, prefix, **kwargs)
         self.output = check_target_output(output)
-        self.preprocess = TeacherPreprocessing(
-            'FrozenImageTarget', mean, std, source_mean, source_std, size)
-        self.geometric_view = bool(geometric_view)
-        # Persistent: a resumed model's teacher comes from its checkpoint.
-        self.register_buffer('loaded', torch.zeros((), dtype=torch.bool))
-
-    def init_weights(self) -> None:
-        """Load the teacher's weights from ``checkpoint``."""
-        load_frozen_weights(self.encoder, self.checkpoint, self.prefix,
-                            'teacher')
-        self.loaded.fill_(True)
-        self._is_init = True
-
-    def update(self, backbone: nn.Module) -> None:
-        """Nothing to update: the teacher is fixed."""
-
-    def train(self, mode: bool = True) -> 'FrozenImageTarget':
-        """The teacher stays in eval mode (no dropout or drop path)."""
-        super().train(mode)
-        self.encoder.eval()
-        return self
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) student-normalised views -> (N, L, C) tokens, or
-        (N, C) for ``'global'``, of the teacher's input
-        (:func:`teacher_input`)."""
-        if not bool(self.loaded):
-            self.init_weights()
+        (N, C) for ``'global'``, of the teacher's input."""
         return target_representation(
-            backbone_tokens(self.encoder, self.preprocess(images)),
+            backbone_tokens(self.encoder, self.network_input(images)),
             self.output)

@@ -24,7 +24,10 @@ tests/test_framework_instances.py).
 
 Prints one table (mean ± half the range over ``--seeds``, i.e. the
 population std for two seeds), writes it as ``results.json`` and a PNG bar
-chart under ``--work-dir``.
+chart under ``--work-dir``. ``--combine`` makes that table from the
+``results.json`` of separate runs of the same settings (e.g. groups of
+instances run on several machines); an instance in two of them (random
+init, the M3I teacher; a run is deterministic) must agree.
 
 Demo-scale choices (see README, "The instances compared on the demo"):
 ``--iters`` 400 at batch 32 and the momentum encoders' EMA schedule started
@@ -34,12 +37,14 @@ steps: nothing after its ~500k steps, but 37 % after 400, so every
 momentum-target instance would predict a mostly random network; 0.02 keeps
 exp(-4), 2 %.
 
-Budget: 21 instances x 2 seeds = 42 pre-training runs, about 0.2 s a step
+Budget: 23 instances x 2 seeds = 46 pre-training runs, about 0.2 s a step
 for M3I (two images, both image targets) at batch 32 on 2 cores plus about
-10 s of start-up and probes a run: 46 minutes on 2 idle cores.
+10 s of start-up and probes a run: about 50 minutes on 2 idle cores.
 
-Usage (the full run):
+Usage (the full run; or groups of --instances, then --combine):
     python benchmarks/framework_demo.py --seeds 2
+    python benchmarks/framework_demo.py --combine A/results.json \
+        B/results.json --work-dir work_dirs/framework_demo
 """
 import argparse
 import copy
@@ -328,6 +333,74 @@ def plot(table: Dict[str, dict], path: str, title: str) -> None:
     plt.close(fig)
 
 
+# Settings that make two runs' numbers comparable.
+SAME_SETTINGS = ('iters', 'momentum', 'seeds', 'model_options', 'batch_size',
+                 'probe_limit', 'probe_folds', 'data_root')
+
+
+def combine_runs(paths: Sequence[str]) -> Tuple[Dict[str, List[dict]],
+                                                 dict]:
+    """The per-seed results of separate runs (their ``results.json``) as
+    one, e.g. of instances run on several machines.
+
+    Returns:
+        tuple: ``runs`` (instance -> per-seed results; random init first,
+        then the order of :func:`instances`) and the first file's ``args``.
+
+    Raises:
+        ValueError: The files differ in a setting of ``SAME_SETTINGS``, or
+            an instance run in two files (the auto-added M3I teacher, random
+            init) has different results there; the files and the key named.
+    """
+    runs: Dict[str, List[dict]] = {}
+    source: Dict[str, str] = {}
+    first_args: dict = {}
+    for path in paths:
+        with open(path) as f:
+            loaded = json.load(f)
+        if not first_args:
+            first_args = loaded['args']
+        for key in SAME_SETTINGS:
+            if loaded['args'].get(key) != first_args.get(key):
+                raise ValueError(
+                    f'{path}: {key}={loaded["args"].get(key)!r} but '
+                    f'{paths[0]} has {first_args.get(key)!r}; only runs of '
+                    'the same settings combine')
+        for name, results in loaded['runs'].items():
+            if name not in runs:
+                runs[name], source[name] = results, path
+                continue
+            for seed, (a, b) in enumerate(zip(runs[name], results)):
+                differ = [m for m in METRICS if a[m] != b[m]]
+                if differ or len(runs[name]) != len(results):
+                    raise ValueError(
+                        f'{name!r} is in {source[name]} and {path} with '
+                        f'different results (seed {seed}: {differ}); '
+                        'combine runs of the same code')
+    order = [RANDOM] + list(instances())
+    return dict(sorted(runs.items(), key=lambda item: order.index(item[0])
+                       if item[0] in order else len(order))), first_args
+
+
+def report(runs: Dict[str, List[dict]], args: dict, work_dir: str
+           ) -> Dict[str, dict]:
+    """Print the table of ``runs``, write ``results.json`` and the chart
+    into ``work_dir``; returns the table."""
+    table = summarise(runs)
+    os.makedirs(work_dir, exist_ok=True)
+    title = (f'demo digits: pre-train on 0-4 ({args["iters"]} it), probe '
+             f'frozen features; mean ± half-range over {args["seeds"]} '
+             'seeds; dashed: random init')
+    print('\n' + title)
+    print(format_table(table))
+    with open(osp.join(work_dir, 'results.json'), 'w') as f:
+        json.dump(dict(args=args, table=table, runs=runs), f, indent=1)
+    plot(table, osp.join(work_dir, 'framework_demo.png'), title)
+    print(f'written: {osp.join(work_dir, "results.json")}, '
+          f'{osp.join(work_dir, "framework_demo.png")}')
+    return table
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--iters', type=int, default=400,
@@ -352,6 +425,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--probe-folds', type=int, default=5)
     parser.add_argument('--work-dir', default='work_dirs/framework_demo')
     parser.add_argument('--data-root', default='data/demo_digits')
+    parser.add_argument(
+        '--combine', nargs='+', metavar='RESULTS_JSON', default=None,
+        help='run nothing: one table and chart (in --work-dir) from the '
+        'results.json of separate runs of the same settings')
     return parser.parse_args(argv)
 
 
@@ -361,6 +438,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, dict]:
     if args.list:
         print('\n'.join(specs))
         return {}
+    if args.combine:
+        runs, run_args = combine_runs(args.combine)
+        run_args.update(instances=[n for n in runs if n != RANDOM],
+                        work_dir=args.work_dir, combined=args.combine)
+        return report(runs, run_args, args.work_dir)
     if args.instances:
         unknown = sorted(set(args.instances) - set(specs))
         if unknown:
@@ -402,19 +484,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, dict]:
                   f'{result["eff rank"]:.1f}; final '
                   + ', '.join(f'{k} {v:.3f}' for k, v in terms.items())
                   + f' ({result["seconds"]:.0f} s)', flush=True)
-    table = summarise(runs)
-    os.makedirs(args.work_dir, exist_ok=True)
-    title = (f'demo digits: pre-train on 0-4 ({args.iters} it), probe '
-             f'frozen features; mean ± half-range over {args.seeds} seeds; '
-             'dashed: random init')
-    print('\n' + title)
-    print(format_table(table))
-    with open(osp.join(args.work_dir, 'results.json'), 'w') as f:
-        json.dump(dict(args=vars(args), table=table, runs=runs), f, indent=1)
-    plot(table, osp.join(args.work_dir, 'framework_demo.png'), title)
-    print(f'written: {osp.join(args.work_dir, "results.json")}, '
-          f'{osp.join(args.work_dir, "framework_demo.png")}')
-    return table
+    return report(runs, vars(args), args.work_dir)
 
 
 if __name__ == '__main__':

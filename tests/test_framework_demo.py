@@ -93,6 +93,48 @@ def test_framework_demo_runs_and_reports(demo_root, tmp_path, capsys):
     assert labels == {0, 1, 2, 3, 4}
 
 
+def fake_results(path, names, value=50.0, **settings):
+    """A results.json of ``names`` (two seeds), as main writes it."""
+    args = vars(framework_demo.parse_args([]))
+    args.update(settings)
+
+    def result(seed):
+        return dict({m: value + seed for m in framework_demo.METRICS},
+                    seconds=1.0, terms={'loss_img_first': 0.5 + seed})
+    runs = {name: [result(0), result(1)] for name in names}
+    path.write_text(json.dumps(dict(args=args, table={}, runs=runs)))
+    return str(path)
+
+
+def test_combine_separate_runs(tmp_path, capsys):
+    a = fake_results(tmp_path / 'a.json',
+                     ['random init', 'M3I', 'mim-pixel'])
+    b = fake_results(tmp_path / 'b.json',
+                     ['random init', 'M3I', 'siamese-im-pixel',
+                      'auto-encoder'])
+    work = tmp_path / 'both'
+    table = framework_demo.main(['--combine', a, b, '--work-dir', str(work)])
+    # Random init first, then the order of instances(); duplicates once.
+    assert list(table) == ['random init', 'M3I', 'auto-encoder',
+                           'mim-pixel', 'siamese-im-pixel']
+    assert table['mim-pixel']['transfer k-NN'] == dict(mean=50.5,
+                                                       spread=0.5)
+    saved = json.loads((work / 'results.json').read_text())
+    assert saved['args']['combined'] == [a, b]
+    assert saved['args']['instances'] == list(table)[1:]
+    assert len(saved['runs']['M3I']) == 2
+    assert (work / 'framework_demo.png').read_bytes()[:4] == b'\x89PNG'
+    assert '400 it' in capsys.readouterr().out
+    # Runs of other settings, or of other code, do not combine.
+    c = fake_results(tmp_path / 'c.json', ['mim-pixel'], iters=200)
+    with pytest.raises(ValueError, match=r'c.json: iters=200'):
+        framework_demo.combine_runs([a, c])
+    d = fake_results(tmp_path / 'd.json', ['M3I'], value=51.0)
+    with pytest.raises(ValueError, match=r"'M3I' is in .*a.json and "
+                       r'.*d.json with different results'):
+        framework_demo.combine_runs([a, d])
+
+
 def test_shorten_iter_schedule_keeps_the_shape():
     from m3i_mm.utils import shorten_iter_schedule
     cfg = Config.fromfile(framework_demo.DEMO_CFG)

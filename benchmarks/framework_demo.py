@@ -50,6 +50,7 @@ import argparse
 import copy
 import glob
 import json
+import math
 import os
 import os.path as osp
 import sys
@@ -338,6 +339,39 @@ SAME_SETTINGS = ('iters', 'momentum', 'seeds', 'model_options', 'batch_size',
                  'probe_limit', 'probe_folds', 'data_root')
 
 
+def _load_results(path: str) -> dict:
+    """A ``results.json`` of :func:`main`, checked: ``args`` with ``seeds``
+    and, per instance, that many results with every metric.
+
+    Raises:
+        ValueError: Not such a file; the path and the key named.
+    """
+    try:
+        with open(path) as f:
+            loaded = json.load(f)
+    except (OSError, ValueError) as err:
+        raise ValueError(f'{path}: not a readable results.json ({err})') \
+            from err
+    if not isinstance(loaded, dict) or \
+            not isinstance(loaded.get('args'), dict) or \
+            not isinstance(loaded.get('runs'), dict):
+        raise ValueError(f'{path}: a results.json has "args" and "runs" '
+                         'objects')
+    seeds = loaded['args'].get('seeds')
+    for name, results in loaded['runs'].items():
+        if not isinstance(results, list) or len(results) != seeds:
+            raise ValueError(f'{path}: {name!r} has not the {seeds} results '
+                             'of args.seeds')
+        for seed, result in enumerate(results):
+            missing = [m for m in METRICS if not isinstance(
+                result.get(m) if isinstance(result, dict) else None,
+                (int, float))]
+            if missing:
+                raise ValueError(f'{path}: {name!r} seed {seed} lacks '
+                                 f'{missing}')
+    return loaded
+
+
 def combine_runs(paths: Sequence[str]) -> Tuple[Dict[str, List[dict]],
                                                  dict]:
     """The per-seed results of separate runs (their ``results.json``) as
@@ -348,17 +382,18 @@ def combine_runs(paths: Sequence[str]) -> Tuple[Dict[str, List[dict]],
         then the order of :func:`instances`) and the first file's ``args``.
 
     Raises:
-        ValueError: The files differ in a setting of ``SAME_SETTINGS``, or
-            an instance run in two files (the auto-added M3I teacher, random
-            init) has different results there; the files and the key named.
+        ValueError: A file is no ``results.json`` with ``args.seeds``
+            results of every metric per instance; the files differ in a
+            setting of ``SAME_SETTINGS``, or an instance run in two files
+            (the auto-added M3I teacher, random init) has different results
+            there; the files and the key named.
     """
     runs: Dict[str, List[dict]] = {}
     source: Dict[str, str] = {}
-    first_args: dict = {}
+    first_args: Optional[dict] = None
     for path in paths:
-        with open(path) as f:
-            loaded = json.load(f)
-        if not first_args:
+        loaded = _load_results(path)
+        if first_args is None:
             first_args = loaded['args']
         for key in SAME_SETTINGS:
             if loaded['args'].get(key) != first_args.get(key):
@@ -371,8 +406,9 @@ def combine_runs(paths: Sequence[str]) -> Tuple[Dict[str, List[dict]],
                 runs[name], source[name] = results, path
                 continue
             for seed, (a, b) in enumerate(zip(runs[name], results)):
-                differ = [m for m in METRICS if a[m] != b[m]]
-                if differ or len(runs[name]) != len(results):
+                differ = [m for m in METRICS
+                          if not math.isclose(a[m], b[m], rel_tol=1e-9)]
+                if differ:
                     raise ValueError(
                         f'{name!r} is in {source[name]} and {path} with '
                         f'different results (seed {seed}: {differ}); '

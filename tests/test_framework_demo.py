@@ -133,6 +133,26 @@ def test_combine_separate_runs(tmp_path, capsys):
     with pytest.raises(ValueError, match=r"'M3I' is in .*a.json and "
                        r'.*d.json with different results'):
         framework_demo.combine_runs([a, d])
+    # Files that are not whole results: named, never half-combined.
+    one_seed = fake_results(tmp_path / 'e.json', ['M3I'])
+    saved = json.loads(open(one_seed).read())
+    saved['runs']['M3I'] = saved['runs']['M3I'][:1]
+    open(one_seed, 'w').write(json.dumps(saved))
+    with pytest.raises(ValueError, match=r"e.json: 'M3I' has not the 2 "
+                       'results of args.seeds'):
+        framework_demo.combine_runs([a, one_seed])
+    del saved['runs']['M3I'][0]['eff rank']
+    saved['runs']['M3I'] *= 2
+    open(one_seed, 'w').write(json.dumps(saved))
+    with pytest.raises(ValueError, match=r"e.json: 'M3I' seed 0 lacks "
+                       r"\['eff rank'\]"):
+        framework_demo.combine_runs([a, one_seed])
+    (tmp_path / 'f.json').write_text('{"args": {}')
+    with pytest.raises(ValueError, match='f.json: not a readable'):
+        framework_demo.combine_runs([a, str(tmp_path / 'f.json')])
+    (tmp_path / 'g.json').write_text('[]')
+    with pytest.raises(ValueError, match='g.json: a results.json has'):
+        framework_demo.combine_runs([str(tmp_path / 'g.json'), a])
 
 
 def test_shorten_iter_schedule_keeps_the_shape():

@@ -177,6 +177,17 @@ def test_frozen_target_resizes_to_its_size(monkeypatch):
         (127.5 - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD))
 
 
+def test_frozen_target_refuses_inputs_that_misplace_or_miscolour():
+    # Same token count at another aspect ratio: targets on the wrong patches.
+    squashed = frozen_target(size=(SIZE // 2, SIZE * 2))
+    with pytest.raises(ValueError, match='aspect ratio'):
+        squashed(torch.zeros(1, 3, SIZE, SIZE))
+    four = frozen_target(mean=[1.] * 4, std=[1.] * 4, source_mean=[1.] * 4,
+                         source_std=[1.] * 4)
+    with pytest.raises(ValueError, match='4 values for 3-channel'):
+        four(torch.zeros(1, 3, SIZE, SIZE))
+
+
 @pytest.mark.parametrize('kwargs,match', [
     (dict(mean=CLIP_MEAN, std=CLIP_STD), 'source_mean'),
     (dict(mean=CLIP_MEAN, std=CLIP_STD, source_mean=[1.] * 3,
@@ -184,6 +195,15 @@ def test_frozen_target_resizes_to_its_size(monkeypatch):
     (dict(size=0), 'size'),
     (dict(mean='clip', std=CLIP_STD, source_mean=[1.] * 3,
           source_std=[1.] * 3), 'mean'),
+    (dict(mean=CLIP_MEAN, std=[0.] * 3, source_mean=[1.] * 3,
+          source_std=[1.] * 3), r'image_target.std must be finite and '
+     'positive'),
+    (dict(mean=CLIP_MEAN, std=CLIP_STD, source_mean=[float('nan')] * 3,
+          source_std=[1.] * 3), 'image_target.source_mean must be finite'),
+    (dict(mean=[None] * 3, std=CLIP_STD, source_mean=[1.] * 3,
+          source_std=[1.] * 3), 'image_target.mean must be a list of'),
+    (dict(size=224.0), 'size'),
+    (dict(size=True), 'size'),
 ])
 def test_frozen_target_bad_preprocessing(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -112,18 +112,32 @@ def teacher_input(images: torch.Tensor,
             none).
         mean, std (Tensor, optional): (C, 1, 1), the teacher's, on the same
             pixel scale.
-        size (tuple, optional): Teacher input ``(h, w)``; None keeps H, W.
+        size (tuple, optional): Teacher input ``(h, w)``, of the views'
+            aspect ratio; None keeps H, W.
 
     Returns:
         Tensor: (N, C, h, w), float32 unless nothing was asked (then
         ``images`` itself).
+
+    Raises:
+        ValueError: ``size`` has another aspect ratio than H, W; ``mean``
+            has not C values.
     """
     if mean is None and size is None:
         return images
     x = images.float()
+    if mean is not None and mean.numel() != x.shape[1]:
+        raise ValueError(f'teacher mean/std have {mean.numel()} values for '
+                         f'{x.shape[1]}-channel images')
     if mean is not None:
         x = x * source_std + source_mean
     if size is not None and tuple(x.shape[-2:]) != tuple(size):
+        height, width = x.shape[-2:]
+        if size[0] * width != size[1] * height:
+            # The same token count at another aspect ratio would pair
+            # targets with the wrong patches.
+            raise ValueError(f'teacher size {tuple(size)} changes the aspect '
+                             f'ratio of the {height}x{width} views')
         x = F.interpolate(x, size=tuple(size), mode='bicubic',
                           align_corners=False, antialias=True)
     if mean is not None:
@@ -133,14 +147,23 @@ def teacher_input(images: torch.Tensor,
 
 def _channels(value: Optional[Sequence[float]], key: str
               ) -> Optional[torch.Tensor]:
-    """(C, 1, 1) tensor of a per-channel config value (or None)."""
+    """(C, 1, 1) tensor of a per-channel config value (or None): finite
+    numbers, positive for a ``*std``."""
     if value is None:
         return None
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) \
-            or not value:
-        raise ValueError(f'{key} must be a list of per-channel values, got '
+            or not value or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool)
+                for v in value):
+        raise ValueError(f'{key} must be a list of per-channel numbers, got '
                          f'{value!r}')
-    return torch.tensor([float(v) for v in value]).view(-1, 1, 1)
+    out = torch.tensor([float(v) for v in value], dtype=torch.float64)
+    if not torch.isfinite(out).all() or \
+            (key.endswith('std') and not (out > 0).all()):
+        raise ValueError(f'{key} must be finite'
+                         + (' and positive' if key.endswith('std') else '')
+                         + f', got {value!r}')
+    return out.float().view(-1, 1, 1)
 
 
 class TeacherPreprocessing(nn.Module):
@@ -169,7 +192,7 @@ class TeacherPreprocessing(nn.Module):
                  source_std: Optional[Sequence[float]] = None,
                  size: Optional[Union[int, Sequence[int]]] = None) -> None:
         super().__init__()
-        norms = {k: _channels(v, k) for k, v in
+        norms = {k: _channels(v, f'image_target.{k}') for k, v in
                  dict(mean=mean, std=std, source_mean=source_mean,
                       source_std=source_std).items()}
         given = sorted(k for k, v in norms.items() if v is not None)
@@ -183,9 +206,11 @@ class TeacherPreprocessing(nn.Module):
         for key, value in norms.items():
             self.register_buffer(key, value, persistent=False)
         if size is not None:
-            size = (size, size) if isinstance(size, int) else tuple(size)
-            if len(size) != 2 or any(not isinstance(s, int) or s < 1
-                                     for s in size):
+            size = (size, size) if isinstance(size, int) else \
+                tuple(size) if isinstance(size, Sequence) else (size, )
+            if len(size) != 2 or any(
+                    not isinstance(s, int) or isinstance(s, bool) or s < 1
+                    for s in size):
                 raise ValueError(f'{owner}: size must be a positive int or '
                                  f'(h, w), got {size!r}')
         self.size = size

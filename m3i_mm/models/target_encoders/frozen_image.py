@@ -1,5 +1,6 @@
 """Image target encoder f_φ: a fixed pre-trained encoder (no EMA)."""
 import copy
+import math
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -157,13 +158,13 @@ def _channels(value: Optional[Sequence[float]], key: str
                 for v in value):
         raise ValueError(f'{key} must be a list of per-channel numbers, got '
                          f'{value!r}')
-    out = torch.tensor([float(v) for v in value], dtype=torch.float64)
-    if not torch.isfinite(out).all() or \
-            (key.endswith('std') and not (out > 0).all()):
+    values = [float(v) for v in value]
+    if not all(math.isfinite(v) for v in values) or \
+            (key.endswith('std') and not all(v > 0 for v in values)):
         raise ValueError(f'{key} must be finite'
                          + (' and positive' if key.endswith('std') else '')
                          + f', got {value!r}')
-    return out.float().view(-1, 1, 1)
+    return torch.tensor(values).view(-1, 1, 1)
 
 
 class TeacherPreprocessing(nn.Module):

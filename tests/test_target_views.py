@@ -252,12 +252,12 @@ def raw_batch(n: int = 2):
     return dict(inputs=views, data_samples=samples)
 
 
-@pytest.mark.parametrize('row', GEOMETRIC_ROWS + TEACHER_ROWS)
-def test_row_target_encodes_view0_before_photometry(row, monkeypatch):
+def check_target_sees_view0_before_photometry(model, encoder):
+    """One training step of ``model``: ``encoder`` got view 0 as the data
+    preprocessor normalises it, without the inversion the input saw."""
     MessageHub.get_current_instance().update_info('max_iters', 100)
-    model = tiny_row_model(row)
     seen = []
-    model.image_target.register_forward_pre_hook(
+    encoder.register_forward_pre_hook(
         lambda module, args: seen.append(args[0].clone()))
     batch = raw_batch()
     data = model.data_preprocessor(batch, training=True)
@@ -267,9 +267,14 @@ def test_row_target_encodes_view0_before_photometry(row, monkeypatch):
     std = model.data_preprocessor.std.view(1, 3, 1, 1)
     rgb = batch['inputs'][0].float()[:, [2, 1, 0]]  # to_rgb
     torch.testing.assert_close(seen[0], (rgb - mean) / std)
-    # The input saw view 0 inverted; the target did not.
     torch.testing.assert_close(data['inputs'][0],
                                (255 - rgb - mean) / std, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize('row', GEOMETRIC_ROWS + TEACHER_ROWS)
+def test_row_target_encodes_view0_before_photometry(row):
+    model = tiny_row_model(row)
+    check_target_sees_view0_before_photometry(model, model.image_target)
 
 
 # A tokenizer is a frozen encoder too (Table 5, footnote 2): its own input.
@@ -322,7 +327,6 @@ def test_tokenizer_bad_preprocessing(kwargs, match):
 
 
 def test_tokenizer_encodes_view0_before_photometry():
-    MessageHub.get_current_instance().update_info('max_iters', 100)
     cfg = copy.deepcopy(row_config('mim-token').model.to_dict())
     cfg['data_preprocessor'].update(view_transforms=[INVERT, None],
                                     geometric_target_view=True)
@@ -334,17 +338,8 @@ def test_tokenizer_encodes_view0_before_photometry():
                                 depth=1, num_heads=4, out_channels=11)
     model = MODELS.build(cfg)
     model.image_target.loaded.fill_(True)
-    seen = []
-    model.image_target.tokenizer.register_forward_pre_hook(
-        lambda module, args: seen.append(args[0].clone()))
-    batch = raw_batch()
-    data = model.data_preprocessor(batch, training=True)
-    losses = model(**data, mode='loss')
-    assert all(torch.isfinite(v).all() for v in losses.values())
-    mean = model.data_preprocessor.mean.view(1, 3, 1, 1)
-    std = model.data_preprocessor.std.view(1, 3, 1, 1)
-    rgb = batch['inputs'][0].float()[:, [2, 1, 0]]  # to_rgb
-    torch.testing.assert_close(seen[0], (rgb - mean) / std)
+    check_target_sees_view0_before_photometry(model,
+                                              model.image_target.tokenizer)
 
 
 # --------------------------------------------------------------------------

@@ -71,19 +71,21 @@ class DenseBoltzmannPosterior(BoltzmannPosterior):
             raise ValueError(
                 f'expected (N, Q, D) predictions and targets of the same '
                 f'shape, got {tuple(pred.shape)} and {tuple(target.shape)}')
+        n, q = pred.shape[:2]
+        if self.negatives == 'all_images':
+            # Instance discrimination over the N·Q positions of all ranks.
+            candidates, offset = gather_with_grad(
+                target.detach().flatten(0, 1))
+            return super().forward(
+                pred.flatten(0, 1), candidates,
+                offset + torch.arange(n * q, device=pred.device))
         with torch.autocast(pred.device.type, enabled=False):
             pred, target = pred.float(), target.detach().float()
             if self.normalize:
                 pred = F.normalize(pred, dim=-1)
                 target = F.normalize(target, dim=-1)
-            n, q = pred.shape[:2]
-            if self.negatives == 'same_image':
-                logits = (pred @ target.transpose(1, 2)).flatten(0, 1)
-                positives = torch.arange(q, device=pred.device).repeat(n)
-            else:
-                candidates, offset = gather_with_grad(target.flatten(0, 1))
-                logits = pred.flatten(0, 1) @ candidates.t()
-                positives = offset + torch.arange(n * q, device=pred.device)
+            logits = (pred @ target.transpose(1, 2)).flatten(0, 1)
             return self.loss_weight * F.cross_entropy(
-                logits / self.temperature, positives,
+                logits / self.temperature,
+                torch.arange(q, device=pred.device).repeat(n),
                 label_smoothing=self.label_smoothing)

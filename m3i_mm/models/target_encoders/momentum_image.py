@@ -49,6 +49,15 @@ def target_representation(tokens: torch.Tensor, output: str) -> torch.Tensor:
 TARGET_LAYER_NORMS = ('instance', 'layer', 'none')
 
 
+def check_target_layer_norm(norm: str) -> str:
+    """Validate the per-layer normalisation of :func:`average_top_layers`;
+    raises ``ValueError`` naming the bad value."""
+    if norm not in TARGET_LAYER_NORMS:
+        raise ValueError(f'target_layer_norm must be one of '
+                         f'{TARGET_LAYER_NORMS}, got {norm!r}')
+    return norm
+
+
 def average_top_layers(layer_tokens: Sequence[torch.Tensor],
                        norm: str = 'instance') -> torch.Tensor:
     """data2vec's target: the mean of the top transformer layers' outputs,
@@ -72,9 +81,7 @@ def average_top_layers(layer_tokens: Sequence[torch.Tensor],
     """
     if not layer_tokens:
         raise ValueError('average_top_layers needs at least one layer')
-    if norm not in TARGET_LAYER_NORMS:
-        raise ValueError(f'target layer norm must be one of '
-                         f'{TARGET_LAYER_NORMS}, got {norm!r}')
+    check_target_layer_norm(norm)
     total = 0
     for tokens in layer_tokens:
         tokens = tokens.float()
@@ -188,10 +195,7 @@ class MomentumImageTarget(nn.Module):
                  target_layer_norm: str = 'instance') -> None:
         super().__init__()
         self.output = check_target_output(output)
-        if target_layer_norm not in TARGET_LAYER_NORMS:
-            raise ValueError(f'target_layer_norm must be one of '
-                             f'{TARGET_LAYER_NORMS}, got '
-                             f'{target_layer_norm!r}')
+        self.target_layer_norm = check_target_layer_norm(target_layer_norm)
         if average_top_k is not None:
             depth = len(getattr(backbone, 'layers', ()))
             if not 0 < average_top_k <= depth:
@@ -199,7 +203,6 @@ class MomentumImageTarget(nn.Module):
                                  f'(the backbone\'s blocks), got '
                                  f'{average_top_k}')
         self.average_top_k = average_top_k
-        self.target_layer_norm = target_layer_norm
         self.ema = CosineEMA(
             backbone,
             momentum=momentum,

@@ -301,9 +301,12 @@ def test_each_image_of_a_mix_predicts_its_own_text():
 
     class OneHotTexts(torch.nn.Module):
 
-        def forward(self, captions):
-            index = torch.tensor([int(c.split()[-1]) for c in captions])
-            return torch.nn.functional.one_hot(index, DIMS).float()
+        def tokenize(self, captions):
+            return {'index': torch.tensor(
+                [int(c.split()[-1]) for c in captions])}
+
+        def forward(self, tokens):
+            return torch.nn.functional.one_hot(tokens['index'], DIMS).float()
 
     seen = []
 

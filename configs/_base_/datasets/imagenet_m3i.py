@@ -8,7 +8,7 @@
 # on the training device in M3IDataPreprocessor; a config using this file
 # sets model.data_preprocessor.view_transforms={{_base_.view_transforms}}.
 # The per-image path (photometric augmentation in the workers) is
-# per_image_pipeline with the plain SelfSupDataPreprocessor (see
+# per_image_pipeline with view_transforms=None (see
 # configs/pretrain/m3i_vitb_per-image-aug.py).
 dataset_type = 'ImageNet'
 data_root = 'data/imagenet/'

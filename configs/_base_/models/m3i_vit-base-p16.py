@@ -2,7 +2,7 @@
 model = dict(
     type='M3I',
     data_preprocessor=dict(
-        type='SelfSupDataPreprocessor',
+        type='M3IDataPreprocessor',  # SelfSup's, plus M3I's sample fields
         mean=[123.675, 116.28, 103.53],
         std=[58.395, 57.12, 57.375],
         to_rgb=True),

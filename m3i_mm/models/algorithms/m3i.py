@@ -73,8 +73,10 @@ from ..losses import BoltzmannPosterior, DenseBoltzmannPosterior
 from ..necks import ImageTargetDecoder
 from ..target_encoders import backbone_tokens
 from ..utils.checks import check_all
+from ..utils.data_preprocessor import M3IDataPreprocessor
 from ..utils.distributed import gather_with_grad, per_rank_share
 from ..utils.masked_encoding import vit_visible_tokens
+from ..utils.sample_fields import num_masked, read_batch_targets
 from ..utils.view_geometry import (patch_centers, target_positions_in_input,
                                    target_scale_in_input)
 
@@ -204,6 +206,11 @@ class M3I(BaseSelfSupervisor):
         self.text_head = MODELS.build(text_head) if text_head else None
         self.text_target = MODELS.build(text_target) if text_target else None
         self.text_posterior = MODELS.build(text_posterior)
+        if self.text_target is not None and isinstance(
+                self.data_preprocessor, M3IDataPreprocessor):
+            # Captions are tokenised with the batch, outside the loss graph.
+            self.data_preprocessor.caption_tokenizer = \
+                self.text_target.tokenize
         if self.text_head is not None:
             self.text_logit_scale = nn.Parameter(
                 torch.tensor(math.log(1.0 / text_temperature)))
@@ -375,11 +382,13 @@ class M3I(BaseSelfSupervisor):
             dict[str, Tensor]: Loss terms (``loss_*``) and logged values.
         """
         device = inputs[0].device
+        tokenize = self.text_target.tokenize if self.text_target else None
+        targets = read_batch_targets(data_samples, device, tokenize)
         mask = self._stack(data_samples, 'mask', device).bool()
         n, grid = mask.shape[0], tuple(mask.shape[1:])
         mixed = self.mixer(inputs[:2], mask)
         # Token indices of each image: first image where M = 0, second M = 1.
-        first_idx, second_idx = self._split_tokens(mask, mixed.images.device)
+        first_idx, second_idx = self._split_tokens(mask, data_samples)
         tokens = self._encode(mixed.images, first_idx, grid)
 
         lam = torch.ones((), device=device)
@@ -401,7 +410,7 @@ class M3I(BaseSelfSupervisor):
         if mixed.sigma is not None:
             images.append((second_idx, mixed.sigma))
         if self.category_head is not None:
-            labels, has_label = self._labels(data_samples, device)
+            labels, has_label = self._labels(targets, data_samples)
             share = per_rank_share(has_label.sum())
             loss_cls = 0.0
             for idx, who in images:
@@ -412,7 +421,7 @@ class M3I(BaseSelfSupervisor):
             # text_symmetric: _text_loss sums both directions; their mean.
             directions = 2 if self.text_symmetric else 1
             losses['loss_text'] = lam * self._text_loss(
-                tokens_multi, images, data_samples, device) / directions
+                tokens_multi, images, targets) / directions
         if self.category_head is not None or self.text_head is not None:
             losses['lambda_sp'] = lam
         if self.loss_balancer is not None:
@@ -560,19 +569,17 @@ class M3I(BaseSelfSupervisor):
             sample_weight=has_label)
 
     def _text_loss(self, tokens: torch.Tensor, images: list,
-                   data_samples: List[DataSample],
-                   device: torch.device) -> torch.Tensor:
+                   targets: dict) -> torch.Tensor:
         """Each image predicts its own paired text among all texts.
 
-        Every sample's caption is encoded once (an empty string stands in for
-        a missing one and is masked out as a candidate); the candidates are
-        gathered from all ranks with gradients. Averaged over the captioned
-        images of all ranks.
+        Every sample's caption is encoded once from its ``caption_tokens``
+        (an empty string stands in for a missing one and is masked out as a
+        candidate); the candidates are gathered from all ranks with
+        gradients. Images without a caption weigh 0 (fixed shapes). Averaged
+        over the captioned images of all ranks.
         """
-        captions = [s.get('caption') for s in data_samples]
-        has_text = torch.tensor([c is not None for c in captions],
-                                device=device)
-        texts = self.text_target([c or '' for c in captions])
+        has_text = targets['has_caption']
+        texts = self.text_target(targets['caption_tokens'])
         candidates, offset = gather_with_grad(texts)
         valid = gather_with_grad(has_text.float())[0] > 0.5
         share = per_rank_share(has_text.sum())
@@ -580,39 +587,29 @@ class M3I(BaseSelfSupervisor):
         loss = 0.0
         for idx, who in images:
             rows = has_text[who]
-            pred = self.text_head(_gather_tokens(tokens[rows], idx[rows]))
+            pred = self.text_head(_gather_tokens(tokens, idx))
             if self.text_symmetric:
                 loss = loss + self._text_to_image_loss(
                     pred, rows, who, texts, temperature, share)
             loss = loss + self.text_posterior(
-                pred, candidates, who[rows] + offset,
+                pred, candidates, who + offset,
                 temperature=temperature, candidate_mask=valid,
-                avg_factor=share)
+                avg_factor=share, sample_weight=rows)
         return loss
 
-    def _labels(self, data_samples: List[DataSample], device: torch.device
+    def _labels(self, targets: dict, data_samples: List[DataSample]
                 ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(N,) labels (0 where absent) and (N,) bool "has a label".
+        """(N,) labels (0 where absent) and (N,) bool "has a label", from
+        :func:`~m3i_mm.models.utils.sample_fields.read_batch_targets`.
 
         Raises:
-            ValueError: A label that is not an integer in ``[0,
-                num_classes)``, naming it, the sample's ``img_path`` and
-                ``num_classes`` (the posterior's cross entropy raised
-                ``IndexError: Target N is out of bounds``; ``int()``
-                truncated a float label).
+            ValueError: A label outside ``[0, num_classes)``, naming it, the
+                sample's ``img_path`` and ``num_classes`` (the posterior's
+                cross entropy raised ``IndexError: Target N is out of
+                bounds``).
         """
         num_classes = self.category_embedding.num_classes
-        labels, present = [], []
-        for sample in data_samples:
-            label = sample.get('gt_label')
-            present.append(label is not None and len(label) > 0)
-            value = torch.as_tensor(label[0] if present[-1] else 0,
-                                    device=device)
-            if value.is_floating_point() or value.is_complex():
-                raise ValueError(self._label_error(sample, value))
-            labels.append(value.long())
-        labels = torch.stack(labels)
-        present = torch.tensor(present, device=device)
+        labels, present = targets['label_index'], targets['has_label']
 
         def first_bad() -> str:
             bad = int(((labels < 0) | (labels >= num_classes)).nonzero()[0])
@@ -692,9 +689,10 @@ class M3I(BaseSelfSupervisor):
         its image among those of all images of the batch (all ranks).
 
         Args:
-            pred (Tensor): (R, D) text-head predictions of the input rows
-                whose image has a caption.
-            rows (Tensor): (N,) bool, which input rows those are.
+            pred (Tensor): (N, D) text-head predictions of the input rows.
+            rows (Tensor): (N,) bool, the rows whose image has a caption:
+                only they are candidates and queries (weights, not row
+                selection, so shapes stay fixed).
             who (Tensor): (N,) sample index of each row's image.
             texts (Tensor): (N, D) caption embeddings of the local samples.
             temperature (Tensor): τ.
@@ -704,40 +702,44 @@ class M3I(BaseSelfSupervisor):
         Returns:
             Tensor: Scalar loss.
         """
-        positions = rows.nonzero().squeeze(1)
-        full = pred.new_zeros(len(rows), pred.shape[1]).index_put(
-            (positions, ), pred)
-        candidates, offset = gather_with_grad(full)
+        candidates, offset = gather_with_grad(pred)
         valid = gather_with_grad(rows.float())[0] > 0.5
+        own = torch.arange(len(rows), device=pred.device)
         return self.text_posterior(
-            texts[who[positions]], candidates, positions + offset,
-            temperature=temperature, candidate_mask=valid, avg_factor=share)
+            texts[who], candidates, own + offset, temperature=temperature,
+            candidate_mask=valid, avg_factor=share, sample_weight=rows)
 
-    def _split_tokens(self, mask: torch.Tensor, device: torch.device
+    def _split_tokens(self, mask: torch.Tensor, data_samples: list
                       ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Indices (N, L-K) where M = 0 and (N, K) where M = 1.
 
-        Every mask in the batch must have the same number K of ones (the
-        ``BlockwiseMaskGenerator`` guarantees it) so each image's tokens
-        form a fixed-size tensor. In ``'full'`` mode all tokens are first.
+        K, the number of masked patches, is the same for every mask of the
+        batch (``BlockwiseMaskGenerator``), so each image's tokens form a
+        fixed-size tensor. It is the samples' ``num_masked``, a Python int
+        the data preprocessor read on the host; for samples without it, it
+        is read here (a host read: a graph break under ``torch.compile``).
+        In ``'full'`` mode all tokens are first.
+
+        Raises:
+            ValueError: Masks with different counts, or hiding no or all
+                patches.
         """
         flat = mask.flatten(1)
+        n, length = flat.shape
         if self.mixer.mode == 'full':
-            all_idx = torch.arange(flat.shape[1], device=device)
-            return all_idx.expand(flat.shape[0], -1), all_idx[:0].expand(
-                flat.shape[0], -1)
-        counts = flat.sum(1)
-        check_all(counts == counts[0], lambda: (
+            all_idx = torch.arange(length, device=mask.device)
+            return all_idx.expand(n, -1), all_idx[:0].expand(n, -1)
+        k = data_samples[0].get('num_masked')
+        if k is None:
+            k = num_masked(data_samples)
+        if not 0 < k < length:
+            raise ValueError(f'mask must hide some but not all patches, got '
+                             f'{k} of {length}')
+        check_all(flat.sum(1) == k, lambda: (
             'all masks in a batch must mask the same number of patches, '
-            f'got {counts.tolist()}'))
-        check_all((counts[0] > 0) & (counts[0] < flat.shape[1]), lambda: (
-            f'mask must hide some but not all patches, got {int(counts[0])} '
-            f'of {flat.shape[1]}'))
-        # The split's shape, read on the host: torch.compile's one graph
-        # break in this step (an unbacked size fails in inductor, torch 2.13).
-        k = int(counts[0])
+            f'got {flat.sum(1).tolist()} (num_masked {k})'))
         order = torch.argsort(flat.to(torch.int8), dim=1, stable=True)
-        return order[:, :flat.shape[1] - k], order[:, flat.shape[1] - k:]
+        return order[:, :length - k], order[:, length - k:]
 
     @staticmethod
     def _stack(data_samples: List[DataSample], key: str,

@@ -201,13 +201,19 @@ class BoltzmannPosterior(nn.Module):
             if pred.shape[0] == 0:
                 return logits.sum() * 0.0
             if candidate_mask is not None:
-                logits = logits.masked_fill(~candidate_mask, float('-inf'))
+                # Finite: a row whose candidates are all masked (a batch
+                # without any caption) must not give NaN gradients.
+                logits = logits.masked_fill(~candidate_mask,
+                                            torch.finfo(logits.dtype).min)
             if sample_weight is not None:
                 if avg_factor is None:
                     raise ValueError('sample_weight needs avg_factor')
+                # Selected, not multiplied: a weight-0 row may have a masked
+                # target (an infinite cross-entropy).
                 loss = (F.cross_entropy(
                     logits, target_index, reduction='none',
-                    label_smoothing=self.label_smoothing) *
+                    label_smoothing=self.label_smoothing).masked_fill(
+                        sample_weight == 0, 0.) *
                         sample_weight.to(logits.dtype)).sum()
             else:
                 loss = F.cross_entropy(

@@ -2,7 +2,7 @@
 import importlib.util
 import inspect
 import os.path as osp
-from typing import List, Optional
+from typing import Dict, List, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -133,9 +133,12 @@ class TextTargetEncoder(nn.Module):
             for k, v in tokens.items()
         }
 
-    def pool(self, captions: List[str]) -> torch.Tensor:
-        """Pooled encoder features (N, hidden), before the projection."""
-        tokens = self.tokenize(captions)
+    def pool(self, captions: Union[List[str], Dict[str, torch.Tensor]]
+             ) -> torch.Tensor:
+        """Pooled encoder features (N, hidden), before the projection;
+        ``captions`` as strings or as :meth:`tokenize`'s output."""
+        tokens = captions if isinstance(captions, dict) else \
+            self.tokenize(captions)
         hidden = self.encoder(
             **encoder_inputs(self.encoder, tokens)).last_hidden_state
         if self.pooling == 'cls':
@@ -143,6 +146,8 @@ class TextTargetEncoder(nn.Module):
         keep = tokens['attention_mask'].unsqueeze(-1).to(hidden.dtype)
         return (hidden * keep).sum(1) / keep.sum(1).clamp(min=1)
 
-    def forward(self, captions: List[str]) -> torch.Tensor:
-        """(N,) captions -> (N, embed_dims) text embeddings z_y."""
+    def forward(self, captions: Union[List[str], Dict[str, torch.Tensor]]
+                ) -> torch.Tensor:
+        """(N,) captions, or their tokens (dict of (N, T) tensors, as
+        :meth:`tokenize` gives), -> (N, embed_dims) text embeddings z_y."""
         return self.proj(self.pool(captions))

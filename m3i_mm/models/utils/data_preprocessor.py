@@ -7,6 +7,7 @@ from mmpretrain.models.utils.data_preprocessor import SelfSupDataPreprocessor
 
 from m3i_mm.registry import MODELS
 from .batch_augment import build_batch_augment
+from .sample_fields import Tokenizer, add_target_fields, num_masked
 
 
 @MODELS.register_module()
@@ -68,6 +69,8 @@ class M3IDataPreprocessor(SelfSupDataPreprocessor):
                     t, bgr_weights=self._channel_conversion)
                 for t in view_transforms)
         self.geometric_target_view = bool(geometric_target_view)
+        # Set by M3I to its text target's tokenizer.
+        self.caption_tokenizer: Optional[Tokenizer] = None
 
     def _check_geometric_batch(self, count: int) -> None:
         """Raise unless a batch of ``count`` views can give the
@@ -96,11 +99,36 @@ class M3IDataPreprocessor(SelfSupDataPreprocessor):
         Returns:
             dict: ``inputs`` (list of float ``(N, 3, H, W)``, plus the
             geometry-only target view with ``geometric_target_view``) and
-            ``data_samples``.
+            ``data_samples``; in training each sample also gets the uniform
+            fields ``M3I.loss`` reads (``num_masked``, ``has_label``,
+            ``label_index``, ``has_caption``, ``caption_tokens``:
+            :mod:`~m3i_mm.models.utils.sample_fields`), so the loss reads no
+            data-dependent Python value (one ``torch.compile`` graph).
+
+        Raises:
+            ValueError: Masks of the batch hide different numbers of patches;
+                a label is not an integer (naming the samples).
         """
-        if not training or (self.view_augments is None
-                            and not self.geometric_target_view):
+        if not training:
             return super().forward(data, training)
+        # Read on the host before the masks move to the device.
+        count = num_masked(data.get('data_samples') or [])
+        if self.view_augments is None and not self.geometric_target_view:
+            out = super().forward(data, training)
+        else:
+            out = self._augment(data)
+        samples = out['data_samples']
+        if samples:
+            inputs = out['inputs']
+            device = (inputs[0] if isinstance(inputs, list) else inputs).device
+            add_target_fields(samples, device, self.caption_tokenizer)
+            if count is not None:
+                for sample in samples:
+                    sample.set_metainfo(dict(num_masked=count))
+        return out
+
+    def _augment(self, data: dict) -> dict:
+        """Cast, convert, augment each view and normalise (training)."""
         inputs, data_samples = self.cast_data(
             [data['inputs'], data.get('data_samples')])
         count = len(inputs) if isinstance(inputs, list) else 1

@@ -1,0 +1,165 @@
+"""The per-sample values ``M3I.loss`` reads, made uniform on the host.
+
+Under ``torch.compile`` a Python value read from a data sample is a guard:
+which samples have a label or a caption, or a count read from a mask,
+would either break the graph (a host read of a device tensor) or recompile
+it whenever a new batch differs (issue 19). The data preprocessor
+(:class:`~m3i_mm.models.utils.M3IDataPreprocessor`) therefore gives every
+training sample of a batch the same fields:
+
+- metainfo ``num_masked`` (int, :func:`num_masked`): the mask's number of
+  masked patches, the same for the whole batch (the shape of M3I's token
+  split);
+- ``has_label``, ``label_index``, ``has_caption`` and, with the model's
+  tokenizer, ``caption_tokens`` (:func:`add_target_fields`), rows of the
+  tensors of :func:`batch_targets`.
+
+``M3I.loss`` reads them back with :func:`read_batch_targets`, which also
+serves samples another preprocessor made.
+"""
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+Tokenizer = Callable[[List[str]], Dict[str, torch.Tensor]]
+
+
+def _where(sample) -> str:
+    return sample.get('img_path', '(no img_path)')
+
+
+def num_masked(data_samples: list) -> Optional[int]:
+    """The number of masked patches every ``mask`` of the batch has.
+
+    Args:
+        data_samples (list[DataSample]): Samples with a ``mask`` (h, w) each
+            (tensor or array; read on the host, so call it before the masks
+            move to the device), or without masks.
+
+    Returns:
+        int | None: The count; ``None`` when the samples carry no mask.
+
+    Raises:
+        ValueError: The masks hide different numbers of patches (M3I gathers
+            each image's tokens into fixed-size tensors), naming two samples.
+    """
+    masks = [s.get('mask') for s in data_samples]
+    if not masks or any(m is None for m in masks):
+        return None
+    counts = [int(m.sum()) for m in masks]
+    for sample, count in zip(data_samples, counts):
+        if count != counts[0]:
+            raise ValueError(
+                'all masks in a batch must mask the same number of patches: '
+                f'{counts[0]} in {_where(data_samples[0])}, {count} in '
+                f'{_where(sample)} (use BlockwiseMaskGenerator, which masks '
+                'exactly round(mask_ratio * L) patches)')
+    return counts[0]
+
+
+def _label(sample) -> Optional[int]:
+    """The sample's class index, or ``None``.
+
+    Raises:
+        ValueError: A label that is not an integer, naming the sample
+            (``int()`` would truncate it).
+    """
+    label = sample.get('gt_label')
+    if label is None or len(label) == 0:
+        return None
+    value = torch.as_tensor(label[0], device='cpu')
+    if value.is_floating_point() or value.is_complex():
+        raise ValueError(f'label {value.item()} of sample {_where(sample)} '
+                         'is not an integer')
+    return int(value)
+
+
+def batch_targets(data_samples: list,
+                  device: torch.device,
+                  tokenize: Optional[Tokenizer] = None) -> Dict[str, object]:
+    """The batch's label and caption tensors, from each sample's
+    ``gt_label`` and ``caption`` (one host-to-device copy per field).
+
+    Args:
+        data_samples (list[DataSample]): The batch (N samples).
+        device (torch.device): Where the tensors go.
+        tokenize (callable, optional): Captions -> dict of (N, T) tensors,
+            e.g. ``TextTargetEncoder.tokenize``.
+
+    Returns:
+        dict: ``has_label`` (N,) bool, ``label_index`` (N,) long (0 where
+        absent), ``has_caption`` (N,) bool and, with ``tokenize``,
+        ``caption_tokens`` (dict of (N, T) tensors; ``''`` for a missing
+        caption).
+
+    Raises:
+        ValueError: A non-integer label (see :func:`_label`).
+    """
+    labels = [_label(s) for s in data_samples]
+    captions = [s.get('caption') for s in data_samples]
+    # Built on the host (never torch's default device), moved once.
+    host = torch.device('cpu')
+    targets = {
+        'has_label':
+        torch.tensor([v is not None for v in labels], device=host),
+        'label_index':
+        torch.tensor([0 if v is None else int(v) for v in labels],
+                     dtype=torch.long, device=host),
+        'has_caption':
+        torch.tensor([c is not None for c in captions], device=host),
+    }
+    targets = {k: v.to(device) for k, v in targets.items()}
+    if tokenize is not None:
+        targets['caption_tokens'] = tokenize([c or '' for c in captions])
+    return targets
+
+
+def add_target_fields(data_samples: list,
+                      device: torch.device,
+                      tokenize: Optional[Tokenizer] = None) -> None:
+    """Give every sample its row of :func:`batch_targets` as fields of the
+    same names (views of the batch tensors on ``device``).
+
+    Args:
+        data_samples (list[DataSample]): The batch; changed in place.
+        device (torch.device): Where the fields go.
+        tokenize (callable, optional): As :func:`batch_targets`.
+
+    Raises:
+        ValueError: A non-integer label (see :func:`_label`).
+    """
+    targets = batch_targets(data_samples, device, tokenize)
+    for i, sample in enumerate(data_samples):
+        for name, value in targets.items():
+            sample.set_field({k: v[i] for k, v in value.items()}
+                             if isinstance(value, dict) else value[i], name)
+
+
+def read_batch_targets(data_samples: list,
+                       device: torch.device,
+                       tokenize: Optional[Tokenizer] = None
+                       ) -> Dict[str, object]:
+    """:func:`batch_targets`, stacked from the fields
+    :func:`add_target_fields` gave the samples, or computed now for samples
+    without them (e.g. from another data preprocessor: host reads that
+    ``torch.compile`` cannot keep in one graph).
+
+    The fields are set on a whole batch at once, so the first sample tells
+    whether they are there: one attribute read, so that under compile which
+    samples have ``gt_label`` or ``caption`` is never guarded (a guard on it
+    recompiled the loss for every multi-source batch).
+
+    Args / Returns / Raises: as :func:`batch_targets`.
+    """
+    first = data_samples[0]
+    if first.get('has_label') is None or (
+            tokenize is not None and first.get('caption_tokens') is None):
+        return batch_targets(data_samples, device, tokenize)
+    names = ['has_label', 'label_index', 'has_caption']
+    targets = {n: torch.stack([s.get(n) for s in data_samples]) for n in names}
+    if tokenize is not None:
+        targets['caption_tokens'] = {
+            k: torch.stack([s.caption_tokens[k] for s in data_samples])
+            for k in first.caption_tokens
+        }
+    return targets

@@ -286,6 +286,14 @@ def test_multi_source_batches_route_each_global_loss():
     losses = model.loss(views, samples)
     assert losses['loss_text'].item() == 0.0
     assert losses['loss_text'].requires_grad
+    # Every candidate masked: zero, not NaN, gradients (the text head sees
+    # all images, weighted 0).
+    model.zero_grad()
+    losses['loss_text'].backward()
+    for name, param in model.named_parameters():
+        if param.grad is not None:
+            assert torch.isfinite(param.grad).all(), name
+    assert (model.text_head.proj.weight.grad == 0).all()
 
 
 def test_each_image_of_a_mix_predicts_its_own_text():

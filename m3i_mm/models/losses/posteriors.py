@@ -201,15 +201,12 @@ class BoltzmannPosterior(nn.Module):
             if pred.shape[0] == 0:
                 return logits.sum() * 0.0
             if candidate_mask is not None:
-                # Finite: a row whose candidates are all masked (a batch
-                # without any caption) must not give NaN gradients.
-                logits = logits.masked_fill(~candidate_mask,
-                                            torch.finfo(logits.dtype).min)
+                logits = logits.masked_fill(~candidate_mask, float('-inf'))
             if sample_weight is not None:
                 if avg_factor is None:
                     raise ValueError('sample_weight needs avg_factor')
                 # Selected, not multiplied: a weight-0 row may have a masked
-                # target (an infinite cross-entropy).
+                # target (an infinite cross-entropy; 0 * inf is NaN).
                 loss = (F.cross_entropy(
                     logits, target_index, reduction='none',
                     label_smoothing=self.label_smoothing).masked_fill(

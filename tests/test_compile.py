@@ -121,3 +121,33 @@ def test_compiled_step_equals_the_eager_step(name, demo_root):
                                        rtol=0, atol=0, msg=name)
     for mine, theirs in zip(compiled.buffers(), eager.buffers()):
         torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
+
+
+def test_train_py_with_compile_trains_without_recompiling_the_loss(
+        demo_root, tmp_path):
+    """``compile`` (mmengine: ``torch.compile`` of the whole ``train_step``)
+    through ``tools/train.py`` on the multi-source demo. Before: the first
+    step failed in dynamo, on the data preprocessor's numpy fields
+    (``'ndarray' object has no attribute 'to'``), then on mmengine's
+    ``ConfigDict`` param groups in the optimizer step
+    (``'UserDefinedDictVariable' object has no attribute 'items'``)."""
+    import os
+    import subprocess
+    import sys
+    from conftest import REPO
+    sources = [f'train_dataloader.dataset.datasets.{i}.data_root={demo_root}'
+               for i in range(2)]
+    run = subprocess.run(
+        [sys.executable, 'tools/train.py',
+         config_path('pretrain', 'm3i_vit-tiny_multisource_demo.py'),
+         '--work-dir', str(tmp_path), '--cfg-options', 'compile.backend=eager',
+         'train_cfg.max_iters=5', 'train_cfg.val_interval=100',
+         'train_dataloader.batch_size=8', 'train_dataloader.num_workers=0',
+         'train_dataloader.persistent_workers=False',
+         'default_hooks.logger.interval=1', *sources],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, PYTHONPATH=REPO, TORCH_LOGS='recompiles'))
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-3000:]
+    assert 'Iter(train) [5/5]' in log
+    assert 'Recompiling function loss' not in log, log[-3000:]

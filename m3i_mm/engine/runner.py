@@ -10,6 +10,7 @@ import torch
 from mmengine.dist import is_distributed
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
+from mmengine.optim import OptimWrapperDict
 from mmengine.registry import DATASETS, MODEL_WRAPPERS, OPTIMIZERS, RUNNERS
 from mmengine.runner import CheckpointLoader, Runner
 from torch.nn.parallel import DistributedDataParallel
@@ -68,6 +69,19 @@ def _map_style(dataset_cfg: dict) -> bool:
 def _destroy_process_group() -> None:
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+def _plain_param_groups(optimizer: torch.optim.Optimizer) -> None:
+    """Make the optimizer's param groups plain dicts.
+
+    mmengine's registry builds the optimizer from a ``ConfigDict``, so the
+    groups of ``paramwise_cfg`` arrive as ``ConfigDict`` s, which dynamo
+    cannot trace: with ``compile=True`` (the whole ``train_step``, the
+    optimizer step included) the first step failed with
+    ``InternalTorchDynamoError: 'UserDefinedDictVariable' object has no
+    attribute 'items'`` (mmengine 0.10.x, torch 2.13).
+    """
+    optimizer.param_groups[:] = [dict(g) for g in optimizer.param_groups]
 
 
 @RUNNERS.register_module()
@@ -215,7 +229,12 @@ class M3IRunner(Runner):
                         f'optim_wrapper.optimizer.type={name!r} is not in '
                         f'the {registry.scope}::optimizer registry'
                         f'{close_matches(name, _registry_names(registry))}')
-        return super().build_optim_wrapper(optim_wrapper)
+        wrapper = super().build_optim_wrapper(optim_wrapper)
+        wrappers = wrapper.values() if isinstance(wrapper, OptimWrapperDict) \
+            else [wrapper]
+        for one in wrappers:
+            _plain_param_groups(one.optimizer)
+        return wrapper
 
     def build_train_loop(self, loop):
         """Wrap a map-style train dataset's config in :class:`SeededDataset`

@@ -88,6 +88,9 @@ class M3IDataPreprocessor(SelfSupDataPreprocessor):
                          '(target, other) or 3 (plus the geometry-only '
                          f'target view), got {count}')
 
+    # Host work (numpy fields, tokenizers, counts) that dynamo cannot trace:
+    # under mmengine's compile=True (the whole train_step) it runs eagerly.
+    @torch.compiler.disable
     def forward(self, data: dict, training: bool = False) -> dict:
         """Cast, convert and normalise as the parent; augment if training.
 

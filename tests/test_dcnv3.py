@@ -349,6 +349,52 @@ def test_bad_shapes_raise_with_shapes():
         dcnv3_core_pytorch(input, offset, mask, 2, 2, *args[2:11], True)
 
 
+def compiled_equals_eager(fn, inputs):
+    """Forward and input gradients of ``fn`` compiled (``aot_eager``: eager
+    kernels) equal eager ones bit for bit; returns dynamo's explanation."""
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(fn)(*inputs)
+    results = []
+    for run in (fn, torch.compile(fn, backend='aot_eager', fullgraph=True)):
+        leaves = [t.detach().requires_grad_() for t in inputs]
+        out = run(*leaves)
+        out.backward(torch.linspace(-1, 1, out.numel()).view_as(out))
+        results.append([out.detach()] + [t.grad for t in leaves])
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    return explained
+
+
+@pytest.mark.parametrize('size', [(6, 7), (1, 1)])  # sparse / tiny-map dots
+def test_pytorch_core_compiles_in_one_graph(size):
+    """No graph break in the forward or backward pass of the PyTorch core
+    (before: the backward's corner dots, sparse CSR tensors under
+    ``warnings.catch_warnings`` or ``autograd.grad``, broke it at every
+    call)."""
+    case = CASES['k3']
+    inputs = make_inputs(case, height=size[0], width=size[1],
+                         dtype=torch.float32)
+    explained = compiled_equals_eager(
+        lambda *t: dcnv3_core_pytorch(*t, *core_args(case)), inputs)
+    assert explained.graph_break_count == 0, explained.break_reasons
+
+
+@pytest.mark.parametrize('width', [8, 36])  # sparse CSR / embedding_bag
+def test_corner_dots_op(width):
+    """The custom op behind the backward's corner dots: schema, fake kernel
+    and compiled dispatch, on both of its branches."""
+    gen = torch.Generator().manual_seed(0)
+    grad_out = torch.randn(5, 4, generator=gen)
+    table = torch.randn(10, 4, generator=gen)
+    index = torch.randint(0, 10, (5, width), generator=gen,
+                          dtype=torch.int32)
+    dots = torch.ops.m3i_mm.dcnv3_corner_dots(grad_out, table, index)
+    torch.testing.assert_close(
+        dots, torch.einsum('bc,bjc->bj', grad_out, table[index.long()]))
+    torch.library.opcheck(torch.ops.m3i_mm.dcnv3_corner_dots.default,
+                          (grad_out, table, index))
+
+
 def test_dispatch_on_cpu():
     input, offset, mask = make_inputs(CASES['k3'], dtype=torch.float32)
     args = core_args(CASES['k3'])

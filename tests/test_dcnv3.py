@@ -353,7 +353,9 @@ def compiled_equals_eager(fn, inputs):
     """Forward and input gradients of ``fn`` compiled (``aot_eager``: eager
     kernels) equal eager ones bit for bit; returns dynamo's explanation."""
     torch._dynamo.reset()
-    explained = torch._dynamo.explain(fn)(*inputs)
+    # inputs that need gradients: dynamo traces the backward too
+    explained = torch._dynamo.explain(fn)(
+        *[t.detach().requires_grad_() for t in inputs])
     results = []
     for run in (fn, torch.compile(fn, backend='aot_eager', fullgraph=True)):
         leaves = [t.detach().requires_grad_() for t in inputs]
@@ -369,7 +371,8 @@ def compiled_equals_eager(fn, inputs):
 def test_pytorch_core_compiles_in_one_graph(size):
     """No graph break in the forward or backward pass of the PyTorch core
     (before: the backward's corner dots, sparse CSR tensors under
-    ``warnings.catch_warnings`` or ``autograd.grad``, broke it at every
+    ``warnings.catch_warnings`` or ``autograd.grad``, and the input
+    gradient's ``bincount``, of data-dependent size, broke it at every
     call)."""
     case = CASES['k3']
     inputs = make_inputs(case, height=size[0], width=size[1],

@@ -277,8 +277,11 @@ def _transposed_gather_sum(grad_out: Tensor, index: Tensor, weights: Tensor,
     """
     batch, _, points = index.shape
     sorted_base, order = _sort_rows(index[:, 0].reshape(-1), rows)
-    counts = torch.bincount(sorted_base, minlength=rows)
-    offsets = counts.cumsum(0).sub_(counts)
+    # first sorted point of every row: a bincount's exclusive cumsum, but
+    # of a fixed size (bincount's depends on the values, a graph break)
+    offsets = torch.searchsorted(
+        sorted_base,
+        torch.arange(rows, dtype=sorted_base.dtype, device=index.device))
     # (4, B*P) corner weights in sorted point order, each row contiguous.
     corner_w = weights.transpose(0, 1).reshape(4, -1).index_select(1, order)
     # bag (b) of every sorted point, gathered rather than divided

@@ -349,6 +349,55 @@ def test_bad_shapes_raise_with_shapes():
         dcnv3_core_pytorch(input, offset, mask, 2, 2, *args[2:11], True)
 
 
+def compiled_equals_eager(fn, inputs):
+    """Forward and input gradients of ``fn`` compiled (``aot_eager``: eager
+    kernels) equal eager ones bit for bit; returns dynamo's explanation."""
+    torch._dynamo.reset()
+    # inputs that need gradients: dynamo traces the backward too
+    explained = torch._dynamo.explain(fn)(
+        *[t.detach().requires_grad_() for t in inputs])
+    results = []
+    for run in (fn, torch.compile(fn, backend='aot_eager', fullgraph=True)):
+        leaves = [t.detach().requires_grad_() for t in inputs]
+        out = run(*leaves)
+        out.backward(torch.linspace(-1, 1, out.numel()).view_as(out))
+        results.append([out.detach()] + [t.grad for t in leaves])
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    return explained
+
+
+@pytest.mark.parametrize('size', [(6, 7), (1, 1)])  # sparse / tiny-map dots
+def test_pytorch_core_compiles_in_one_graph(size):
+    """No graph break in the forward or backward pass of the PyTorch core
+    (before: the backward's corner dots, sparse CSR tensors under
+    ``warnings.catch_warnings`` or ``autograd.grad``, and the input
+    gradient's ``bincount``, of data-dependent size, broke it at every
+    call)."""
+    case = CASES['k3']
+    inputs = make_inputs(case, height=size[0], width=size[1],
+                         dtype=torch.float32)
+    explained = compiled_equals_eager(
+        lambda *t: dcnv3_core_pytorch(*t, *core_args(case)), inputs)
+    assert explained.graph_break_count == 0, explained.break_reasons
+
+
+@pytest.mark.parametrize('width', [8, 36])  # sparse CSR / embedding_bag
+def test_corner_dots_op(width):
+    """The custom op behind the backward's corner dots: schema, fake kernel
+    and compiled dispatch, on both of its branches."""
+    gen = torch.Generator().manual_seed(0)
+    grad_out = torch.randn(5, 4, generator=gen)
+    table = torch.randn(10, 4, generator=gen)
+    index = torch.randint(0, 10, (5, width), generator=gen,
+                          dtype=torch.int32)
+    dots = torch.ops.m3i_mm.dcnv3_corner_dots(grad_out, table, index)
+    torch.testing.assert_close(
+        dots, torch.einsum('bc,bjc->bj', grad_out, table[index.long()]))
+    torch.library.opcheck(torch.ops.m3i_mm.dcnv3_corner_dots.default,
+                          (grad_out, table, index))
+
+
 def test_dispatch_on_cpu():
     input, offset, mask = make_inputs(CASES['k3'], dtype=torch.float32)
     args = core_args(CASES['k3'])
@@ -380,6 +429,97 @@ def test_dispatch_falls_back_once_without_extension(monkeypatch):
     monkeypatch.setattr(dispatch, '_load_ext', lambda: object())
     assert dispatch._use_cuda_ext(cuda_input, 'auto')
     assert not dispatch._use_cuda_ext(cuda_input, 'pytorch')
+
+
+class StandInExtension:
+    """CPU stand-in for ``m3i_mm._ext_dcnv3``: its signatures, a toy op
+    (``input * sum(mask) + sum(offset)`` over the last axis, for stride 1
+    and size-keeping padding), opaque to dynamo as compiled code is."""
+
+    def __init__(self):
+        self.calls = []
+
+    @torch.compiler.disable
+    def forward(self, input, offset, mask, *cfg):
+        self.calls.append(('forward', cfg))
+        return input * mask.sum(-1, True) + offset.sum(-1, True)
+
+    @torch.compiler.disable
+    def backward(self, input, offset, mask, grad_out, *cfg):
+        self.calls.append(('backward', cfg))
+        return (grad_out * mask.sum(-1, True),
+                grad_out.sum(-1, True).expand_as(offset).contiguous(),
+                (grad_out * input).sum(-1, True).expand_as(mask).contiguous())
+
+
+@pytest.fixture
+def stand_in_extension(monkeypatch):
+    from m3i_mm.ops.dcnv3 import dispatch
+    extension = StandInExtension()
+    monkeypatch.setattr(dispatch, '_load_ext', lambda: extension)
+    return extension
+
+
+def test_extension_kernels_are_custom_ops(stand_in_extension):
+    """Schema, fake kernels (output shapes without running the extension),
+    registered backward and compiled dispatch of the extension's ops."""
+    case = CASES['k3']
+    input, offset, mask = (t.float().requires_grad_()
+                           for t in make_inputs(case, group_channels=3))
+    cfg = (list(core_args(case)[:10]), 1.0, False)
+    torch.library.opcheck(torch.ops.m3i_mm.dcnv3_cuda.default,
+                          (input, offset, mask, *cfg))
+    grad_out = torch.randn_like(input)
+    torch.library.opcheck(
+        torch.ops.m3i_mm.dcnv3_cuda_backward.default,
+        (input.detach(), offset.detach(), mask.detach(), grad_out, *cfg))
+    # every gradient reaches its input
+    out = torch.ops.m3i_mm.dcnv3_cuda(input, offset, mask, *cfg)
+    toy = input * mask.sum(-1, True) + offset.sum(-1, True)
+    torch.testing.assert_close(out, toy, rtol=0, atol=0)
+    grads = torch.autograd.grad(out, (input, offset, mask), grad_out)
+    for got, want in zip(grads, torch.autograd.grad(toy, (input, offset, mask),
+                                                    grad_out)):
+        torch.testing.assert_close(got, want)
+    assert stand_in_extension.calls[-1] == ('backward',
+                                            (*core_args(case)[:10], 1.0,
+                                             False))
+    # the fake kernel's shapes, with a stride (meta tensors)
+    case = CASES['k3x5_mixed']
+    meta = [t.to('meta') for t in make_inputs(case, group_channels=3)]
+    out = torch.ops.m3i_mm.dcnv3_cuda(*meta, list(core_args(case)[:10]), 0.5,
+                                      True)
+    assert out.shape == (2, 3, 3, 6) and out.dtype == torch.float64
+
+
+def test_extension_path_compiles_in_one_graph(stand_in_extension,
+                                              monkeypatch):
+    """``dcnv3_core`` on the extension: one graph (before: a break at the
+    extension's forward) and compiled equals eager, forward and backward."""
+    from m3i_mm.ops.dcnv3 import dispatch
+    monkeypatch.setattr(dispatch, '_use_cuda_ext', lambda *_: True)
+    case = CASES['k3']
+    explained = compiled_equals_eager(
+        lambda *t: dcnv3_core(*t, *core_args(case), backend='cuda'),
+        make_inputs(case, dtype=torch.float32))
+    assert explained.graph_break_count == 0, explained.break_reasons
+    # the compiled step ran the extension's kernels, with their arguments
+    cfg = (*core_args(case)[:10], 1.0, False)
+    assert stand_in_extension.calls[-2:] == [('forward', cfg),
+                                             ('backward', cfg)]
+
+
+def test_extension_check_is_a_constant_to_compile(monkeypatch):
+    """Whether the extension is built is decided (and the fallback warned
+    about, once) while tracing, without a graph break."""
+    from m3i_mm.ops.dcnv3 import dispatch
+    monkeypatch.setattr(dispatch, '_load_ext', lambda: None)
+    monkeypatch.setattr(dispatch, '_fallback_warned', False)
+    torch._dynamo.reset()
+    with pytest.warns(UserWarning, match='_ext_dcnv3 is not built'):
+        explained = torch._dynamo.explain(
+            lambda x: x + dispatch._ext_or_warn_once())(torch.zeros(1))
+    assert explained.graph_break_count == 0, explained.break_reasons
 
 
 def test_module_at_init_is_projected_box_filter():

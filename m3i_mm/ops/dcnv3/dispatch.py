@@ -3,15 +3,19 @@
 The extension ``m3i_mm._ext_dcnv3`` is optional (see ``build.py``). It is
 imported lazily on the first CUDA call; if it is missing, CUDA inputs fall
 back to :func:`dcnv3_core_pytorch` with one warning per process.
+
+Its kernels are the custom ops ``torch.ops.m3i_mm.dcnv3_cuda`` (with a fake
+kernel giving the output shape and a registered backward) and
+``torch.ops.m3i_mm.dcnv3_cuda_backward``: ``torch.compile`` keeps them in
+its graph as opaque calls instead of breaking the graph at the extension.
 """
 import importlib
 import warnings
 from types import ModuleType
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from .build import EXT_NAME
 from .functional import check_dcnv3_inputs, dcnv3_core_pytorch
@@ -36,28 +40,93 @@ def _load_ext() -> Optional[ModuleType]:
     return _ext
 
 
+@torch.compiler.assume_constant_result
 def cuda_ext_available() -> bool:
-    """Whether the DCNv3 CUDA extension is built and importable."""
+    """Whether the DCNv3 CUDA extension is built and importable (a constant
+    to ``torch.compile``: it imports the extension while tracing)."""
     return _load_ext() is not None
 
 
-class _DCNv3CUDA(torch.autograd.Function):
-    """Autograd function of the CUDA kernels (inputs of one dtype)."""
+@torch.compiler.assume_constant_result
+def _ext_or_warn_once() -> bool:
+    """:func:`cuda_ext_available`, warning once per process if not."""
+    global _fallback_warned
+    if cuda_ext_available():
+        return True
+    if not _fallback_warned:
+        _fallback_warned = True
+        warnings.warn(
+            f'{EXT_NAME} is not built: DCNv3 runs its pure-PyTorch '
+            'implementation on CUDA (slower, more memory). Reinstall '
+            'm3i_mm on a CUDA machine to build the kernels.')
+    return False
 
-    @staticmethod
-    def forward(ctx, input: Tensor, offset: Tensor, mask: Tensor,
-                cfg: tuple) -> Tensor:
-        ctx.save_for_backward(input, offset, mask)
-        ctx.cfg = cfg
-        return _load_ext().forward(input, offset, mask, *cfg)
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out: Tensor):
-        input, offset, mask = ctx.saved_tensors
-        grad_input, grad_offset, grad_mask = _load_ext().backward(
-            input, offset, mask, grad_out.contiguous(), *ctx.cfg)
-        return grad_input, grad_offset, grad_mask, None
+@torch.library.custom_op('m3i_mm::dcnv3_cuda', mutates_args=())
+def _dcnv3_cuda(input: Tensor, offset: Tensor, mask: Tensor,
+                sizes: List[int], offset_scale: float,
+                remove_center: bool) -> Tensor:
+    """Forward kernel of the extension.
+
+    Args:
+        input (Tensor): ``(N, H, W, group * group_channels)``, contiguous.
+        offset (Tensor): ``(N, Ho, Wo, group * P * 2)``, input's dtype,
+            contiguous.
+        mask (Tensor): ``(N, Ho, Wo, group * P)``, input's dtype, contiguous.
+        sizes (list[int]): ``kernel_h, kernel_w, stride_h, stride_w, pad_h,
+            pad_w, dilation_h, dilation_w, group, group_channels``.
+        offset_scale (float): Scale of the kernel grid and offsets.
+        remove_center (bool): Drop the kernel centre.
+
+    Returns:
+        Tensor: ``(N, Ho, Wo, group * group_channels)``, input's dtype.
+    """
+    return _load_ext().forward(input, offset, mask, *sizes, offset_scale,
+                               remove_center)
+
+
+@_dcnv3_cuda.register_fake
+def _(input: Tensor, offset: Tensor, mask: Tensor, sizes: List[int],
+      offset_scale: float, remove_center: bool) -> Tensor:
+    return input.new_empty(offset.shape[:3] + input.shape[3:])
+
+
+@torch.library.custom_op('m3i_mm::dcnv3_cuda_backward', mutates_args=())
+def _dcnv3_cuda_backward(input: Tensor, offset: Tensor, mask: Tensor,
+                         grad_out: Tensor, sizes: List[int],
+                         offset_scale: float,
+                         remove_center: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """Backward kernel of the extension: the gradients of input, offset and
+    mask, in their shapes and dtype (arguments as :func:`_dcnv3_cuda`,
+    ``grad_out`` contiguous)."""
+    grad_input, grad_offset, grad_mask = _load_ext().backward(
+        input, offset, mask, grad_out, *sizes, offset_scale, remove_center)
+    return grad_input, grad_offset, grad_mask
+
+
+@_dcnv3_cuda_backward.register_fake
+def _(input: Tensor, offset: Tensor, mask: Tensor, grad_out: Tensor,
+      sizes: List[int], offset_scale: float,
+      remove_center: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    return (torch.empty_like(input), torch.empty_like(offset),
+            torch.empty_like(mask))
+
+
+def _save_for_cuda_backward(ctx, inputs: tuple, output: Tensor) -> None:
+    input, offset, mask, *cfg = inputs
+    ctx.save_for_backward(input, offset, mask)
+    ctx.cfg = cfg
+
+
+def _cuda_backward(ctx, grad_out: Tensor) -> tuple:
+    grads = torch.ops.m3i_mm.dcnv3_cuda_backward(*ctx.saved_tensors,
+                                                 grad_out.contiguous(),
+                                                 *ctx.cfg)
+    return (*grads, None, None, None)
+
+
+_dcnv3_cuda.register_autograd(
+    _cuda_backward, setup_context=_save_for_cuda_backward)
 
 
 def _use_cuda_ext(input: Tensor, backend: str) -> bool:
@@ -72,23 +141,13 @@ def _use_cuda_ext(input: Tensor, backend: str) -> bool:
         if not input.is_cuda:
             raise ValueError('DCNv3: backend="cuda" needs CUDA tensors, got '
                              f'input on {input.device}')
-        if _load_ext() is None:
+        if not cuda_ext_available():
             raise RuntimeError(
                 f'DCNv3: backend="cuda" but {EXT_NAME} is not built; '
                 'reinstall m3i_mm on a CUDA machine (or with M3I_FORCE_CUDA=1)'
                 ' and --no-build-isolation')
         return True
-    if not input.is_cuda:
-        return False
-    if _load_ext() is None:
-        if not _fallback_warned:
-            _fallback_warned = True
-            warnings.warn(
-                f'{EXT_NAME} is not built: DCNv3 runs its pure-PyTorch '
-                'implementation on CUDA (slower, more memory). Reinstall '
-                'm3i_mm on a CUDA machine to build the kernels.')
-        return False
-    return True
+    return input.is_cuda and _ext_or_warn_once()
 
 
 def dcnv3_core(input: Tensor,
@@ -126,7 +185,8 @@ def dcnv3_core(input: Tensor,
         return dcnv3_core_pytorch(input, offset, mask, *args, offset_scale,
                                   remove_center)
     check_dcnv3_inputs(input, offset, mask, *args, remove_center)
-    cfg = args + (float(offset_scale), bool(remove_center))
-    return _DCNv3CUDA.apply(input.contiguous(),
-                            offset.to(input.dtype).contiguous(),
-                            mask.to(input.dtype).contiguous(), cfg)
+    return torch.ops.m3i_mm.dcnv3_cuda(input.contiguous(),
+                                       offset.to(input.dtype).contiguous(),
+                                       mask.to(input.dtype).contiguous(),
+                                       list(args), float(offset_scale),
+                                       bool(remove_center))

@@ -199,6 +199,7 @@ def _padded_table(input: Tensor, group_channels: int) -> Tensor:
     return F.pad(input.to(dtype), border).view(-1, group_channels)
 
 
+@torch.library.custom_op('m3i_mm::dcnv3_corner_dots', mutates_args=())
 def _corner_dots(grad_out: Tensor, table: Tensor, index: Tensor) -> Tensor:
     """``dots[b, j] = <grad_out[b], table[index[b, j]]>``, (B, J).
 
@@ -206,7 +207,16 @@ def _corner_dots(grad_out: Tensor, table: Tensor, index: Tensor) -> Tensor:
     ``index``; elsewhere, and where a row of ``index`` is longer than the
     table (tiny maps: torch 2.13's ``sampled_addmm`` then returns a wrong
     number of values), it is the per-sample-weight gradient of
-    ``embedding_bag``.
+    ``embedding_bag``. One custom op (``torch.ops.m3i_mm.dcnv3_corner_dots``,
+    fake kernel below): ``torch.compile`` cannot trace sparse CSR tensors.
+
+    Args:
+        grad_out (Tensor): ``(B, Cg)``.
+        table (Tensor): ``(R, Cg)``, ``grad_out``'s dtype.
+        index (Tensor): ``(B, J)`` rows of ``table``, int32 or int64.
+
+    Returns:
+        Tensor: ``(B, J)``, ``grad_out``'s dtype.
     """
     batch, width = index.shape
     if index.device.type == 'cpu' and width <= table.shape[0]:
@@ -223,12 +233,21 @@ def _corner_dots(grad_out: Tensor, table: Tensor, index: Tensor) -> Tensor:
             torch.sparse.sampled_addmm(
                 dots, grad_out, table.t(), beta=0.0, out=dots)
         return dots.values().view(batch, width)
-    with torch.enable_grad():
-        weights = grad_out.new_ones(batch, width, requires_grad=True)
-        out = F.embedding_bag(
-            index, table, per_sample_weights=weights, mode='sum')
-        dots, = torch.autograd.grad(out, weights, grad_out)
-    return dots
+    # what autograd gives the per-sample weights of embedding_bag (no
+    # autograd in a custom op's kernel): bag b holds the points of row b
+    flat = index.reshape(-1)
+    offsets = torch.arange(
+        0, batch * width, width, dtype=index.dtype, device=index.device)
+    bag_of_point = torch.arange(
+        batch, dtype=index.dtype, device=index.device).repeat_interleave(width)
+    dots = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+        grad_out, table, flat, offsets, bag_of_point, 0)
+    return dots.view(batch, width)
+
+
+@_corner_dots.register_fake
+def _(grad_out: Tensor, table: Tensor, index: Tensor) -> Tensor:
+    return grad_out.new_empty(index.shape)
 
 
 def _sort_rows(keys: Tensor, rows: int) -> Tuple[Tensor, Tensor]:
@@ -258,8 +277,11 @@ def _transposed_gather_sum(grad_out: Tensor, index: Tensor, weights: Tensor,
     """
     batch, _, points = index.shape
     sorted_base, order = _sort_rows(index[:, 0].reshape(-1), rows)
-    counts = torch.bincount(sorted_base, minlength=rows)
-    offsets = counts.cumsum(0).sub_(counts)
+    # first sorted point of every row: a bincount's exclusive cumsum, but
+    # of a fixed size (bincount's depends on the values, a graph break)
+    offsets = torch.searchsorted(
+        sorted_base,
+        torch.arange(rows, dtype=sorted_base.dtype, device=index.device))
     # (4, B*P) corner weights in sorted point order, each row contiguous.
     corner_w = weights.transpose(0, 1).reshape(4, -1).index_select(1, order)
     # bag (b) of every sorted point, gathered rather than divided

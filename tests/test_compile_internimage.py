@@ -6,12 +6,11 @@ views of the demo digits (a 4x4 token grid).
 Before DCNv3's custom ops, ``M3I.loss`` broke the graph 9 times here (31
 without checkpointing; torch 2.13): at every DCNv3 call, whose backward
 computed corner dots on sparse CSR tensors under ``warnings.catch_warnings``
-and row offsets by ``bincount``. What is left is in ``m3i.py`` (the token
-split's host read, issue 19's other half). The compiled step equalled the
-eager one then too: broken frames run eagerly.
+and row offsets by ``bincount``, and in ``m3i.py`` (the token split's host
+read). The compiled step equalled the eager one then too: broken frames run
+eagerly.
 """
 import copy
-import os.path as osp
 
 import pytest
 import torch
@@ -20,13 +19,10 @@ from mmengine.dataset import default_collate
 from mmengine.logging import MessageHub
 from mmengine.registry import DefaultScope
 
-from conftest import REPO, config_path
+from conftest import config_path
 from test_compile import run_steps
 from test_internimage import TINY_H
 
-# Files (under the repository) whose code may still break the graph; empty
-# once M3I's own breaks are gone.
-BREAKS_ALLOWED_IN = {'m3i_mm/models/algorithms/m3i.py'}
 SIZE, STRIDE, DIMS = 64, 16, TINY_H['clip_embed_dims']
 
 
@@ -64,21 +60,12 @@ def h_step(demo_root):
     return model, data['inputs'], data['data_samples']
 
 
-def break_site(reason) -> str:
-    """The innermost frame of a graph break in this repository's package
-    (else the innermost frame), as a path relative to the repository."""
-    package = osp.join(REPO, 'm3i_mm') + osp.sep
-    ours = [f for f in reason.user_stack if f.filename.startswith(package)]
-    frame = (ours or list(reason.user_stack))[-1]
-    return osp.relpath(frame.filename, REPO)
-
-
-def test_internimage_m3i_loss_breaks_the_graph_only_in_m3i(h_step):
-    """Every graph break of ``M3I.loss`` is in :data:`BREAKS_ALLOWED_IN`.
+def test_internimage_m3i_loss_is_one_graph(h_step):
+    """No graph break in ``M3I.loss``.
 
     ``explain`` lists no reason for a frame that dynamo gives up on (a
-    break inside a checkpointed block), so its reasons are checked against
-    all the breaks dynamo counted.
+    break inside a checkpointed block), so dynamo's own break counter is
+    checked too.
     """
     from torch._dynamo.utils import counters
     model, inputs, samples = h_step
@@ -86,14 +73,11 @@ def test_internimage_m3i_loss_breaks_the_graph_only_in_m3i(h_step):
     counters.clear()
     explained = torch._dynamo.explain(copy.deepcopy(model).loss)(inputs,
                                                                  samples)
-    sites = {break_site(reason) for reason in explained.break_reasons}
-    assert sites <= BREAKS_ALLOWED_IN, [
-        (r.reason.splitlines()[0], break_site(r), r.user_stack[-1].lineno)
+    assert explained.graph_break_count == 0, [
+        (r.reason.splitlines()[0], r.user_stack[-1:])
         for r in explained.break_reasons
     ]
-    unlisted = set(counters['graph_break']) - {
-        reason.reason for reason in explained.break_reasons}
-    assert not unlisted, unlisted
+    assert not counters['graph_break'], dict(counters['graph_break'])
 
 
 def test_internimage_compiled_step_equals_the_eager_step(h_step):

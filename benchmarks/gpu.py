@@ -139,6 +139,11 @@ def m3i_report(args, device: str, peak: float) -> None:
             flops[name] / base_flops)
         print(f'  FLOP-normalised overhead, {name}: {overhead:.3f} '
               '(goal <= 1.10)')
+    torch._dynamo.reset()
+    with autocast(device, torch.bfloat16):
+        explained = torch._dynamo.explain(m3i.loss)(views, samples)
+    print(f'  graph breaks in M3I.loss: {explained.graph_break_count} '
+          '(goal 0)')
 
 
 def internimage_report(args, device: str) -> None:

@@ -25,6 +25,7 @@ def test_gpu_benchmark_quick_prints_every_section():
     overheads = re.findall(r'FLOP-normalised overhead, M3I \w+: ([\d.]+)',
                            out)
     assert len(overheads) == 2 and all(float(o) > 0 for o in overheads), out
+    assert re.search(r'graph breaks in M3I.loss: 0 ', out), out
     assert re.search(r'^  float32\s+[\d.]+\s+[\d.]+$', out, re.M), out
     assert re.search(r'^  bfloat16\s+[\d.]+\s+[\d.]+$', out, re.M), out
     stages = re.findall(r'^\d+x\d+, \d+, \d+\s+[\d.]+$', out, re.M)

@@ -7,7 +7,7 @@ from mmpretrain.models.utils.data_preprocessor import SelfSupDataPreprocessor
 
 from m3i_mm.registry import MODELS
 from .batch_augment import build_batch_augment
-from .sample_fields import Tokenizer, add_target_fields, num_masked
+from .sample_fields import Tokenizer, num_masked, prepare_training_samples
 
 
 @MODELS.register_module()
@@ -120,14 +120,11 @@ class M3IDataPreprocessor(SelfSupDataPreprocessor):
             out = super().forward(data, training)
         else:
             out = self._augment(data)
-        samples = out['data_samples']
-        if samples:
+        if out['data_samples']:
             inputs = out['inputs']
             device = (inputs[0] if isinstance(inputs, list) else inputs).device
-            add_target_fields(samples, device, self.caption_tokenizer)
-            if count is not None:
-                for sample in samples:
-                    sample.set_metainfo(dict(num_masked=count))
+            prepare_training_samples(out['data_samples'], device,
+                                     self.caption_tokenizer, count)
         return out
 
     def _augment(self, data: dict) -> dict:

@@ -135,6 +135,31 @@ def add_target_fields(data_samples: list,
                              if isinstance(value, dict) else value[i], name)
 
 
+def prepare_training_samples(data_samples: list,
+                             device: torch.device,
+                             tokenize: Optional[Tokenizer] = None,
+                             masked: Optional[int] = None) -> None:
+    """Give a batch every field of this module: :func:`add_target_fields`
+    and the metainfo ``num_masked``.
+
+    Args:
+        data_samples (list[DataSample]): The batch; changed in place.
+        device (torch.device): Where the tensor fields go.
+        tokenize (callable, optional): As :func:`batch_targets`.
+        masked (int, optional): :func:`num_masked`, read before the masks
+            moved to the device; read now when not given.
+
+    Raises:
+        ValueError: As :func:`num_masked` and :func:`batch_targets`.
+    """
+    if masked is None:
+        masked = num_masked(data_samples)
+    add_target_fields(data_samples, device, tokenize)
+    if masked is not None:
+        for sample in data_samples:
+            sample.set_metainfo(dict(num_masked=masked))
+
+
 def read_batch_targets(data_samples: list,
                        device: torch.device,
                        tokenize: Optional[Tokenizer] = None

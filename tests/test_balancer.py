@@ -9,6 +9,7 @@ import socket
 import pytest
 import torch
 import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
 from mmengine.logging import MessageHub
 
 from m3i_mm.models.utils import GradientNormBalancer
@@ -210,7 +211,9 @@ def test_collectives_only_get_tensors_on_the_model_device(monkeypatch):
     dist.init_process_group('gloo', rank=0, world_size=1)
     try:
         monkeypatch.setattr(dist, 'all_reduce', checked(dist.all_reduce))
-        monkeypatch.setattr(dist, 'all_gather', checked(dist.all_gather))
+        monkeypatch.setattr(
+            funcol, 'all_gather_tensor_autograd',
+            checked(funcol.all_gather_tensor_autograd))
         views, samples = multisource_batch()
         for _ in range(2):  # the 2nd step folds the 1st step's measurement
             with torch.device('meta'):
@@ -220,7 +223,8 @@ def test_collectives_only_get_tensors_on_the_model_device(monkeypatch):
                 loss.backward()
             assert loss.device == model_device and torch.isfinite(loss)
         assert float(losses['lambda_sp']) != 1.0  # λ was measured
-        assert 'all_reduce' in seen and 'all_gather' in seen
+        assert 'all_reduce' in seen
+        assert 'all_gather_tensor_autograd' in seen
     finally:
         dist.destroy_process_group()
 

@@ -151,3 +151,37 @@ def test_train_py_with_compile_trains_without_recompiling_the_loss(
     assert run.returncode == 0, log[-3000:]
     assert 'Iter(train) [5/5]' in log
     assert 'Recompiling function loss' not in log, log[-3000:]
+
+
+def _rank_explains(rank, port, demo_root, out):
+    import os
+    import torch.distributed as dist
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    dist.init_process_group('gloo', rank=rank, world_size=2)
+    model, dataset = build_demo(DEMOS[1], demo_root)
+    # Each rank its own mix of sources (rank 1: captions only).
+    inputs, samples = preprocessed(
+        model, dataset, [0, 1, len(dataset) - 1] if rank == 0 else
+        [len(dataset) - 2, len(dataset) - 3, len(dataset) - 4])
+    counters.clear()
+    explained = torch._dynamo.explain(model.loss)(inputs, samples)
+    # A break dynamo cannot resume after (it runs the frame eagerly) is
+    # counted but not listed by explain.
+    out[rank] = (explained.graph_break_count,
+                 [r.split('\n')[0] for r in counters['graph_break']])
+    dist.destroy_process_group()
+
+
+def test_m3i_loss_is_one_graph_on_two_ranks(demo_root):
+    """With a process group the loss gathers candidates and counts from all
+    ranks. Before: a break at every gather (torch.distributed.nn's autograd
+    ``all_gather``; under DDP dynamo then ran the whole loss eagerly)."""
+    import socket
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    out = mp.Manager().dict()
+    mp.spawn(_rank_explains, args=(port, demo_root, out), nprocs=2,
+             join=True)
+    assert dict(out) == {0: (0, []), 1: (0, [])}

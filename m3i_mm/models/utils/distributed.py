@@ -8,7 +8,10 @@ from typing import Tuple
 
 import torch
 import torch.distributed as dist
-from torch.distributed.nn.functional import all_gather
+# The functional collectives: the autograd all_gather that torch.compile
+# keeps in its graph (torch.distributed.nn's breaks it, and dynamo then
+# runs the whole loss eagerly under DDP).
+import torch.distributed._functional_collectives as funcol
 
 
 def _distributed() -> bool:
@@ -18,10 +21,11 @@ def _distributed() -> bool:
 def gather_with_grad(x: torch.Tensor) -> Tuple[torch.Tensor, int]:
     """Concatenate ``x`` from all ranks, differentiably.
 
-    Uses torch's autograd-aware ``all_gather``: the backward pass sums the
-    gradients every rank computed for a slice and hands them to the rank that
-    owns it, so the local slice receives exactly the gradient of the global
-    loss (negatives on other ranks included). Every rank must therefore use
+    Uses torch's autograd-aware functional ``all_gather`` (traceable by
+    ``torch.compile``): the backward pass sums the gradients every rank
+    computed for a slice and hands them to the rank that owns it
+    (reduce-scatter), so the local slice receives exactly the gradient of
+    the global loss (negatives on other ranks included). Every rank must therefore use
     the result in its loss (with zero weight if it has nothing to score), or
     the backward collective is left waiting. Without an initialised process
     group it returns ``x`` itself.
@@ -35,8 +39,9 @@ def gather_with_grad(x: torch.Tensor) -> Tuple[torch.Tensor, int]:
     """
     if not _distributed():
         return x, 0
-    return torch.cat(all_gather(x.contiguous()), dim=0), \
-        dist.get_rank() * x.shape[0]
+    gathered = funcol.all_gather_tensor_autograd(x.contiguous(), 0,
+                                                 dist.group.WORLD)
+    return gathered, dist.get_rank() * x.shape[0]
 
 
 def per_rank_share(count: torch.Tensor) -> torch.Tensor:

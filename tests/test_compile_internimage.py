@@ -20,7 +20,7 @@ from mmengine.logging import MessageHub
 from mmengine.registry import DefaultScope
 
 from conftest import config_path
-from test_compile import run_steps
+from test_compile import assert_compiled_equals_eager
 from test_internimage import TINY_H
 
 SIZE, STRIDE, DIMS = 64, 16, TINY_H['clip_embed_dims']
@@ -85,19 +85,4 @@ def test_internimage_compiled_step_equals_the_eager_step(h_step):
     steps, DCNv3's custom ops, checkpointing and stochastic depth included.
     """
     model, inputs, samples = h_step
-    eager, compiled = copy.deepcopy(model), copy.deepcopy(model)
-    torch._dynamo.reset()
-    expected = run_steps(eager.loss, eager, inputs, samples)
-    got = run_steps(torch.compile(compiled.loss, backend='aot_eager'),
-                    compiled, inputs, samples)
-    for (want_losses, want_grads), (losses, grads) in zip(expected, got):
-        assert want_losses.keys() == losses.keys()
-        for key in want_losses:
-            torch.testing.assert_close(losses[key], want_losses[key],
-                                       rtol=0, atol=0, msg=key)
-        assert want_grads.keys() == grads.keys()
-        for name in want_grads:
-            torch.testing.assert_close(grads[name], want_grads[name],
-                                       rtol=0, atol=0, msg=name)
-    for mine, theirs in zip(compiled.buffers(), eager.buffers()):
-        torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
+    assert_compiled_equals_eager(model, inputs, samples)

@@ -38,7 +38,8 @@ from mmengine.logging import MessageHub
 from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
 
-from m3i_mm.models.utils.sample_fields import prepare_training_samples
+from m3i_mm.models.utils.sample_fields import (num_masked,
+                                              prepare_training_samples)
 
 # mmpretrain ViT arch names -> (embed dims, heads).
 ARCH_DIMS = {'deit-tiny': (192, 3), 'deit-small': (384, 6),
@@ -91,7 +92,8 @@ def m3i_batch(n: int, img: int, device: str):
         sample.set_field(torch.tensor([False, True]), 'view_flips')
         samples.append(sample.to(device))
     # As M3IDataPreprocessor leaves them (no host read in the step).
-    prepare_training_samples(samples, torch.device(device))
+    prepare_training_samples(samples, torch.device(device),
+                             num_masked(samples))
     return views, samples
 
 

@@ -11,7 +11,6 @@ multi-source demo). The data preprocessor now reads the count and
 tokenises on the host (``m3i_mm.models.utils.sample_fields``).
 """
 import copy
-import random
 
 import pytest
 import torch
@@ -62,21 +61,32 @@ def test_m3i_loss_is_one_graph(name, demo_root):
 
 
 def test_batches_of_other_sources_reuse_the_graph(demo_root):
-    """Which samples have a label or a caption changes from batch to batch;
-    the compiled loss must not be guarded on it. Before: one more graph for
-    every batch (4 batches, 4 graphs: guards on each sample's caption)."""
+    """Which samples have a label or a caption, and the longest caption's
+    length, change from batch to batch; the compiled loss must not be
+    guarded on them. Before: one more graph for every batch (4 batches, 29
+    graphs: guards on each sample's caption); then one recompile at the
+    first new caption length (the length is dynamic from the start now)."""
     model, dataset = build_demo(DEMOS[1], demo_root)
-    rng = random.Random(0)
+    captioned = len(dataset) // 2  # ConcatDataset: labels, then captions
+    words = ['', ' in ink', '', ' written quickly on white paper by hand']
     torch._dynamo.reset()
     counters.clear()
     loss = torch.compile(model.loss, backend='eager')
-    patterns = set()
-    for _ in range(4):
-        inputs, samples = preprocessed(
-            model, dataset, rng.sample(range(len(dataset)), 8))
-        patterns.add(tuple('caption' in s for s in samples))
-        loss(inputs, samples)
-    assert len(patterns) > 1
+    lengths = set()
+    for step, indices in enumerate([[0, 1, captioned, captioned + 1],
+                                    [2, captioned + 2, captioned + 3, 3],
+                                    [4, 5, 6, 7],
+                                    [captioned + 4, 8, 9, captioned + 5]]):
+        items = [dataset[i] for i in indices]
+        for item in items:
+            caption = item['data_samples'].get('caption')
+            if caption is not None:
+                item['data_samples'].set_metainfo(
+                    dict(caption=caption + words[step]))
+        data = model.data_preprocessor(default_collate(items), training=True)
+        lengths.add(len(data['data_samples'][0].caption_tokens['input_ids']))
+        loss(data['inputs'], data['data_samples'])
+    assert len(lengths) == 4, lengths  # incl. a batch without captions
     assert counters['stats']['unique_graphs'] == 1, dict(counters['stats'])
 
 

@@ -1,4 +1,5 @@
 """The M3I algorithm: targets, momentum encoder, λ and a few training steps."""
+import copy
 import math
 
 import pytest
@@ -401,3 +402,45 @@ def test_zero_shot_class_embeddings_once_per_evaluation():
         again = model(views[0], samples, mode='predict')
     assert len(calls) == 6
     assert not torch.allclose(again[0].pred_score, first)
+
+
+def test_prepared_and_plain_samples_give_the_same_loss():
+    """The loss reads the preprocessor's fields (sample_fields) or, for
+    samples without them, computes them: the same numbers either way, also
+    for a batch where only some samples were prepared (before the fix:
+    ``TypeError: expected Tensor as element 2``)."""
+    from m3i_mm.models.utils.sample_fields import (num_masked,
+                                                   prepare_training_samples)
+    model = tiny_m3i()
+    views, plain = make_batch()
+    _, prepared = make_batch()
+    prepare_training_samples(prepared, torch.device('cpu'),
+                             num_masked(prepared))
+    _, mixed = make_batch()
+    prepare_training_samples(mixed[:2], torch.device('cpu'), None)
+    losses = []
+    for samples in (plain, prepared, mixed):
+        torch.manual_seed(0)
+        losses.append(copy.deepcopy(model).loss(views, samples))
+    for other in losses[1:]:
+        for key, value in losses[0].items():
+            torch.testing.assert_close(other[key], value, msg=key)
+
+
+def test_full_mode_takes_masks_of_any_count():
+    """'full' mode ignores the masks: the preprocessor must not refuse masks
+    of different counts there ('mask' mode still does, naming the count)."""
+    from m3i_mm.models.utils import M3IDataPreprocessor
+    views, samples = make_batch()
+    samples[1].mask = samples[1].mask.clone()
+    samples[1].mask[0, 0] = ~samples[1].mask[0, 0]
+    data = M3IDataPreprocessor()(
+        dict(inputs=[(v * 50 + 128).clamp(0, 255).to(torch.uint8)
+                     for v in views], data_samples=samples), training=True)
+    assert 'num_masked' not in data['data_samples'][0]
+    full = tiny_m3i(mixer=dict(type='MultiInputMixer', patch_size=PATCH,
+                               mode='full'))
+    assert torch.isfinite(full.loss(data['inputs'],
+                                    data['data_samples'])['loss_cls'])
+    with pytest.raises(ValueError, match='same number of patches'):
+        tiny_m3i().loss(data['inputs'], data['data_samples'])

@@ -38,7 +38,7 @@ image_text_pipeline = [
     dict(
         type='PackInputs',
         algorithm_keys=['view_boxes', 'view_flips'],
-        meta_keys=['caption']),
+        meta_keys=['caption', 'img_path']),
 ]
 
 # 30 epochs of 441.2M samples at the total batch of 40000 (Table 7; 625 per

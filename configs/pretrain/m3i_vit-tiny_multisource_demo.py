@@ -38,7 +38,7 @@ train_pipeline = [
     dict(
         type='PackInputs',
         algorithm_keys=['view_boxes', 'view_flips'],
-        meta_keys=['caption']),
+        meta_keys=['caption', 'img_path']),
 ]
 train_dataloader = dict(
     dataset=dict(

@@ -736,8 +736,8 @@ class M3I(BaseSelfSupervisor):
             raise ValueError(f'mask must hide some but not all patches, got '
                              f'{k} of {length}')
         check_all(flat.sum(1) == k, lambda: (
-            'all masks in a batch must mask the same number of patches, '
-            f'got {flat.sum(1).tolist()} (num_masked {k})'))
+            f'the masks hide {flat.sum(1).tolist()} patches but the samples\''
+            f' num_masked metainfo (set by the data preprocessor) is {k}'))
         order = torch.argsort(flat.to(torch.int8), dim=1, stable=True)
         return order[:, :length - k], order[:, length - k:]
 

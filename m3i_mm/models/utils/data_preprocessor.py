@@ -110,13 +110,12 @@ class M3IDataPreprocessor(SelfSupDataPreprocessor):
             data-dependent Python value (one ``torch.compile`` graph).
 
         Raises:
-            ValueError: Masks of the batch hide different numbers of patches;
-                a label is not an integer (naming the samples).
+            ValueError: A label is not an integer (naming the sample).
         """
         if not training:
             return super().forward(data, training)
         # Read on the host before the masks move to the device.
-        count = num_masked(data.get('data_samples') or [])
+        count = num_masked(data.get('data_samples') or [], required=False)
         self._move_shared_fields(data.get('data_samples') or [])
         if self.view_augments is None and not self.geometric_target_view:
             out = super().forward(data, training)
@@ -125,8 +124,8 @@ class M3IDataPreprocessor(SelfSupDataPreprocessor):
         if out['data_samples']:
             inputs = out['inputs']
             device = (inputs[0] if isinstance(inputs, list) else inputs).device
-            prepare_training_samples(out['data_samples'], device,
-                                     self.caption_tokenizer, count)
+            prepare_training_samples(out['data_samples'], device, count,
+                                     self.caption_tokenizer)
         return out
 
     def _move_shared_fields(self, data_samples: list) -> None:

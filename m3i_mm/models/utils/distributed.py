@@ -13,6 +13,10 @@ import torch.distributed as dist
 # runs the whole loss eagerly under DDP).
 import torch.distributed._functional_collectives as funcol
 
+# all_gather_single_autograd since torch 2.13 (the old name warns there).
+_all_gather_autograd = getattr(funcol, 'all_gather_single_autograd',
+                               funcol.all_gather_tensor_autograd)
+
 
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
@@ -25,9 +29,9 @@ def gather_with_grad(x: torch.Tensor) -> Tuple[torch.Tensor, int]:
     ``torch.compile``): the backward pass sums the gradients every rank
     computed for a slice and hands them to the rank that owns it
     (reduce-scatter), so the local slice receives exactly the gradient of
-    the global loss (negatives on other ranks included). Every rank must therefore use
-    the result in its loss (with zero weight if it has nothing to score), or
-    the backward collective is left waiting. Without an initialised process
+    the global loss (negatives on other ranks included). Every rank must
+    therefore use the result in its loss (with zero weight if it has nothing
+    to score), or the backward collective is left waiting. Without an initialised process
     group it returns ``x`` itself.
 
     Args:
@@ -39,8 +43,7 @@ def gather_with_grad(x: torch.Tensor) -> Tuple[torch.Tensor, int]:
     """
     if not _distributed():
         return x, 0
-    gathered = funcol.all_gather_tensor_autograd(x.contiguous(), 0,
-                                                 dist.group.WORLD)
+    gathered = _all_gather_autograd(x.contiguous(), 0, dist.group.WORLD)
     return gathered, dist.get_rank() * x.shape[0]
 
 

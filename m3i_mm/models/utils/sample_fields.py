@@ -28,20 +28,23 @@ def _where(sample) -> str:
     return sample.get('img_path', '(no img_path)')
 
 
-def num_masked(data_samples: list) -> Optional[int]:
+def num_masked(data_samples: list, required: bool = True) -> Optional[int]:
     """The number of masked patches every ``mask`` of the batch has.
 
     Args:
         data_samples (list[DataSample]): Samples with a ``mask`` (h, w) each
             (tensor or array; read on the host, so call it before the masks
             move to the device), or without masks.
+        required (bool): Raise when the counts differ; else return ``None``
+            (M3I's ``'full'`` mode ignores the masks).
 
     Returns:
         int | None: The count; ``None`` when the samples carry no mask.
 
     Raises:
-        ValueError: The masks hide different numbers of patches (M3I gathers
-            each image's tokens into fixed-size tensors), naming two samples.
+        ValueError: With ``required``, the masks hide different numbers of
+            patches (M3I gathers each image's tokens into fixed-size
+            tensors), naming two samples.
     """
     masks = [s.get('mask') for s in data_samples]
     if not masks or any(m is None for m in masks):
@@ -49,6 +52,8 @@ def num_masked(data_samples: list) -> Optional[int]:
     counts = [int(m.sum()) for m in masks]
     for sample, count in zip(data_samples, counts):
         if count != counts[0]:
+            if not required:
+                return None
             raise ValueError(
                 'all masks in a batch must mask the same number of patches: '
                 f'{counts[0]} in {_where(data_samples[0])}, {count} in '
@@ -122,7 +127,8 @@ def add_target_fields(data_samples: list,
 
     Args:
         data_samples (list[DataSample]): The batch; changed in place.
-        device (torch.device): Where the fields go.
+        device (torch.device): Where the label and caption flags go (the
+            caption tokens are on the tokenizer's device).
         tokenize (callable, optional): As :func:`batch_targets`.
 
     Raises:
@@ -131,29 +137,35 @@ def add_target_fields(data_samples: list,
     targets = batch_targets(data_samples, device, tokenize)
     for i, sample in enumerate(data_samples):
         for name, value in targets.items():
-            sample.set_field({k: v[i] for k, v in value.items()}
-                             if isinstance(value, dict) else value[i], name)
+            if isinstance(value, dict):
+                rows = {k: v[i] for k, v in value.items()}
+                for row in rows.values():
+                    # The batch's longest caption sets the length: a dynamic
+                    # size under compile from the first batch on.
+                    torch._dynamo.maybe_mark_dynamic(row, 0)
+                sample.set_field(rows, name)
+            else:
+                sample.set_field(value[i], name)
 
 
 def prepare_training_samples(data_samples: list,
                              device: torch.device,
-                             tokenize: Optional[Tokenizer] = None,
-                             masked: Optional[int] = None) -> None:
+                             masked: Optional[int],
+                             tokenize: Optional[Tokenizer] = None) -> None:
     """Give a batch every field of this module: :func:`add_target_fields`
     and the metainfo ``num_masked``.
 
     Args:
         data_samples (list[DataSample]): The batch; changed in place.
-        device (torch.device): Where the tensor fields go.
-        tokenize (callable, optional): As :func:`batch_targets`.
+        device (torch.device): Where the label and caption flags go.
         masked (int, optional): :func:`num_masked`, read before the masks
-            moved to the device; read now when not given.
+            moved to the device; ``None`` sets no ``num_masked`` (masks of
+            different counts: the loss then reads them itself).
+        tokenize (callable, optional): As :func:`batch_targets`.
 
     Raises:
-        ValueError: As :func:`num_masked` and :func:`batch_targets`.
+        ValueError: As :func:`batch_targets`.
     """
-    if masked is None:
-        masked = num_masked(data_samples)
     add_target_fields(data_samples, device, tokenize)
     if masked is not None:
         for sample in data_samples:
@@ -169,16 +181,16 @@ def read_batch_targets(data_samples: list,
     without them (e.g. from another data preprocessor: host reads that
     ``torch.compile`` cannot keep in one graph).
 
-    The fields are set on a whole batch at once, so the first sample tells
-    whether they are there: one attribute read, so that under compile which
-    samples have ``gt_label`` or ``caption`` is never guarded (a guard on it
-    recompiled the loss for every multi-source batch).
+    Only these fields are read, never ``gt_label`` or ``caption``, so that
+    under compile which samples have a label or a caption is never guarded
+    (a guard on it recompiled the loss for every multi-source batch): an
+    edit of a sample's label or caption after the preprocessor is not seen.
 
     Args / Returns / Raises: as :func:`batch_targets`.
     """
     first = data_samples[0]
-    if first.get('has_label') is None or (
-            tokenize is not None and first.get('caption_tokens') is None):
+    names = ['has_label'] + (['caption_tokens'] if tokenize else [])
+    if any(s.get(n) is None for s in data_samples for n in names):
         return batch_targets(data_samples, device, tokenize)
     names = ['has_label', 'label_index', 'has_caption']
     targets = {n: torch.stack([s.get(n) for s in data_samples]) for n in names}

@@ -75,6 +75,9 @@ def test_pretrain_pipeline_runs_on_a_real_image(path, demo_root):
     mask = sample.mask
     assert tuple(mask.shape) == (size // cfg.model.mixer.patch_size, ) * 2
     assert sample.view_boxes.shape == (2, 4)
+    if steps[0]['type'] in loaders:
+        # Errors about a sample (mask counts, labels) name its file.
+        assert sample.get('img_path') == path
 
 
 @pytest.mark.parametrize(

@@ -375,8 +375,12 @@ class M3I(BaseSelfSupervisor):
                 ``geometric_view``, the target views before photometric
                 augmentation as a third entry.
             data_samples (list[DataSample]): Carry ``mask`` (h, w),
-                ``view_boxes`` (2, 4), ``view_flips`` (2,) and, with a
-                category target, ``gt_label``.
+                ``view_boxes`` (2, 4), ``view_flips`` (2,), with a category
+                target ``gt_label``, with a text target ``caption``, and,
+                from ``M3IDataPreprocessor``, the fields of
+                :mod:`~m3i_mm.models.utils.sample_fields` (without them the
+                loss computes them: host reads, graph breaks under
+                ``torch.compile``).
 
         Returns:
             dict[str, Tensor]: Loss terms (``loss_*``) and logged values.

@@ -114,9 +114,10 @@ class M3IDataPreprocessor(SelfSupDataPreprocessor):
         """
         if not training:
             return super().forward(data, training)
+        samples = data.get('data_samples') or []
         # Read on the host before the masks move to the device.
-        count = num_masked(data.get('data_samples') or [], required=False)
-        self._move_shared_fields(data.get('data_samples') or [])
+        count = num_masked(samples, required=False)
+        self._move_shared_fields(samples)
         if self.view_augments is None and not self.geometric_target_view:
             out = super().forward(data, training)
         else:
@@ -139,17 +140,17 @@ class M3IDataPreprocessor(SelfSupDataPreprocessor):
             return
         for name in data_samples[0].keys():
             values = [s.get(name) for s in data_samples]
-            if not all(
-                    isinstance(v, (torch.Tensor, np.ndarray))
-                    and type(v) is type(values[0])
-                    and v.shape == values[0].shape
-                    and v.dtype == values[0].dtype for v in values) or (
-                        isinstance(values[0], np.ndarray)
-                        and values[0].dtype.kind not in 'biufc'):
+            first = values[0]
+            if isinstance(first, np.ndarray):
+                if first.dtype.kind not in 'biufc':  # no torch dtype
+                    continue
+            elif not isinstance(first, torch.Tensor):
+                continue
+            if any(type(v) is not type(first) or v.shape != first.shape
+                   or v.dtype != first.dtype for v in values):
                 continue
             batch = torch.stack(values) if isinstance(
-                values[0], torch.Tensor) else torch.from_numpy(
-                    np.stack(values))
+                first, torch.Tensor) else torch.from_numpy(np.stack(values))
             batch = batch.to(self.device, non_blocking=self._non_blocking)
             for sample, row in zip(data_samples, batch):
                 sample.set_field(row, name)

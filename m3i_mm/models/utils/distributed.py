@@ -31,8 +31,8 @@ def gather_with_grad(x: torch.Tensor) -> Tuple[torch.Tensor, int]:
     (reduce-scatter), so the local slice receives exactly the gradient of
     the global loss (negatives on other ranks included). Every rank must
     therefore use the result in its loss (with zero weight if it has nothing
-    to score), or the backward collective is left waiting. Without an initialised process
-    group it returns ``x`` itself.
+    to score), or the backward collective is left waiting. Without an
+    initialised process group it returns ``x`` itself.
 
     Args:
         x (Tensor): (N, ...) the local batch; all ranks must use the same N.

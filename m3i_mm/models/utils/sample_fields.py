@@ -5,14 +5,15 @@ which samples have a label or a caption, or a count read from a mask,
 would either break the graph (a host read of a device tensor) or recompile
 it whenever a new batch differs (issue 19). The data preprocessor
 (:class:`~m3i_mm.models.utils.M3IDataPreprocessor`) therefore gives every
-training sample of a batch the same fields:
+training sample of a batch the same fields
+(:func:`prepare_training_samples`):
 
 - metainfo ``num_masked`` (int, :func:`num_masked`): the mask's number of
   masked patches, the same for the whole batch (the shape of M3I's token
   split);
 - ``has_label``, ``label_index``, ``has_caption`` and, with the model's
-  tokenizer, ``caption_tokens`` (:func:`add_target_fields`), rows of the
-  tensors of :func:`batch_targets`.
+  tokenizer, ``caption_tokens``: rows of the tensors of
+  :func:`batch_targets`.
 
 ``M3I.loss`` reads them back with :func:`read_batch_targets`, which also
 serves samples another preprocessor made.
@@ -33,8 +34,8 @@ def num_masked(data_samples: list, required: bool = True) -> Optional[int]:
 
     Args:
         data_samples (list[DataSample]): Samples with a ``mask`` (h, w) each
-            (tensor or array; read on the host, so call it before the masks
-            move to the device), or without masks.
+            (arrays, or tensors: one host read of their counts wherever
+            they are), or without masks.
         required (bool): Raise when the counts differ; else return ``None``
             (M3I's ``'full'`` mode ignores the masks).
 
@@ -49,7 +50,9 @@ def num_masked(data_samples: list, required: bool = True) -> Optional[int]:
     masks = [s.get('mask') for s in data_samples]
     if not masks or any(m is None for m in masks):
         return None
-    counts = [int(m.sum()) for m in masks]
+    counts = torch.stack(masks).flatten(1).sum(1).tolist() if all(
+        isinstance(m, torch.Tensor) for m in masks) else [
+            int(m.sum()) for m in masks]
     for sample, count in zip(data_samples, counts):
         if count != counts[0]:
             if not required:
@@ -119,16 +122,20 @@ def batch_targets(data_samples: list,
     return targets
 
 
-def add_target_fields(data_samples: list,
-                      device: torch.device,
-                      tokenize: Optional[Tokenizer] = None) -> None:
+def prepare_training_samples(data_samples: list,
+                             device: torch.device,
+                             masked: Optional[int],
+                             tokenize: Optional[Tokenizer] = None) -> None:
     """Give every sample its row of :func:`batch_targets` as fields of the
-    same names (views of the batch tensors on ``device``).
+    same names and the metainfo ``num_masked``.
 
     Args:
         data_samples (list[DataSample]): The batch; changed in place.
         device (torch.device): Where the label and caption flags go (the
             caption tokens are on the tokenizer's device).
+        masked (int, optional): :func:`num_masked`, read before the masks
+            moved to the device; ``None`` sets no ``num_masked`` (masks of
+            different counts: the loss then reads them itself).
         tokenize (callable, optional): As :func:`batch_targets`.
 
     Raises:
@@ -146,29 +153,7 @@ def add_target_fields(data_samples: list,
                 sample.set_field(rows, name)
             else:
                 sample.set_field(value[i], name)
-
-
-def prepare_training_samples(data_samples: list,
-                             device: torch.device,
-                             masked: Optional[int],
-                             tokenize: Optional[Tokenizer] = None) -> None:
-    """Give a batch every field of this module: :func:`add_target_fields`
-    and the metainfo ``num_masked``.
-
-    Args:
-        data_samples (list[DataSample]): The batch; changed in place.
-        device (torch.device): Where the label and caption flags go.
-        masked (int, optional): :func:`num_masked`, read before the masks
-            moved to the device; ``None`` sets no ``num_masked`` (masks of
-            different counts: the loss then reads them itself).
-        tokenize (callable, optional): As :func:`batch_targets`.
-
-    Raises:
-        ValueError: As :func:`batch_targets`.
-    """
-    add_target_fields(data_samples, device, tokenize)
-    if masked is not None:
-        for sample in data_samples:
+        if masked is not None:
             sample.set_metainfo(dict(num_masked=masked))
 
 
@@ -177,8 +162,8 @@ def read_batch_targets(data_samples: list,
                        tokenize: Optional[Tokenizer] = None
                        ) -> Dict[str, object]:
     """:func:`batch_targets`, stacked from the fields
-    :func:`add_target_fields` gave the samples, or computed now for samples
-    without them (e.g. from another data preprocessor: host reads that
+    :func:`prepare_training_samples` gave the samples, or computed now for
+    samples without them (e.g. from another data preprocessor: host reads that
     ``torch.compile`` cannot keep in one graph).
 
     Only these fields are read, never ``gt_label`` or ``caption``, so that
@@ -188,15 +173,16 @@ def read_batch_targets(data_samples: list,
 
     Args / Returns / Raises: as :func:`batch_targets`.
     """
-    first = data_samples[0]
-    names = ['has_label'] + (['caption_tokens'] if tokenize else [])
-    if any(s.get(n) is None for s in data_samples for n in names):
+    needed = ['has_label'] + (['caption_tokens'] if tokenize else [])
+    if any(s.get(n) is None for s in data_samples for n in needed):
         return batch_targets(data_samples, device, tokenize)
-    names = ['has_label', 'label_index', 'has_caption']
-    targets = {n: torch.stack([s.get(n) for s in data_samples]) for n in names}
+    targets = {
+        n: torch.stack([s.get(n) for s in data_samples])
+        for n in ('has_label', 'label_index', 'has_caption')
+    }
     if tokenize is not None:
         targets['caption_tokens'] = {
             k: torch.stack([s.caption_tokens[k] for s in data_samples])
-            for k in first.caption_tokens
+            for k in data_samples[0].caption_tokens
         }
     return targets

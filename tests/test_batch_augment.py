@@ -226,3 +226,22 @@ def test_sample_fields_move_to_the_device_as_one_batch(demo_root):
         assert len(storages) == 1, name
     for sample, mask in zip(samples, before):
         assert torch.equal(sample.mask, mask)
+
+
+def test_fields_that_do_not_stack_stay_as_they_are():
+    """A string array, arrays of different shapes, or a field some sample
+    lacks is left per sample (``torch.from_numpy`` refuses strings)."""
+    import numpy as np
+    from mmpretrain.structures import DataSample
+    from m3i_mm.models.utils import M3IDataPreprocessor
+    samples = [DataSample() for _ in range(3)]
+    for i, sample in enumerate(samples):
+        sample.set_field(np.array(['a', 'b']), 'names')
+        sample.set_field(np.zeros(i + 1), 'ragged')
+        sample.set_field(np.zeros((2, 4)), 'view_boxes')
+    samples[1].set_field(torch.ones(2), 'partial')
+    M3IDataPreprocessor()._move_shared_fields(samples)
+    assert all(isinstance(s.names, np.ndarray) for s in samples)
+    assert all(isinstance(s.ragged, np.ndarray) for s in samples)
+    assert isinstance(samples[1].partial, torch.Tensor)
+    assert all(isinstance(s.view_boxes, torch.Tensor) for s in samples)

@@ -43,7 +43,10 @@ def gather_with_grad(x: torch.Tensor) -> Tuple[torch.Tensor, int]:
     """
     if not _distributed():
         return x, 0
-    gathered = _all_gather_autograd(x.contiguous(), 0, dist.group.WORLD)
+    # Waited for here, as the synchronous gather did (the functional one
+    # returns a tensor whose collective may still be running).
+    gathered = funcol.wait_tensor(
+        _all_gather_autograd(x.contiguous(), 0, dist.group.WORLD))
     return gathered, dist.get_rank() * x.shape[0]
 
 

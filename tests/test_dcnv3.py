@@ -481,9 +481,10 @@ def test_extension_kernels_are_custom_ops(stand_in_extension):
     for got, want in zip(grads, torch.autograd.grad(toy, (input, offset, mask),
                                                     grad_out)):
         torch.testing.assert_close(got, want)
+    # the last argument picks the fast kernels (not the baseline's)
     assert stand_in_extension.calls[-1] == ('backward',
                                             (*core_args(case)[:10], 1.0,
-                                             False))
+                                             False, False))
     # the fake kernel's shapes, with a stride (meta tensors)
     case = CASES['k3x5_mixed']
     meta = [t.to('meta') for t in make_inputs(case, group_channels=3)]
@@ -504,7 +505,7 @@ def test_extension_path_compiles_in_one_graph(stand_in_extension,
         make_inputs(case, dtype=torch.float32))
     assert explained.graph_break_count == 0, explained.break_reasons
     # the compiled step ran the extension's kernels, with their arguments
-    cfg = (*core_args(case)[:10], 1.0, False)
+    cfg = (*core_args(case)[:10], 1.0, False, False)
     assert stand_in_extension.calls[-2:] == [('forward', cfg),
                                              ('backward', cfg)]
 

@@ -82,7 +82,7 @@ def _dcnv3_cuda(input: Tensor, offset: Tensor, mask: Tensor,
         Tensor: ``(N, Ho, Wo, group * group_channels)``, input's dtype.
     """
     return _load_ext().forward(input, offset, mask, *sizes, offset_scale,
-                               remove_center)
+                               remove_center, False)
 
 
 @_dcnv3_cuda.register_fake
@@ -100,7 +100,8 @@ def _dcnv3_cuda_backward(input: Tensor, offset: Tensor, mask: Tensor,
     mask, in their shapes and dtype (arguments as :func:`_dcnv3_cuda`,
     ``grad_out`` contiguous)."""
     grad_input, grad_offset, grad_mask = _load_ext().backward(
-        input, offset, mask, grad_out, *sizes, offset_scale, remove_center)
+        input, offset, mask, grad_out, *sizes, offset_scale, remove_center,
+        False)
     return grad_input, grad_offset, grad_mask
 
 

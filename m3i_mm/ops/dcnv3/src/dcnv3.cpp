@@ -47,7 +47,7 @@ at::Tensor dcnv3_forward(const at::Tensor& input, const at::Tensor& offset,
                          int64_t pad_h, int64_t pad_w, int64_t dilation_h,
                          int64_t dilation_w, int64_t group,
                          int64_t group_channels, double offset_scale,
-                         bool remove_center) {
+                         bool remove_center, bool simple) {
   check_tensor(input, input, "input");
   check_tensor(offset, input, "offset");
   check_tensor(mask, input, "mask");
@@ -55,7 +55,8 @@ at::Tensor dcnv3_forward(const at::Tensor& input, const at::Tensor& offset,
       input, offset, mask,
       make_config(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
                   dilation_h, dilation_w, group, group_channels, offset_scale,
-                  remove_center));
+                  remove_center),
+      simple);
 }
 
 std::vector<at::Tensor> dcnv3_backward(
@@ -63,7 +64,8 @@ std::vector<at::Tensor> dcnv3_backward(
     const at::Tensor& grad_output, int64_t kernel_h, int64_t kernel_w,
     int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
     int64_t dilation_h, int64_t dilation_w, int64_t group,
-    int64_t group_channels, double offset_scale, bool remove_center) {
+    int64_t group_channels, double offset_scale, bool remove_center,
+    bool simple) {
   check_tensor(input, input, "input");
   check_tensor(offset, input, "offset");
   check_tensor(mask, input, "mask");
@@ -72,13 +74,15 @@ std::vector<at::Tensor> dcnv3_backward(
       input, offset, mask, grad_output,
       make_config(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
                   dilation_h, dilation_w, group, group_channels, offset_scale,
-                  remove_center));
+                  remove_center),
+      simple);
 }
 
 }  // namespace m3i_mm
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "DCNv3 core (CUDA) for m3i_mm";
+  // The last argument, simple, picks the baseline kernels (benchmarks).
   m.def("forward", &m3i_mm::dcnv3_forward, "DCNv3 forward (CUDA)");
   m.def("backward", &m3i_mm::dcnv3_backward,
         "DCNv3 backward (CUDA): grad_input, grad_offset, grad_mask");

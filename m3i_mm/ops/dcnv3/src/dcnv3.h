@@ -30,17 +30,20 @@ struct DCNv3Config {
   bool remove_center;
 };
 
-// Returns the output (N, Ho, Wo, G * Cg) in the input dtype.
+// Returns the output (N, Ho, Wo, G * Cg) in the input dtype. `simple` runs
+// the one-thread-per-element kernel whatever the shape (the baseline).
 at::Tensor dcnv3_cuda_forward(const at::Tensor& input,
                               const at::Tensor& offset,
                               const at::Tensor& mask,
-                              const DCNv3Config& cfg);
+                              const DCNv3Config& cfg, bool simple);
 
-// Returns {grad_input, grad_offset, grad_mask}.
+// Returns {grad_input, grad_offset, grad_mask}. `simple` runs the
+// one-thread-per-point kernel whatever the shape (the baseline).
 std::vector<at::Tensor> dcnv3_cuda_backward(const at::Tensor& input,
                                             const at::Tensor& offset,
                                             const at::Tensor& mask,
                                             const at::Tensor& grad_output,
-                                            const DCNv3Config& cfg);
+                                            const DCNv3Config& cfg,
+                                            bool simple);
 
 }  // namespace m3i_mm

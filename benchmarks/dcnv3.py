@@ -23,7 +23,7 @@ import argparse
 import os.path as osp
 import sys
 import time
-from typing import Callable, List, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -109,10 +109,13 @@ def ours_cuda(input, offset, mask, group, group_channels):
         backend='cuda')
 
 
-def make_stage(height: int, channels: int, group: int,
-               device: str) -> Tuple[torch.Tensor, ...]:
+def make_stage(height: int,
+               channels: int,
+               group: int,
+               device: str,
+               batch: int = BATCH) -> Tuple[torch.Tensor, ...]:
     gen = torch.Generator().manual_seed(height)
-    shape = (BATCH, height, height)
+    shape = (batch, height, height)
     input = torch.randn(*shape, channels, generator=gen)
     offset = torch.randn(*shape, group * POINTS * 2, generator=gen)
     mask = torch.rand(*shape, group * POINTS, generator=gen)
@@ -159,6 +162,86 @@ def compare(impls: List[Tuple[str, Callable]], device: str,
         print(f'{f"{height}x{height}, {channels}, {group}":<22}' +
               ''.join(f'{1e3 * b:>16.1f}' for b in best))
     print(f'{"total":<22}' + ''.join(f'{1e3 * t:>16.1f}' for t in totals))
+    return totals
+
+
+def best_of(fn: Callable, sync: Callable, repeats: int) -> float:
+    """Best seconds of ``repeats`` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def kernel_speedups(ext, device: str, batch: int, dtypes: Sequence[
+        torch.dtype], repeats: int) -> Dict[torch.dtype, Tuple[float, float]]:
+    """The extension's kernels against its baseline kernels, per stage.
+
+    Times ``ext.forward`` and ``ext.backward`` (the op without autograd)
+    with ``simple=True`` (the first kernels: one thread per output element,
+    one per sampling point) and ``simple=False`` (the vector forward and
+    lane backward), after checking that both give the same results.
+
+    Args:
+        ext: ``m3i_mm._ext_dcnv3``, or a module with its signatures (the
+            tests' host emulation).
+        device (str): Where the tensors live.
+        batch (int): Images per stage tensor.
+        dtypes (Sequence[torch.dtype]): Tensor dtypes to time.
+        repeats (int): Timed calls per number (best of).
+
+    Returns:
+        dict: dtype -> (baseline seconds, fast seconds), forward + backward
+        summed over the four stages.
+    """
+    sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
+    print(f'{"stage (HxW, C, G)":<20}{"dtype":>10}{"fwd base":>10}'
+          f'{"fwd new":>9}{"x":>7}{"bwd base":>10}{"bwd new":>9}{"x":>7}  ms')
+    totals = {}
+    for dtype in dtypes:
+        base_total = fast_total = 0.0
+        for height, channels, group in STAGES:
+            input, offset, mask, grad = (t.to(dtype) for t in make_stage(
+                height, channels, group, device, batch))
+            args = (KERNEL, KERNEL, 1, 1, PAD, PAD, 1, 1, group,
+                    channels // group, 1.0, False)
+            row = []
+            for name, call in (
+                    ('forward', lambda simple: ext.forward(
+                        input, offset, mask, *args, simple)),
+                    ('backward', lambda simple: ext.backward(
+                        input, offset, mask, grad, *args, simple))):
+                base, fast = call(True), call(False)
+                if name == 'forward':
+                    base, fast = [base], [fast]
+                for b, f in zip(base, fast):
+                    diff = (b.float() - f.float()).abs().max().item()
+                    scale = b.float().abs().max().item() or 1.0
+                    if diff > 2e-2 * scale:
+                        raise AssertionError(
+                            f'{name} kernels differ by {diff} (of {scale}) at '
+                            f'stage {height}, {dtype}')
+                row += [best_of(lambda: call(True), sync, repeats),
+                        best_of(lambda: call(False), sync, repeats)]
+            base_total += row[0] + row[2]
+            fast_total += row[1] + row[3]
+            print(f'{f"{height}x{height}, {channels}, {group}":<20}'
+                  f'{str(dtype).split(".")[1]:>10}'
+                  f'{1e3 * row[0]:10.3f}{1e3 * row[1]:9.3f}'
+                  f'{row[0] / row[1]:7.2f}{1e3 * row[2]:10.3f}'
+                  f'{1e3 * row[3]:9.3f}{row[2] / row[3]:7.2f}')
+        totals[dtype] = (base_total, fast_total)
+        print(f'{"total":<20}{str(dtype).split(".")[1]:>10}  forward + '
+              f'backward: {1e3 * base_total:.3f} -> {1e3 * fast_total:.3f} '
+              f'ms, {base_total / fast_total:.2f}x (goal >= 3x in bf16)')
+    if torch.float32 in totals and torch.bfloat16 in totals:
+        ratio = totals[torch.float32][1] / totals[torch.bfloat16][1]
+        print(f'new kernels, bf16 over fp32: {ratio:.2f}x (goal > 1)')
     return totals
 
 

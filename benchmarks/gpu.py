@@ -11,7 +11,10 @@ Prints, each measured in this run on this device:
 3. InternImage-T forward + backward per dtype (fp32, bf16 and fp16 autocast)
    with the CUDA DCNv3 kernels and with the PyTorch path (goal: >= 1,200
    img/s at batch 64 in bf16);
-4. the DCNv3 op alone, forward + backward, per InternImage-T stage shape;
+4. the DCNv3 op alone, forward + backward, per InternImage-T stage shape:
+   the CUDA extension against the PyTorch path (fp32), and the extension's
+   kernels against its baseline kernels per dtype (goals: >= 3x in bf16,
+   bf16 faster than fp32);
 5. the batched view augmentation (``M3IDataPreprocessor``), ms per image;
 6. the trainer's exit: seconds from the last checkpoint of a
    ``tools/train.py`` run (16 persistent workers, ``pin_memory=True``) to
@@ -27,6 +30,7 @@ Usage::
         [--compile-backend inductor] [--skip exit]
 """
 import argparse
+import importlib
 import os
 import os.path as osp
 import subprocess
@@ -50,6 +54,7 @@ from mmpretrain.registry import MODELS  # noqa: E402
 from mmpretrain.structures import DataSample  # noqa: E402
 from pipeline import batched_ms_per_image  # noqa: E402
 
+from m3i_mm.ops.dcnv3.build import EXT_NAME  # noqa: E402
 from m3i_mm.ops.dcnv3.dispatch import cuda_ext_available  # noqa: E402
 
 SECTIONS = ('matmul', 'm3i', 'internimage', 'dcnv3', 'augment', 'exit')
@@ -77,6 +82,28 @@ def autocast(device: str, dtype: torch.dtype):
     if dtype == torch.float32:
         return nullcontext()
     return torch.autocast(device_type=device, dtype=dtype)
+
+
+def op_share(fn: Callable, device: str, needle: str) -> float:
+    """Share of one call's time in ops or kernels named with ``needle``.
+
+    Profiles ``fn`` once and sums self time: device time of the GPU kernels
+    on ``'cuda'``, CPU time of the dispatched ops on ``'cpu'``.
+
+    Returns:
+        float: In [0, 1]; 0 if nothing was timed.
+    """
+    from torch.profiler import ProfilerActivity, profile
+    cuda = device == 'cuda'
+    activity = ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU
+    with profile(activities=[activity]) as prof:
+        fn()
+        sync(device)
+    events = prof.key_averages()
+    times = [(e.key, e.self_device_time_total if cuda else
+              e.self_cpu_time_total) for e in events]
+    total = sum(t for _, t in times)
+    return sum(t for key, t in times if needle in key) / total if total else 0.0
 
 
 def matmul_peak(device: str, n: int, steps: int) -> float:
@@ -177,6 +204,18 @@ def internimage_report(args, device: str) -> None:
             t = best_seconds(step, device, args.steps)
             row += f'{1e3 * t:13.1f}{args.ii_batch / t:8.1f}'
         print(row)
+    if 'cuda' in backends:
+        model = models['cuda']
+
+        def bf16_step():
+            model.zero_grad(set_to_none=True)
+            with autocast(device, torch.bfloat16):
+                out = model(images)[-1]
+            out.float().mean().backward()
+
+        share = op_share(bf16_step, device, 'dcnv3')
+        print(f'  DCNv3 kernels: {100 * share:.1f} % of the bf16 step\'s GPU '
+              'time (profiler)')
 
 
 def dcnv3_report(args, device: str) -> None:
@@ -187,6 +226,14 @@ def dcnv3_report(args, device: str) -> None:
     print(f'DCNv3 op forward + backward per InternImage-T stage, batch '
           f'{dcnv3_bench.BATCH} (fp32, best of {args.steps})')
     dcnv3_bench.compare(impls, device, args.steps)
+    if len(impls) == 1:
+        print('DCNv3 kernels against their baseline: not run (needs a GPU '
+              'and m3i_mm._ext_dcnv3)')
+        return
+    print(f'DCNv3 kernels (the op without autograd) against the baseline '
+          f'kernels, batch {args.ii_batch} (best of {args.steps})')
+    dcnv3_bench.kernel_speedups(importlib.import_module(EXT_NAME), device, args.ii_batch,
+                                (torch.float32, torch.bfloat16), args.steps)
 
 
 def augment_report(args, device: str) -> None:

@@ -598,6 +598,40 @@ def test_cuda_matches_pytorch(name, dtype):
             fast.grad.double() / scale, exact.grad / scale, rtol=tol, atol=tol)
 
 
+@needs_cuda_ext
+@pytest.mark.parametrize('group_channels', [12, 16, 32])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('misaligned', [False, True])
+def test_cuda_fast_kernels_match_the_baseline_kernels(group_channels, dtype,
+                                                      misaligned):
+    """The extension's vector forward and lane backward (where Cg and the
+    alignment allow; a tensor 2 bytes past a 16-byte boundary takes the
+    element forward) against its baseline kernels (``simple=True``)."""
+    from m3i_mm.ops.dcnv3.dispatch import _load_ext
+    ext = _load_ext()
+    case = CASES['k3x5_mixed']
+    input, offset, mask = (t.cuda().to(dtype) for t in make_inputs(
+        case, height=9, width=10, group=2, group_channels=group_channels,
+        offset_std=2.0, dtype=torch.float32))
+    if misaligned:
+        storage = torch.empty(input.numel() + 1, dtype=dtype, device='cuda')
+        input = storage[1:].view_as(input).copy_(input)
+        assert input.is_contiguous() and input.data_ptr() % 16 != 0
+    grad = torch.randn(offset.shape[:3] + input.shape[3:], device='cuda',
+                       dtype=dtype)
+    args = core_args(case, 2, group_channels)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    fast, base = (ext.forward(input, offset, mask, *args, simple)
+                  for simple in (False, True))
+    torch.testing.assert_close(fast, base, rtol=tol, atol=tol)
+    fast, base = (ext.backward(input, offset, mask, grad, *args, simple)
+                  for simple in (False, True))
+    for got, want in zip(fast, base):
+        scale = want.float().abs().max()
+        torch.testing.assert_close(got.float() / scale, want.float() / scale,
+                                   rtol=tol, atol=tol)
+
+
 def test_build_module_loads_without_the_package():
     """setup.py loads build.py by path, before m3i_mm's deps exist."""
     path = dcnv3_build.__file__

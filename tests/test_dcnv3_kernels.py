@@ -9,10 +9,12 @@ GPU test ``test_dcnv3.py::test_cuda_matches_pytorch`` runs the kernels
 themselves where a GPU is lent.
 """
 import os.path as osp
+import re
 
 import pytest
 import torch
 
+from conftest import load_script
 from test_dcnv3 import CASES, core_args, make_inputs
 from m3i_mm.ops.dcnv3.functional import dcnv3_core_pytorch
 
@@ -123,3 +125,18 @@ def test_fast_kernels_equal_the_baseline_kernels(kernels, dtype):
     for got, want in zip(fast_grads[1:], base_grads[1:]):
         torch.testing.assert_close(got, want, rtol=tol, atol=tol)
         assert got.abs().sum() > 0
+
+
+def test_kernel_benchmark_runs_on_the_emulation(kernels, capsys):
+    """benchmarks/dcnv3.py's kernel table (the GPU report's section 4)
+    through the host emulation, which has the extension's signatures."""
+    bench = load_script('benchmarks', 'dcnv3.py')
+    totals = bench.kernel_speedups(kernels, 'cpu', 1,
+                                   (torch.float32, torch.bfloat16), 1)
+    out = capsys.readouterr().out
+    assert set(totals) == {torch.float32, torch.bfloat16}
+    assert all(base > 0 and fast > 0 for base, fast in totals.values())
+    rows = re.findall(r'^\d+x\d+, \d+, \d+ +(float32|bfloat16)'
+                      r'( +[\d.]+){6}$', out, re.M)
+    assert len(rows) == 8, out
+    assert re.search(r'bf16 over fp32: [\d.]+x', out), out

@@ -32,3 +32,27 @@ def test_gpu_benchmark_quick_prints_every_section():
     assert len(stages) == 4, out
     assert re.search(r'batched view augmentation: [\d.]+ ms per image', out)
     assert 'trainer exit' not in out  # --skip exit
+
+
+def test_op_share_sums_the_named_ops_self_time():
+    """The profile behind 'DCNv3 kernels: N % of the bf16 step': on the CPU
+    the custom op of the PyTorch DCNv3 backward is part of a step."""
+    import torch
+    from conftest import load_script
+    from m3i_mm.ops.dcnv3.functional import dcnv3_core_pytorch
+    gpu = load_script('benchmarks', 'gpu.py')
+    input = torch.randn(2, 16, 16, 32, requires_grad=True)
+    offset = torch.randn(2, 16, 16, 4 * 9 * 2, requires_grad=True)
+    mask = torch.rand(2, 16, 16, 4 * 9, requires_grad=True)
+    weight = torch.randn(512, 512)
+
+    def step():
+        out = dcnv3_core_pytorch(input, offset, mask, 3, 3, 1, 1, 1, 1, 1, 1,
+                                 4, 8, 1.0)
+        out.sum().backward()
+        weight @ weight
+
+    share = gpu.op_share(step, 'cpu', 'm3i_mm::dcnv3_corner_dots')
+    assert 0 < share < 1
+    assert gpu.op_share(step, 'cpu', 'no_such_op') == 0
+    assert abs(gpu.op_share(step, 'cpu', '') - 1) < 1e-9

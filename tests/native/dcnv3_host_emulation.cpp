@@ -12,21 +12,8 @@
 
 namespace {
 
-using m3i_mm::DCNv3Config;
+using m3i_mm::make_config;
 using namespace m3i_mm::dcnv3;
-
-DCNv3Config make_config(int64_t kernel_h, int64_t kernel_w, int64_t stride_h,
-                        int64_t stride_w, int64_t pad_h, int64_t pad_w,
-                        int64_t dilation_h, int64_t dilation_w, int64_t group,
-                        int64_t group_channels, double offset_scale,
-                        bool remove_center) {
-  return DCNv3Config{static_cast<int>(kernel_h),   static_cast<int>(kernel_w),
-                     static_cast<int>(stride_h),   static_cast<int>(stride_w),
-                     static_cast<int>(pad_h),      static_cast<int>(pad_w),
-                     static_cast<int>(dilation_h), static_cast<int>(dilation_w),
-                     static_cast<int>(group),      static_cast<int>(group_channels),
-                     offset_scale,                 remove_center};
-}
 
 template <typename scalar_t, int K>
 void run_forward(const at::Tensor& input, const at::Tensor& offset,

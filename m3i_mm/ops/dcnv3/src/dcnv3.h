@@ -30,6 +30,21 @@ struct DCNv3Config {
   bool remove_center;
 };
 
+// The config from the extension's arguments, in their order.
+inline DCNv3Config make_config(int64_t kernel_h, int64_t kernel_w,
+                               int64_t stride_h, int64_t stride_w,
+                               int64_t pad_h, int64_t pad_w,
+                               int64_t dilation_h, int64_t dilation_w,
+                               int64_t group, int64_t group_channels,
+                               double offset_scale, bool remove_center) {
+  return DCNv3Config{static_cast<int>(kernel_h),   static_cast<int>(kernel_w),
+                     static_cast<int>(stride_h),   static_cast<int>(stride_w),
+                     static_cast<int>(pad_h),      static_cast<int>(pad_w),
+                     static_cast<int>(dilation_h), static_cast<int>(dilation_w),
+                     static_cast<int>(group),      static_cast<int>(group_channels),
+                     offset_scale,                 remove_center};
+}
+
 // Returns the output (N, Ho, Wo, G * Cg) in the input dtype. `simple` runs
 // the one-thread-per-element kernel whatever the shape (the baseline).
 at::Tensor dcnv3_cuda_forward(const at::Tensor& input,

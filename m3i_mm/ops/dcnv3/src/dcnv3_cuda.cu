@@ -47,6 +47,16 @@ bool is_aligned(const at::Tensor& tensor) {
              dcnv3::kVectorBytes == 0;
 }
 
+// body(index) for every index in [0, threads), over a grid-stride loop.
+template <typename Body>
+__device__ __forceinline__ void grid_stride(int64_t threads,
+                                            const Body& body) {
+  for (int64_t index = blockIdx.x * static_cast<int64_t>(blockDim.x) +
+                       threadIdx.x;
+       index < threads; index += static_cast<int64_t>(blockDim.x) * gridDim.x)
+    body(index);
+}
+
 template <typename scalar_t, int K>
 __global__ void dcnv3_forward_kernel(const scalar_t* __restrict__ input,
                                      const scalar_t* __restrict__ offset,
@@ -55,27 +65,10 @@ __global__ void dcnv3_forward_kernel(const scalar_t* __restrict__ input,
                                      const Geometry geo,
                                      const at::opmath_type<scalar_t> scale,
                                      const int64_t threads) {
-  for (int64_t index = blockIdx.x * static_cast<int64_t>(blockDim.x) +
-                       threadIdx.x;
-       index < threads; index += static_cast<int64_t>(blockDim.x) * gridDim.x)
+  grid_stride(threads, [&](int64_t index) {
     dcnv3::forward_thread<scalar_t, K>(input, offset, mask, output, geo, scale,
                                        index);
-}
-
-template <typename scalar_t>
-__global__ void dcnv3_backward_points_kernel(
-    const scalar_t* __restrict__ input, const scalar_t* __restrict__ offset,
-    const scalar_t* __restrict__ mask,
-    const scalar_t* __restrict__ grad_output,
-    at::opmath_type<scalar_t>* __restrict__ grad_input,
-    scalar_t* __restrict__ grad_offset, scalar_t* __restrict__ grad_mask,
-    const Geometry geo, const at::opmath_type<scalar_t> scale,
-    const int64_t threads) {
-  for (int64_t index = blockIdx.x * static_cast<int64_t>(blockDim.x) +
-                       threadIdx.x;
-       index < threads; index += static_cast<int64_t>(blockDim.x) * gridDim.x)
-    dcnv3::backward_point_thread(input, offset, mask, grad_output, grad_input,
-                                 grad_offset, grad_mask, geo, scale, index);
+  });
 }
 
 // Sum over the `width` lanes of an aligned group (butterfly: every lane
@@ -91,10 +84,11 @@ __device__ __forceinline__ PointGrads<acc_t> lane_sum(PointGrads<acc_t> v,
   return v;
 }
 
-// One thread per (sample, channel), no grid-stride loop: every lane of a
-// warp reaches the shuffles (lanes past the end add zeros).
-template <typename scalar_t>
-__global__ void dcnv3_backward_lanes_kernel(
+// Lanes (kLanes): one thread per (sample, channel) and no grid-stride loop,
+// so that every lane of a warp reaches the shuffles (lanes past the end add
+// zeros). Points: one thread per sampling point, grid-stride.
+template <typename scalar_t, bool kLanes>
+__global__ void dcnv3_backward_kernel(
     const scalar_t* __restrict__ input, const scalar_t* __restrict__ offset,
     const scalar_t* __restrict__ mask,
     const scalar_t* __restrict__ grad_output,
@@ -103,21 +97,49 @@ __global__ void dcnv3_backward_lanes_kernel(
     const Geometry geo, const at::opmath_type<scalar_t> scale,
     const int64_t threads) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t index =
-      blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  const bool active = index < threads;
-  const bool writer = active && index % geo.group_channels == 0;
-  const int64_t first_point = (index / geo.group_channels) * geo.points;
-  for (int p = 0; p < geo.points; ++p) {
-    PointGrads<acc_t> grads{0, 0, 0};
-    if (active)
-      grads = dcnv3::lane_point_grads(input, offset, mask, grad_output,
-                                      grad_input, geo, scale, index, p);
-    grads = lane_sum(grads, geo.group_channels);
-    if (writer)
-      dcnv3::write_point_grads(geo, mask, grad_offset, grad_mask,
-                               first_point + p, grads, scale);
+  if constexpr (!kLanes) {
+    grid_stride(threads, [&](int64_t index) {
+      dcnv3::backward_point_thread(input, offset, mask, grad_output,
+                                   grad_input, grad_offset, grad_mask, geo,
+                                   scale, index);
+    });
+  } else {
+    const int64_t index =
+        blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+    const bool active = index < threads;
+    const bool writer = active && index % geo.group_channels == 0;
+    const int64_t first_point = (index / geo.group_channels) * geo.points;
+    for (int p = 0; p < geo.points; ++p) {
+      PointGrads<acc_t> grads{0, 0, 0};
+      if (active)
+        grads = dcnv3::lane_point_grads(input, offset, mask, grad_output,
+                                        grad_input, geo, scale, index, p);
+      grads = lane_sum(grads, geo.group_channels);
+      if (writer)
+        dcnv3::write_point_grads(geo, mask, grad_offset, grad_mask,
+                                 first_point + p, grads, scale);
+    }
   }
+}
+
+template <typename scalar_t, bool kLanes>
+void launch_backward(const at::Tensor& input, const at::Tensor& offset,
+                     const at::Tensor& mask, const at::Tensor& grad_output,
+                     at::Tensor& grad_input, at::Tensor& grad_offset,
+                     at::Tensor& grad_mask, const Geometry& geo,
+                     double offset_scale) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t threads = kLanes ? grad_output.numel() : mask.numel();
+  const int64_t blocks =
+      kLanes ? (threads + kThreads - 1) / kThreads : strided_blocks(threads);
+  dcnv3_backward_kernel<scalar_t, kLanes>
+      <<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+          input.data_ptr<scalar_t>(), offset.data_ptr<scalar_t>(),
+          mask.data_ptr<scalar_t>(), grad_output.data_ptr<scalar_t>(),
+          grad_input.data_ptr<acc_t>(), grad_offset.data_ptr<scalar_t>(),
+          grad_mask.data_ptr<scalar_t>(), geo,
+          static_cast<acc_t>(offset_scale), threads);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename scalar_t, int K>
@@ -135,7 +157,7 @@ void launch_forward(const at::Tensor& input, const at::Tensor& offset,
 }
 
 bool lanes_fit(int group_channels) {
-  return group_channels <= 32 &&
+  return group_channels > 0 && group_channels <= 32 &&
          (group_channels & (group_channels - 1)) == 0;
 }
 
@@ -178,36 +200,18 @@ std::vector<at::Tensor> dcnv3_cuda_backward(const at::Tensor& input,
   auto grad_offset = at::empty_like(offset);
   auto grad_mask = at::empty_like(mask);
   if (mask.numel() > 0) {
-    auto stream = c10::cuda::getCurrentCUDAStream();
     const bool lanes = !simple && lanes_fit(geo.group_channels);
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::ScalarType::Half, at::ScalarType::BFloat16, input.scalar_type(),
         "dcnv3_cuda_backward", [&] {
-          using acc_t = at::opmath_type<scalar_t>;
-          const auto scale = static_cast<acc_t>(cfg.offset_scale);
-          if (lanes) {
-            const int64_t threads = grad_output.numel();
-            const int64_t blocks = (threads + kThreads - 1) / kThreads;
-            dcnv3_backward_lanes_kernel<scalar_t>
-                <<<blocks, kThreads, 0, stream>>>(
-                    input.data_ptr<scalar_t>(), offset.data_ptr<scalar_t>(),
-                    mask.data_ptr<scalar_t>(),
-                    grad_output.data_ptr<scalar_t>(),
-                    grad_input.data_ptr<acc_t>(),
-                    grad_offset.data_ptr<scalar_t>(),
-                    grad_mask.data_ptr<scalar_t>(), geo, scale, threads);
-          } else {
-            const int64_t threads = mask.numel();
-            dcnv3_backward_points_kernel<scalar_t>
-                <<<strided_blocks(threads), kThreads, 0, stream>>>(
-                    input.data_ptr<scalar_t>(), offset.data_ptr<scalar_t>(),
-                    mask.data_ptr<scalar_t>(),
-                    grad_output.data_ptr<scalar_t>(),
-                    grad_input.data_ptr<acc_t>(),
-                    grad_offset.data_ptr<scalar_t>(),
-                    grad_mask.data_ptr<scalar_t>(), geo, scale, threads);
-          }
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          if (lanes)
+            launch_backward<scalar_t, true>(input, offset, mask, grad_output,
+                                            grad_input, grad_offset,
+                                            grad_mask, geo, cfg.offset_scale);
+          else
+            launch_backward<scalar_t, false>(input, offset, mask, grad_output,
+                                             grad_input, grad_offset,
+                                             grad_mask, geo, cfg.offset_scale);
         });
   }
   return {grad_input.to(input.scalar_type()), grad_offset, grad_mask};

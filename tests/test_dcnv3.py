@@ -599,6 +599,28 @@ def test_cuda_matches_pytorch(name, dtype):
 
 
 @needs_cuda_ext
+@pytest.mark.parametrize('group_channels', [1, 2, 4, 8])
+def test_cuda_narrow_lanes_one_group_one_image(group_channels):
+    """Lane widths 1 to 8, one group, one 5x7 image: the last warp of the
+    lane backward is part empty (its lanes add zeros to the shuffles)."""
+    case = CASES['k3']
+    inputs = [t.cuda().requires_grad_() for t in make_inputs(
+        case, n=1, height=5, width=7, group=1, group_channels=group_channels,
+        offset_std=2.0)]
+    reference = [t.detach().requires_grad_() for t in inputs]
+    args = core_args(case, 1, group_channels)
+    out = dcnv3_core(*inputs, *args, backend='cuda')
+    ref = dcnv3_core_pytorch(*reference, *args)
+    grad = torch.randn_like(ref)
+    out.backward(grad)
+    ref.backward(grad)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    for fast, exact in zip(inputs, reference):
+        torch.testing.assert_close(fast.grad, exact.grad, rtol=1e-10,
+                                   atol=1e-10)
+
+
+@needs_cuda_ext
 @pytest.mark.parametrize('group_channels', [12, 16, 32])
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize('misaligned', [False, True])

@@ -106,6 +106,53 @@ def test_kernels_at_group_channels_the_lanes_do_not_take(
     assert_matches_reference(out, grads, ref, ref_grads, torch.float32)
 
 
+@pytest.mark.parametrize('group_channels', [1, 2, 4, 8])
+@pytest.mark.parametrize('simple', [False, True])
+def test_narrow_lanes_one_group_one_image(kernels, group_channels, simple):
+    """Lane widths 1 to 8 with one group and one 5x7 image: 35 samples, so
+    the last warp of a lane backward is part empty on a GPU."""
+    case = CASES['k3']
+    inputs = make_inputs(case, n=1, height=5, width=7, group=1,
+                         group_channels=group_channels, offset_std=2.0,
+                         dtype=torch.float64)
+    ref, grad, ref_grads = reference(inputs, case, 1, group_channels)
+    out, grads = run_kernels(kernels, inputs, grad, case, 1, group_channels,
+                             simple=simple)
+    assert_matches_reference(out, grads, ref, ref_grads, torch.float64)
+
+
+def test_misaligned_input_takes_the_element_forward(kernels):
+    """An input 2 bytes past a 16-byte boundary cannot be read in 16-byte
+    packs: the forward falls back to one element per thread."""
+    name, group_channels = 'k3', 16
+    inputs = case_inputs(name, torch.bfloat16, group_channels)
+    storage = torch.empty(inputs[0].numel() + 1, dtype=torch.bfloat16)
+    misaligned = storage[1:].view_as(inputs[0]).copy_(inputs[0])
+    assert misaligned.data_ptr() % 16 != 0
+    ref, grad, ref_grads = reference(inputs, CASES[name], 2, group_channels)
+    out, grads = run_kernels(kernels, [misaligned, *inputs[1:]], grad,
+                             CASES[name], 2, group_channels, simple=False)
+    assert_matches_reference(out, grads, ref, ref_grads, torch.bfloat16)
+
+
+def test_kernels_refuse_shapes_they_would_index_past(kernels):
+    """The extension's own shape checks (shared with the emulation): the
+    Python wrapper checks first, but the benchmark calls the kernels."""
+    case = CASES['k3']
+    input, offset, mask = make_inputs(case, group_channels=3)
+    args = core_args(case, 2, 3)
+    with pytest.raises(RuntimeError,
+                       match='input has 6 channels, group \\* group_channels'
+                       ' = 8'):
+        kernels.forward(input, offset, mask, *core_args(case, 2, 4), False)
+    with pytest.raises(RuntimeError, match='mask has shape'):
+        kernels.forward(input, offset, mask[..., 1:], *args, False)
+    with pytest.raises(RuntimeError, match='offset has shape'):
+        kernels.forward(input, offset[:, 1:], mask, *args, False)
+    with pytest.raises(RuntimeError, match='grad_output has shape'):
+        kernels.backward(input, offset, mask, input[..., :1], *args, False)
+
+
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
 def test_fast_kernels_equal_the_baseline_kernels(kernels, dtype):
     """Same sums in the same order: the vector forward is bit-equal to the

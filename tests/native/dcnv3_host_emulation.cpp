@@ -2,18 +2,27 @@
 //
 // Runs the kernels' per-thread functions (m3i_mm/ops/dcnv3/src/
 // dcnv3_thread.cuh) on CPU tensors, one thread after another in the order of
-// the kernels' flat thread index. The lane backward's warp shuffle is
-// emulated as the same xor butterfly; atomics are plain adds.
+// the kernels' flat thread index, with the extension's signatures, shape
+// checks and kernel choice. The lane backward's warp shuffle is emulated as
+// the same xor butterfly; atomics are plain adds. Outputs start as NaN (the
+// extension's are uninitialised): an element no thread writes shows.
 #include <torch/extension.h>
 
+#include <limits>
 #include <vector>
 
 #include "dcnv3_thread.cuh"
 
 namespace {
 
+using m3i_mm::check_shapes;
+using m3i_mm::DCNv3Config;
 using m3i_mm::make_config;
 using namespace m3i_mm::dcnv3;
+
+at::Tensor unwritten(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  return at::full(sizes, std::numeric_limits<double>::quiet_NaN(), options);
+}
 
 template <typename scalar_t, int K>
 void run_forward(const at::Tensor& input, const at::Tensor& offset,
@@ -26,26 +35,27 @@ void run_forward(const at::Tensor& input, const at::Tensor& offset,
         static_cast<at::opmath_type<scalar_t>>(scale), index);
 }
 
-// The extension's signature and kernel choice (dcnv3_cuda.cu): 16-byte packs
-// of channels where Cg allows, unless `simple`.
 at::Tensor forward(const at::Tensor& input, const at::Tensor& offset,
                    const at::Tensor& mask, int64_t kernel_h, int64_t kernel_w,
                    int64_t stride_h, int64_t stride_w, int64_t pad_h,
                    int64_t pad_w, int64_t dilation_h, int64_t dilation_w,
                    int64_t group, int64_t group_channels, double scale,
                    bool remove_center, bool simple) {
-  const Geometry geo = make_geometry(
-      input, offset,
+  const DCNv3Config cfg =
       make_config(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
                   dilation_h, dilation_w, group, group_channels, scale,
-                  remove_center));
-  auto output = at::zeros({input.size(0), geo.out_h, geo.out_w, geo.channels},
-                          input.options());
+                  remove_center);
+  check_shapes(input, offset, mask, at::Tensor(), cfg);
+  const Geometry geo = make_geometry(input, offset, cfg);
+  auto output = unwritten(
+      {input.size(0), geo.out_h, geo.out_w, geo.channels}, input.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::ScalarType::Half, at::ScalarType::BFloat16, input.scalar_type(),
       "forward", [&] {
         constexpr int K = kVectorBytes / sizeof(scalar_t);
-        if (!simple && geo.group_channels % K == 0)
+        const bool aligned = vector_aligned(input.data_ptr()) &&
+                             vector_aligned(output.data_ptr());
+        if (!simple && forward_pack<scalar_t>(geo, aligned) == K)
           run_forward<scalar_t, K>(input, offset, mask, output, geo, scale);
         else
           run_forward<scalar_t, 1>(input, offset, mask, output, geo, scale);
@@ -53,26 +63,24 @@ at::Tensor forward(const at::Tensor& input, const at::Tensor& offset,
   return output;
 }
 
-// The extension's signature and kernel choice: the lane kernel where Cg is a
-// power of two <= 32, unless `simple`.
 std::vector<at::Tensor> backward(
     const at::Tensor& input, const at::Tensor& offset, const at::Tensor& mask,
     const at::Tensor& grad_output, int64_t kernel_h, int64_t kernel_w,
     int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
     int64_t dilation_h, int64_t dilation_w, int64_t group,
     int64_t group_channels, double scale, bool remove_center, bool simple) {
-  const Geometry geo = make_geometry(
-      input, offset,
+  const DCNv3Config cfg =
       make_config(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
                   dilation_h, dilation_w, group, group_channels, scale,
-                  remove_center));
-  const int width = geo.group_channels;
-  const bool lanes = !simple && width <= 32 && (width & (width - 1)) == 0;
+                  remove_center);
+  check_shapes(input, offset, mask, grad_output, cfg);
+  const Geometry geo = make_geometry(input, offset, cfg);
+  const bool lanes = !simple && lanes_fit(geo);
   auto grad_input = at::zeros(
       input.sizes(),
       input.options().dtype(at::toOpMathType(input.scalar_type())));
-  auto grad_offset = at::zeros_like(offset);
-  auto grad_mask = at::zeros_like(mask);
+  auto grad_offset = unwritten(offset.sizes(), offset.options());
+  auto grad_mask = unwritten(mask.sizes(), mask.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::ScalarType::Half, at::ScalarType::BFloat16, input.scalar_type(),
       "backward", [&] {
@@ -91,20 +99,24 @@ std::vector<at::Tensor> backward(
                                   index);
           return;
         }
+        const int width = geo.group_channels;
+        std::vector<Lane<scalar_t>> group(width);
         std::vector<PointGrads<acc_t>> shares(width), before(width);
         for (int64_t sample = 0; sample < mask.numel() / geo.points;
              ++sample) {
+          for (int c = 0; c < width; ++c)
+            group[c] = make_lane(geo, go, sample * width + c);
           for (int p = 0; p < geo.points; ++p) {
             for (int c = 0; c < width; ++c)
-              shares[c] = lane_point_grads(in, off, msk, go, gi, geo, s,
-                                           sample * width + c, p);
+              shares[c] = lane_point_grads(in, off, msk, gi, geo, s, group[c],
+                                           p);
             for (int delta = width / 2; delta > 0; delta /= 2) {
               before = shares;
               for (int lane = 0; lane < width; ++lane)
                 shares[lane] += before[lane ^ delta];
             }
-            write_point_grads(geo, msk, goff, gm, sample * geo.points + p,
-                              shares[0], s);
+            write_point_grads(geo, msk, goff, gm,
+                              group[0].sample * geo.points + p, shares[0], s);
           }
         }
       });

@@ -1,8 +1,8 @@
 // Python bindings of the DCNv3 CUDA kernels (module m3i_mm._ext_dcnv3).
 //
 // Shapes are validated in Python (m3i_mm/ops/dcnv3/functional.py,
-// check_dcnv3_inputs) before these are called; here we only guard the
-// assumptions of the kernels: CUDA, one dtype, contiguous memory.
+// check_dcnv3_inputs) before these are called; here we guard what the
+// kernels assume: CUDA, one dtype, contiguous memory, matching shapes.
 #include <torch/extension.h>
 
 #include <vector>
@@ -38,12 +38,11 @@ at::Tensor dcnv3_forward(const at::Tensor& input, const at::Tensor& offset,
   check_tensor(input, input, "input");
   check_tensor(offset, input, "offset");
   check_tensor(mask, input, "mask");
-  return dcnv3_cuda_forward(
-      input, offset, mask,
-      make_config(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
-                  dilation_h, dilation_w, group, group_channels, offset_scale,
-                  remove_center),
-      simple);
+  const DCNv3Config cfg = make_config(
+      kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
+      dilation_w, group, group_channels, offset_scale, remove_center);
+  check_shapes(input, offset, mask, at::Tensor(), cfg);
+  return dcnv3_cuda_forward(input, offset, mask, cfg, simple);
 }
 
 std::vector<at::Tensor> dcnv3_backward(
@@ -57,12 +56,11 @@ std::vector<at::Tensor> dcnv3_backward(
   check_tensor(offset, input, "offset");
   check_tensor(mask, input, "mask");
   check_tensor(grad_output, input, "grad_output");
-  return dcnv3_cuda_backward(
-      input, offset, mask, grad_output,
-      make_config(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
-                  dilation_h, dilation_w, group, group_channels, offset_scale,
-                  remove_center),
-      simple);
+  const DCNv3Config cfg = make_config(
+      kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
+      dilation_w, group, group_channels, offset_scale, remove_center);
+  check_shapes(input, offset, mask, grad_output, cfg);
+  return dcnv3_cuda_backward(input, offset, mask, grad_output, cfg, simple);
 }
 
 }  // namespace m3i_mm

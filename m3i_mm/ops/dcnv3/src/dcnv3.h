@@ -45,6 +45,43 @@ inline DCNv3Config make_config(int64_t kernel_h, int64_t kernel_w,
                      offset_scale,                 remove_center};
 }
 
+// The shapes the kernels index by (the Python wrapper checks them first, with
+// fuller messages): a mismatch would read and write out of bounds. Pass
+// grad_output undefined for the forward.
+inline void check_shapes(const at::Tensor& input, const at::Tensor& offset,
+                         const at::Tensor& mask, const at::Tensor& grad_output,
+                         const DCNv3Config& cfg) {
+  TORCH_CHECK(cfg.group > 0 && cfg.group_channels > 0, "DCNv3: group (",
+              cfg.group, ") and group_channels (", cfg.group_channels,
+              ") must be positive");
+  TORCH_CHECK(input.dim() == 4 && offset.dim() == 4 && mask.dim() == 4,
+              "DCNv3: input, offset and mask must be 4-D, got ", input.sizes(),
+              ", ", offset.sizes(), ", ", mask.sizes());
+  const int64_t points =
+      cfg.kernel_h * cfg.kernel_w - (cfg.remove_center ? 1 : 0);
+  const int64_t out_h = (input.size(1) + 2 * cfg.pad_h -
+                         (cfg.dilation_h * (cfg.kernel_h - 1) + 1)) /
+                            cfg.stride_h + 1;
+  const int64_t out_w = (input.size(2) + 2 * cfg.pad_w -
+                         (cfg.dilation_w * (cfg.kernel_w - 1) + 1)) /
+                            cfg.stride_w + 1;
+  const int64_t channels = int64_t{cfg.group} * cfg.group_channels;
+  TORCH_CHECK(input.size(3) == channels, "DCNv3: input has ", input.size(3),
+              " channels, group * group_channels = ", channels);
+  const std::vector<int64_t> want_offset{input.size(0), out_h, out_w,
+                                         cfg.group * points * 2};
+  TORCH_CHECK(offset.sizes() == want_offset, "DCNv3: offset has shape ",
+              offset.sizes(), ", expected ", want_offset);
+  const std::vector<int64_t> want_mask{input.size(0), out_h, out_w,
+                                       cfg.group * points};
+  TORCH_CHECK(mask.sizes() == want_mask, "DCNv3: mask has shape ",
+              mask.sizes(), ", expected ", want_mask);
+  const std::vector<int64_t> want_out{input.size(0), out_h, out_w, channels};
+  TORCH_CHECK(!grad_output.defined() || grad_output.sizes() == want_out,
+              "DCNv3: grad_output has shape ", grad_output.sizes(),
+              ", expected ", want_out);
+}
+
 // Returns the output (N, Ho, Wo, G * Cg) in the input dtype. `simple` runs
 // the one-thread-per-element kernel whatever the shape (the baseline).
 at::Tensor dcnv3_cuda_forward(const at::Tensor& input,

@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 
 #include "dcnv3.h"
 #include "dcnv3_thread.cuh"
@@ -33,6 +34,7 @@ using dcnv3::make_geometry;
 using dcnv3::PointGrads;
 
 constexpr int kThreads = 256;
+static_assert(kThreads % 32 == 0, "the lane backward needs whole warps");
 constexpr int64_t kMaxBlocks = 1 << 16;
 constexpr unsigned kFullWarp = 0xffffffffu;
 
@@ -40,11 +42,6 @@ constexpr unsigned kFullWarp = 0xffffffffu;
 int64_t strided_blocks(int64_t work) {
   return std::max<int64_t>(
       1, std::min<int64_t>((work + kThreads - 1) / kThreads, kMaxBlocks));
-}
-
-bool is_aligned(const at::Tensor& tensor) {
-  return reinterpret_cast<std::uintptr_t>(tensor.data_ptr()) %
-             dcnv3::kVectorBytes == 0;
 }
 
 // body(index) for every index in [0, threads), over a grid-stride loop.
@@ -108,16 +105,17 @@ __global__ void dcnv3_backward_kernel(
         blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
     const bool active = index < threads;
     const bool writer = active && index % geo.group_channels == 0;
-    const int64_t first_point = (index / geo.group_channels) * geo.points;
+    dcnv3::Lane<scalar_t> lane;
+    if (active) lane = dcnv3::make_lane(geo, grad_output, index);
     for (int p = 0; p < geo.points; ++p) {
       PointGrads<acc_t> grads{0, 0, 0};
       if (active)
-        grads = dcnv3::lane_point_grads(input, offset, mask, grad_output,
-                                        grad_input, geo, scale, index, p);
+        grads = dcnv3::lane_point_grads(input, offset, mask, grad_input, geo,
+                                        scale, lane, p);
       grads = lane_sum(grads, geo.group_channels);
       if (writer)
         dcnv3::write_point_grads(geo, mask, grad_offset, grad_mask,
-                                 first_point + p, grads, scale);
+                                 lane.sample * geo.points + p, grads, scale);
     }
   }
 }
@@ -132,6 +130,8 @@ void launch_backward(const at::Tensor& input, const at::Tensor& offset,
   const int64_t threads = kLanes ? grad_output.numel() : mask.numel();
   const int64_t blocks =
       kLanes ? (threads + kThreads - 1) / kThreads : strided_blocks(threads);
+  TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(),
+              "DCNv3 CUDA: ", threads, " threads are too many for one grid");
   dcnv3_backward_kernel<scalar_t, kLanes>
       <<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
           input.data_ptr<scalar_t>(), offset.data_ptr<scalar_t>(),
@@ -156,11 +156,6 @@ void launch_forward(const at::Tensor& input, const at::Tensor& offset,
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-bool lanes_fit(int group_channels) {
-  return group_channels > 0 && group_channels <= 32 &&
-         (group_channels & (group_channels - 1)) == 0;
-}
-
 }  // namespace
 
 at::Tensor dcnv3_cuda_forward(const at::Tensor& input,
@@ -176,8 +171,9 @@ at::Tensor dcnv3_cuda_forward(const at::Tensor& input,
       at::ScalarType::Half, at::ScalarType::BFloat16, input.scalar_type(),
       "dcnv3_cuda_forward", [&] {
         constexpr int K = dcnv3::kVectorBytes / sizeof(scalar_t);
-        if (!simple && geo.group_channels % K == 0 && is_aligned(input) &&
-            is_aligned(output))
+        const bool aligned = dcnv3::vector_aligned(input.data_ptr()) &&
+                             dcnv3::vector_aligned(output.data_ptr());
+        if (!simple && dcnv3::forward_pack<scalar_t>(geo, aligned) == K)
           launch_forward<scalar_t, K>(input, offset, mask, output, geo,
                                       cfg.offset_scale);
         else
@@ -200,7 +196,7 @@ std::vector<at::Tensor> dcnv3_cuda_backward(const at::Tensor& input,
   auto grad_offset = at::empty_like(offset);
   auto grad_mask = at::empty_like(mask);
   if (mask.numel() > 0) {
-    const bool lanes = !simple && lanes_fit(geo.group_channels);
+    const bool lanes = !simple && dcnv3::lanes_fit(geo);
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::ScalarType::Half, at::ScalarType::BFloat16, input.scalar_type(),
         "dcnv3_cuda_backward", [&] {

@@ -1,7 +1,8 @@
 // DCNv3 core: what one thread of each kernel computes.
 //
 // The kernels in dcnv3_cuda.cu call these functions on the device; the CPU
-// tests compile this header for the host (tests/dcnv3_host_emulation.cpp)
+// tests compile this header for the host
+// (tests/native/dcnv3_host_emulation.cpp)
 // and run the same functions in the kernels' thread order, so the indexing
 // and arithmetic of the kernels are checked without a GPU. On the host an
 // atomic add is a plain add.
@@ -313,27 +314,65 @@ C10_HOST_DEVICE inline void backward_point_thread(
   write_point_grads(geo, mask, grad_offset, grad_mask, index, grads, scale);
 }
 
-// Backward lane `index` of the channel kernel: channel c of one sample
-// (index = sample * Cg + c), point p. Its share of the point's gradients;
-// the kernel sums the shares of the sample's Cg lanes (a warp shuffle).
+// What a lane of the lane backward keeps across its points: channel c of
+// one sample (lane index = sample * Cg + c) and that channel's output
+// gradient.
+template <typename scalar_t>
+struct Lane {
+  using acc_t = at::opmath_type<scalar_t>;
+  int64_t sample = 0;
+  Sample s{0, 0, 0, 0};
+  int64_t start = 0;  // element offset of channel c in the sample's image
+  acc_t go = 0;
+};
+
+template <typename scalar_t>
+C10_HOST_DEVICE inline Lane<scalar_t> make_lane(const Geometry& geo,
+                                                const scalar_t* grad_output,
+                                                int64_t index) {
+  Lane<scalar_t> lane;
+  lane.sample = index / geo.group_channels;
+  lane.s = decode_sample(geo, lane.sample);
+  lane.start = image_start(geo, lane.s) + index % geo.group_channels;
+  lane.go = static_cast<at::opmath_type<scalar_t>>(grad_output[index]);
+  return lane;
+}
+
+// A lane's share of point p's gradients; the kernel sums the shares of the
+// sample's Cg lanes (a warp shuffle).
 template <typename scalar_t>
 C10_HOST_DEVICE inline PointGrads<at::opmath_type<scalar_t>> lane_point_grads(
     const scalar_t* input, const scalar_t* offset, const scalar_t* mask,
-    const scalar_t* grad_output, at::opmath_type<scalar_t>* grad_input,
-    const Geometry& geo, at::opmath_type<scalar_t> scale, int64_t index,
-    int p) {
+    at::opmath_type<scalar_t>* grad_input, const Geometry& geo,
+    at::opmath_type<scalar_t> scale, const Lane<scalar_t>& lane, int p) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int c = static_cast<int>(index % geo.group_channels);
-  const int64_t sample = index / geo.group_channels;
-  const Sample s = decode_sample(geo, sample);
   acc_t x, y;
-  sample_location(geo, scale, s, offset + sample * geo.points * 2, p, x, y);
+  sample_location(geo, scale, lane.s, offset + lane.sample * geo.points * 2,
+                  p, x, y);
   if (!inside(geo, y, x)) return {0, 0, 0};
   const Corners<acc_t> cr(geo, y, x);
-  const int64_t start = image_start(geo, s) + c;
-  return channel_point_grads(geo, cr, input + start, grad_input + start,
-                             static_cast<acc_t>(grad_output[index]),
-                             static_cast<acc_t>(mask[sample * geo.points + p]));
+  return channel_point_grads(
+      geo, cr, input + lane.start, grad_input + lane.start, lane.go,
+      static_cast<acc_t>(mask[lane.sample * geo.points + p]));
+}
+
+// The kernels' choice (host side; the emulation makes the same).
+// Channels per vector-forward thread: 16 bytes of them where Cg and the
+// input's and output's addresses allow, else 1.
+inline bool vector_aligned(const void* ptr) {
+  return reinterpret_cast<std::uintptr_t>(ptr) % kVectorBytes == 0;
+}
+
+template <typename scalar_t>
+inline int forward_pack(const Geometry& geo, bool aligned) {
+  constexpr int K = kVectorBytes / sizeof(scalar_t);
+  return aligned && geo.group_channels % K == 0 ? K : 1;
+}
+
+// Whether the lane backward can sum a sample's channels in one warp.
+inline bool lanes_fit(const Geometry& geo) {
+  const int width = geo.group_channels;
+  return width > 0 && width <= 32 && (width & (width - 1)) == 0;
 }
 
 }  // namespace dcnv3

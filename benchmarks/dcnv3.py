@@ -178,6 +178,30 @@ def best_of(fn: Callable, sync: Callable, repeats: int) -> float:
     return min(times)
 
 
+def profiled_seconds(fn: Callable, device: str,
+                     needle: str) -> Tuple[float, float]:
+    """Self time of one call of ``fn``: in ops or kernels named with
+    ``needle``, and in all of them.
+
+    Profiles ``fn`` once: device time of the GPU kernels on ``'cuda'``, CPU
+    time of the dispatched ops on ``'cpu'``.
+
+    Returns:
+        tuple[float, float]: Seconds named with ``needle``, seconds in all.
+    """
+    from torch.profiler import ProfilerActivity, profile
+    cuda = device == 'cuda'
+    activity = ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU
+    with profile(activities=[activity]) as prof:
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+    times = [(e.key, e.self_device_time_total if cuda else
+              e.self_cpu_time_total) for e in prof.key_averages()]
+    named = sum(t for key, t in times if needle in key)
+    return named / 1e6, sum(t for _, t in times) / 1e6
+
+
 def kernel_speedups(ext, device: str, batch: int, dtypes: Sequence[
         torch.dtype], repeats: int) -> Dict[torch.dtype, Tuple[float, float]]:
     """The extension's kernels against its baseline kernels, per stage.
@@ -205,6 +229,7 @@ def kernel_speedups(ext, device: str, batch: int, dtypes: Sequence[
     totals = {}
     for dtype in dtypes:
         base_total = fast_total = 0.0
+        kernel_totals = [0.0, 0.0]
         for height, channels, group in STAGES:
             input, offset, mask, grad = (t.to(dtype) for t in make_stage(
                 height, channels, group, device, batch))
@@ -235,10 +260,24 @@ def kernel_speedups(ext, device: str, batch: int, dtypes: Sequence[
                   f'{1e3 * row[0]:10.3f}{1e3 * row[1]:9.3f}'
                   f'{row[0] / row[1]:7.2f}{1e3 * row[2]:10.3f}'
                   f'{1e3 * row[3]:9.3f}{row[2] / row[3]:7.2f}')
+            if device == 'cuda':  # kernels alone, without zeros and casts
+                for i, simple in enumerate((True, False)):
+
+                    def both(simple=simple):
+                        ext.forward(input, offset, mask, *args, simple)
+                        ext.backward(input, offset, mask, grad, *args, simple)
+
+                    kernel_totals[i] += profiled_seconds(both, device,
+                                                         'dcnv3')[0]
         totals[dtype] = (base_total, fast_total)
         print(f'{"total":<20}{str(dtype).split(".")[1]:>10}  forward + '
               f'backward: {1e3 * base_total:.3f} -> {1e3 * fast_total:.3f} '
               f'ms, {base_total / fast_total:.2f}x (goal >= 3x in bf16)')
+        if device == 'cuda':
+            print(f'{"":<30}the dcnv3 kernels alone (profiler): '
+                  f'{1e3 * kernel_totals[0]:.3f} -> '
+                  f'{1e3 * kernel_totals[1]:.3f} ms, '
+                  f'{kernel_totals[0] / kernel_totals[1]:.2f}x')
     if torch.float32 in totals and torch.bfloat16 in totals:
         ratio = totals[torch.float32][1] / totals[torch.bfloat16][1]
         print(f'new kernels, bf16 over fp32: {ratio:.2f}x (goal > 1)')

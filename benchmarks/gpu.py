@@ -85,25 +85,14 @@ def autocast(device: str, dtype: torch.dtype):
 
 
 def op_share(fn: Callable, device: str, needle: str) -> float:
-    """Share of one call's time in ops or kernels named with ``needle``.
-
-    Profiles ``fn`` once and sums self time: device time of the GPU kernels
-    on ``'cuda'``, CPU time of the dispatched ops on ``'cpu'``.
+    """Share of one call's time in ops or kernels named with ``needle``
+    (``benchmarks/dcnv3.py``'s ``profiled_seconds``).
 
     Returns:
         float: In [0, 1]; 0 if nothing was timed.
     """
-    from torch.profiler import ProfilerActivity, profile
-    cuda = device == 'cuda'
-    activity = ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU
-    with profile(activities=[activity]) as prof:
-        fn()
-        sync(device)
-    events = prof.key_averages()
-    times = [(e.key, e.self_device_time_total if cuda else
-              e.self_cpu_time_total) for e in events]
-    total = sum(t for _, t in times)
-    return sum(t for key, t in times if needle in key) / total if total else 0.0
+    named, total = dcnv3_bench.profiled_seconds(fn, device, needle)
+    return named / total if total else 0.0
 
 
 def matmul_peak(device: str, n: int, steps: int) -> float:
